@@ -1,0 +1,279 @@
+"""The ``jaxfno`` command line. Each subcommand is a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+from jaxfno.config import (
+    ConfigError, DataConfig, ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig,
+)
+
+
+def cache_root() -> pathlib.Path:
+    """Where datasets (and the JAX compilation cache) are kept; ``$JAXFNO_CACHE`` overrides."""
+    return pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
+
+
+def enable_compilation_cache() -> None:
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_root() / "jax_compilation"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    d = DataConfig()
+    p.add_argument("--nimgs-train", type=int, default=d.nimgs_train)
+    p.add_argument("--nimgs-test", type=int, default=d.nimgs_test)
+    p.add_argument("--nphotons", type=float, default=d.nphotons)
+    p.add_argument("--set-phi", action=argparse.BooleanOptionalAction, default=d.set_phi)
+    p.add_argument("--noise-seed", "--data-seed", dest="noise_seed", type=int, default=d.noise_seed,
+                   help="seed of the Poisson noise draw")
+    p.add_argument("--probe", default=d.probe,
+                   help="'synthetic' (default), 'gaussian', or an NPZ file with probeGuess")
+
+
+def _data_config(a) -> DataConfig:
+    probe = a.probe if a.probe in ("synthetic", "gaussian") else str(pathlib.Path(a.probe).absolute())
+    return DataConfig(nimgs_train=a.nimgs_train, nimgs_test=a.nimgs_test, nphotons=a.nphotons,
+                      set_phi=a.set_phi, noise_seed=a.noise_seed, probe=probe)
+
+
+def cmd_data_build(a) -> int:
+    from jaxfno.data import build_dataset
+
+    path = build_dataset(_data_config(a), pathlib.Path(a.out))
+    print(f"dataset ready: {path}")
+    return 0
+
+
+def cmd_data_show(a) -> int:
+    from jaxfno.data import describe_dataset
+
+    print(describe_dataset(pathlib.Path(a.dir)))
+    return 0
+
+
+def load_or_build_dataset(data_cfg: DataConfig, dataset_dir: str | None):
+    from jaxfno.data import build_dataset, ensure_dataset, load_dataset
+
+    if dataset_dir is None:
+        return ensure_dataset(data_cfg, cache_root() / "datasets")
+    build_dataset(data_cfg, pathlib.Path(dataset_dir))
+    return load_dataset(pathlib.Path(dataset_dir), expected=data_cfg)
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    m = ModelConfig()
+    p.add_argument("--arch", default=m.arch, choices=ModelConfig.ARCHS)
+    p.add_argument("--width", type=int, default=m.width)
+    p.add_argument("--blocks", type=int, default=m.blocks)
+    p.add_argument("--modes", type=int, default=m.modes)
+    p.add_argument("--cap", "--max-hidden-channels", dest="cap", type=int, default=None)
+    p.add_argument("--spectral", default=m.spectral, choices=ModelConfig.SPECTRAL)
+    p.add_argument("--layerscale-init", type=float, default=m.layerscale_init)
+    p.add_argument("--zero-gamma", action="store_true")
+
+
+def _model_config(a) -> ModelConfig:
+    return ModelConfig(arch=a.arch, width=a.width, blocks=a.blocks, modes=a.modes,
+                       max_hidden_channels=a.cap, spectral=a.spectral,
+                       layerscale_init=a.layerscale_init, zero_gamma=a.zero_gamma)
+
+
+def cmd_model_summary(a) -> int:
+    from jaxfno.models import parameter_counts, summary_table
+
+    cfg = _model_config(a)
+    counts, rows = parameter_counts(cfg), summary_table(cfg)
+    if a.json:
+        print(json.dumps({"config": cfg.to_dict(), "counts": counts, "layers": rows}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['path']:<60} {str(tuple(row['shape'])):<22} {row['count']:>12,}")
+    for name, value in counts.items():
+        print(f"{name:<20} {value:>14,}")
+    return 0
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    o, t = OptimConfig(), TrainConfig()
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--epochs", type=int, default=t.epochs)
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--infer-batch-size", type=int, default=t.infer_batch_size)
+    p.add_argument("--drop-last", action="store_true")
+    p.add_argument("--train-subset", type=int, default=t.train_subset)
+    p.add_argument("--optimizer", default=o.optimizer, choices=OptimConfig.OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=o.lr)
+    p.add_argument("--weight-decay", type=float, default=o.weight_decay)
+    p.add_argument("--momentum", type=float, default=o.momentum)
+    p.add_argument("--scheduler", default=o.scheduler, choices=OptimConfig.SCHEDULERS)
+    p.add_argument("--warmup-epochs", type=int, default=o.warmup_epochs)
+    p.add_argument("--lr-min-ratio", type=float, default=o.lr_min_ratio)
+    p.add_argument("--grad-clip", type=float, default=o.grad_clip, help="0 = no clipping")
+    p.add_argument("--grad-clip-algorithm", default=o.grad_clip_algorithm, choices=OptimConfig.CLIPS)
+    p.add_argument("--loss", default="mae", choices=PhysicsConfig.LOSSES)
+    p.add_argument("--batch-gain", default="none", choices=("none", "upstream"))
+    p.add_argument("--object-support", default="full", choices=("full", "central"))
+    p.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run_config_from_args(a) -> RunConfig:
+    return RunConfig(
+        data=_data_config(a),
+        model=_model_config(a),
+        physics=PhysicsConfig(loss=a.loss, batch_gain=a.batch_gain, object_support=a.object_support),
+        optim=OptimConfig(optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay,
+                          momentum=a.momentum, scheduler=a.scheduler,
+                          warmup_epochs=a.warmup_epochs, lr_min_ratio=a.lr_min_ratio,
+                          grad_clip=a.grad_clip, grad_clip_algorithm=a.grad_clip_algorithm),
+        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size,
+                          infer_batch_size=a.infer_batch_size, seed=a.seed,
+                          drop_last=a.drop_last, train_subset=a.train_subset),
+    )
+
+
+def cmd_train(a) -> int:
+    cfg = run_config_from_args(a)  # validated before anything is compiled
+    enable_compilation_cache()
+    from jaxfno.pipeline import run_one
+
+    dataset = load_or_build_dataset(cfg.data, a.dataset)
+    result = run_one(cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite)
+    print(format_stats(result.stats, result.verdict))
+    return 0
+
+
+def format_stats(stats: dict, verdict: dict) -> str:
+    lines = [f"{key}: {value}" for key, value in stats.items() if key != "blocks"]
+    for name, block in stats.get("blocks", {}).items():
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in block.items())
+        lines.append(f"block {name}: {values}")
+    state = "COLLAPSED (" + ", ".join(verdict["rules"]) + ")" if verdict["collapsed"] else "no collapse"
+    lines.append(f"verdict: {state}")
+    for rule, detail in verdict.get("details", {}).items():
+        lines.append(f"  {rule}: {detail}")
+    return "\n".join(lines)
+
+
+def cmd_stats(a) -> int:
+    from jaxfno.pipeline import RunResult
+
+    result = RunResult.load(pathlib.Path(a.run_dir))
+    print(format_stats(result.stats, result.verdict))
+    return 0
+
+
+# --- study and inspection -----------------------------------------------------------------
+
+
+def cmd_study_stage_a(a) -> int:
+    enable_compilation_cache()
+    from jaxfno.report.study import summary_markdown, write_report
+    from jaxfno.study import stage_a
+    from jaxfno.study.runner import Study
+    from jaxfno.training.loop import Progress
+
+    seeds = stage_a.seeds_for(a.seeds or stage_a.SCALES[a.scale].seeds)
+    out = pathlib.Path(a.out)
+    dataset = load_or_build_dataset(DataConfig(), None)
+    study = Study(a.arms or list(stage_a.ARMS), a.scale, seeds, out, dataset, Progress())
+    results = study.run_all()
+    command = "jaxfno " + " ".join(sys.argv[1:])
+    arms = write_report(results, out / "report", title=f"Stage A study ({a.scale} scale)",
+                        command=command, dataset=dataset, scale=a.scale)
+    print(summary_markdown(arms, f"Stage A study ({a.scale} scale)"))
+    print(f"report: {out / 'report' / 'summary.md'}")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from jaxfno.inspect import describe_checkpoint, evaluate_checkpoint
+
+    path = pathlib.Path(a.checkpoint)
+    print(describe_checkpoint(path))
+    if a.evaluate:
+        enable_compilation_cache()
+        print(json.dumps(evaluate_checkpoint(path), indent=2))
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxfno", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build or describe a grid_lines dataset").add_subparsers(
+        dest="data_command", required=True)
+    build = data.add_parser("build", help="simulate the dataset (reused when already built)")
+    build.add_argument("--out", required=True)
+    _add_data_args(build)
+    build.set_defaults(func=cmd_data_build)
+    show = data.add_parser("show", help="shapes, ranges, probe, photon scale, noise floor, hashes")
+    show.add_argument("dir")
+    show.set_defaults(func=cmd_data_show)
+
+    model = sub.add_parser("model", help="generator tools").add_subparsers(dest="model_command", required=True)
+    summary = model.add_parser("summary", help="per-layer table and parameter counts")
+    _add_model_args(summary)
+    summary.add_argument("--json", action="store_true")
+    summary.set_defaults(func=cmd_model_summary)
+
+    train = sub.add_parser("train", help="train one run and write its artifacts")
+    _add_data_args(train)
+    _add_model_args(train)
+    _add_train_args(train)
+    train.set_defaults(func=cmd_train)
+
+    stats = sub.add_parser("stats", help="print a finished run's stats and verdict")
+    stats.add_argument("run_dir")
+    stats.set_defaults(func=cmd_stats)
+
+    study = sub.add_parser("study", help="run a study and write its report").add_subparsers(
+        dest="study_name", required=True)
+    stage_a = study.add_parser("stage-a", help="the grid_lines Stage A stability study")
+    stage_a.add_argument("--scale", default="smoke", choices=("smoke", "reduced", "full"))
+    stage_a.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's)")
+    stage_a.add_argument("--arms", nargs="+", default=None, help="arm names (default: all)")
+    stage_a.add_argument("--out", required=True)
+    stage_a.set_defaults(func=cmd_study_stage_a)
+
+    inspect = sub.add_parser("inspect", help="look inside a run's Orbax checkpoint")
+    inspect.add_argument("checkpoint", help="a run directory, or its checkpoints/last|best folder")
+    inspect.add_argument("--evaluate", action="store_true", help="recompute the metrics from it")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"jaxfno: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        print(f"jaxfno: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

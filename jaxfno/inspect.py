@@ -1,0 +1,69 @@
+"""Look inside a run's Orbax checkpoint: tree, shapes, metadata, per-block λ/γ statistics, and
+the metrics recomputed from the stored weights (``jaxfno inspect``)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxfno.config import RunConfig
+from jaxfno.data import ensure_dataset
+from jaxfno.evaluation import score
+from jaxfno.models import block_parameter_stats
+from jaxfno.training import checkpoint
+from jaxfno.training.loop import init_params, build_engine, sequential_batches
+
+
+def resolve(path: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """(run directory, checkpoint kind) from a run dir or its ``checkpoints/<kind>`` folder."""
+    path = pathlib.Path(path)
+    if path.name in checkpoint.KINDS and path.parent.name == "checkpoints":
+        return path.parent.parent, path.name
+    if (path / "checkpoints").is_dir():
+        return path, "last"
+    raise FileNotFoundError(f"{path}: neither a run directory nor a checkpoints/last|best folder")
+
+
+def load_params(run_dir: pathlib.Path, kind: str):
+    """(config, meta, graphdef, params as nnx.State, rest) of a checkpoint."""
+    plain, meta = checkpoint.restore(run_dir, kind)
+    cfg = RunConfig.from_dict(meta["config"])
+    graphdef, params, rest = nnx.eval_shape(lambda: init_params(cfg))
+    params = checkpoint.from_plain(params, plain["params"])
+    return cfg, meta, graphdef, params, rest
+
+
+def describe_checkpoint(path: pathlib.Path) -> str:
+    run_dir, kind = resolve(path)
+    plain, meta = checkpoint.restore(run_dir, kind)
+    lines = [f"checkpoint: {run_dir / 'checkpoints' / kind} (epoch {meta['epoch']}, "
+             f"val_loss {meta['val_loss']:.6g}, config {meta['config_hash']})"]
+    leaves = jax.tree_util.tree_flatten_with_path(plain)[0]
+    total = 0
+    for key_path, leaf in leaves:
+        total += leaf.size
+        name = "/".join(str(getattr(k, "key", k)) for k in key_path)
+        lines.append(f"  {name:<70} {str(leaf.shape):<20} {leaf.dtype}")
+    lines.append(f"  {len(leaves)} arrays, {total:,} scalars")
+    _, _, _, params, _ = load_params(run_dir, kind)
+    for block, stats in block_parameter_stats(params).items():
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items() if v is not None)
+        lines.append(f"  block {block}: {values or 'no λ/γ (PtychoBlock)'}")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(path: pathlib.Path) -> dict:
+    """Metrics of the checkpoint's weights on the test split, as ``metrics.json`` computes them."""
+    run_dir, kind = resolve(path)
+    cfg, _, graphdef, params, rest = load_params(run_dir, kind)
+    cache = pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
+    dataset = ensure_dataset(cfg.data, cache / "datasets")
+    engine, test_x = build_engine(cfg, dataset, graphdef, rest)
+    idx, _ = sequential_batches(test_x.shape[0], cfg.train.infer_batch_size)
+    stacked = jax.tree.map(lambda x: np.asarray(x)[None], params)
+    stitched = np.asarray(engine.predict(stacked, test_x, idx))[0]
+    return score(stitched, dataset.test.ground_truth)

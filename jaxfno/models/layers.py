@@ -1,0 +1,199 @@
+"""Layers and residual blocks of the generators (SPEC §3.1–3.2), channels-last (B, H, W, C).
+
+Initialisation follows PyTorch's defaults so that a JAX run starts from the same distribution as
+the upstream PyTorch model: every conv weight and bias is uniform in ±1/sqrt(fan_in), with
+PyTorch's fan_in conventions (Conv2d: in·kh·kw; ConvTranspose2d: out·kh·kw, because PyTorch
+stores its weight as (in, out, kh, kw) and reads fan_in from dim 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+SPECTRAL_VARIANTS = ("upstream", "symmetric")
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as PyTorch's default ``F.gelu``."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class SpectralConv2d(nnx.Module):
+    """Fourier layer: rfft2 → per-mode complex in×out matrix on a block of modes → irfft2.
+
+    Weights are two real float32 arrays ``weight_re``/``weight_im`` (SPEC §3.1: complex leaves
+    would receive conjugate gradients). Each part is N(0, 1/(2·in)), i.e. the SPEC's
+    "N(0, 1/(2·in))" is read as a variance, so that E|w|² = 1/in — the distribution of PyTorch's
+    ``torch.randn(..., dtype=cfloat) / sqrt(in)``.
+
+    ``upstream``: weight (in, out, m, m); rows 0…mh−1 and columns 0…mw−1 of the rfft2 spectrum
+    with mh = min(m, H), mw = min(m, W//2+1). At full resolution only ky ≥ 0 passes.
+
+    ``symmetric`` (textbook FNO): weight (in, out, 2·(m//2), m//2+1). Rows 0…m//2−1 of the weight
+    act on ky = 0…m//2−1 and rows m//2… on ky = −m//2…−1, so a weight row always means the same
+    frequency; columns are kx = 0…m//2. On a small map the row count per sign is capped by H//2
+    and the columns by W//2+1, taking the lowest |ky| rows of each sign.
+
+    Mode counts are capped by the feature map at call time (shapes are static under jit).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, modes: int,
+                 variant: str = "upstream", *, rngs: nnx.Rngs):
+        if variant not in SPECTRAL_VARIANTS:
+            raise ValueError(f"spectral variant {variant!r} is not one of {SPECTRAL_VARIANTS}")
+        min_modes = 1 if variant == "upstream" else 2
+        if modes < min_modes:
+            raise ValueError(f"{variant} spectral conv needs modes >= {min_modes}, got {modes}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.modes, self.variant = modes, variant
+        half = modes // 2
+        shape = (in_channels, out_channels) + (
+            (modes, modes) if variant == "upstream" else (2 * half, half + 1))
+        std = 1.0 / math.sqrt(2 * in_channels)
+        self.weight_re = nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+        self.weight_im = nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+    def kept_modes(self, height: int, width: int) -> tuple[int, int]:
+        """(rows per frequency sign, columns) of the spectrum used on an H×W map.
+        For ``upstream`` there is one "sign" block (rows 0…mh−1)."""
+        if self.variant == "upstream":
+            return min(self.modes, height), min(self.modes, width // 2 + 1)
+        half = self.modes // 2
+        return min(half, height // 2), min(half + 1, width // 2 + 1)
+
+    def used_weight_entries(self, height: int, width: int) -> int:
+        """Complex weight entries that influence the output on an H×W map."""
+        rows, cols = self.kept_modes(height, width)
+        signs = 1 if self.variant == "upstream" else 2
+        return self.in_channels * self.out_channels * signs * rows * cols
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _, height, width, _ = x.shape
+        rows, cols = self.kept_modes(height, width)
+        x_ft = jnp.fft.rfft2(x, axes=(1, 2))
+        w = jax.lax.complex(self.weight_re[...], self.weight_im[...])
+        if self.variant == "upstream":
+            y = jnp.einsum("bxyi,ioxy->bxyo", x_ft[:, :rows, :cols], w[:, :, :rows, :cols])
+            y = jnp.pad(y, ((0, 0), (0, height - rows), (0, 0), (0, 0)))
+        else:
+            n_w = w.shape[2]
+            pos = jnp.einsum("bxyi,ioxy->bxyo", x_ft[:, :rows, :cols], w[:, :, :rows, :cols])
+            neg = jnp.einsum("bxyi,ioxy->bxyo", x_ft[:, height - rows:, :cols],
+                             w[:, :, n_w - rows:, :cols])
+            y = jnp.pad(pos, ((0, 0), (0, height - 2 * rows), (0, 0), (0, 0)))
+            y = jnp.concatenate([y, neg], axis=1)
+        y = jnp.pad(y, ((0, 0), (0, 0), (0, width // 2 + 1 - cols), (0, 0)))
+        return jnp.fft.irfft2(y, s=(height, width), axes=(1, 2))
+
+
+class Conv3x3(nnx.Module):
+    """3×3 conv, zero padding 1, bias (PyTorch ``Conv2d(in, out, 3, padding=1)``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+        fan_in = in_channels * 9
+        self.kernel = nnx.Param(_uniform(rngs.params(), (3, 3, in_channels, out_channels), fan_in))
+        self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), fan_in))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + self.bias[...]
+
+
+class Down2x2(nnx.Module):
+    """2×2 stride-2 conv (PyTorch ``Conv2d(in, out, 2, stride=2)``). The patches do not overlap,
+    so it is a reshape + einsum, which XLA:CPU runs much faster than a strided convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+        fan_in = in_channels * 4
+        self.kernel = nnx.Param(_uniform(rngs.params(), (2, 2, in_channels, out_channels), fan_in))
+        self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), fan_in))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        patches = x.reshape(b, h // 2, 2, w // 2, 2, c)
+        return jnp.einsum("bhpwqc,pqco->bhwo", patches, self.kernel[...]) + self.bias[...]
+
+
+class Up2x2(nnx.Module):
+    """2×2 stride-2 transposed conv (PyTorch ``ConvTranspose2d(in, out, 2, stride=2)``): each
+    input pixel writes its own 2×2 output patch, so it is an einsum + reshape. Kernel layout
+    (kh, kw, in, out) = PyTorch's (in, out, kh, kw) permuted (2, 3, 0, 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+        fan_in = out_channels * 4  # PyTorch's ConvTranspose2d convention (see module docstring)
+        self.kernel = nnx.Param(_uniform(rngs.params(), (2, 2, in_channels, out_channels), fan_in))
+        self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), fan_in))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, _ = x.shape
+        y = jnp.einsum("bhwc,pqco->bhpwqo", x, self.kernel[...])
+        return y.reshape(b, 2 * h, 2 * w, -1) + self.bias[...]
+
+
+class Conv1x1(nnx.Module):
+    """1×1 conv = per-pixel dense layer; kernel (in, out)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_uniform(rngs.params(), (in_channels, out_channels), in_channels))
+        self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), in_channels))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...] + self.bias[...]
+
+
+class InstanceNorm(nnx.Module):
+    """Per-sample, per-channel normalisation over H, W with biased variance and an affine map
+    (PyTorch ``InstanceNorm2d(c, affine=True)``, which uses instance statistics in eval too)."""
+
+    def __init__(self, channels: int, *, scale_init: float = 1.0, eps: float = 1e-5):
+        self.scale = nnx.Param(jnp.full((channels,), scale_init, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+class PtychoBlock(nnx.Module):
+    """``y = x + GELU(S(x) + Conv3x3(x))``. Returns (y, update) with update = y − x."""
+
+    def __init__(self, channels: int, modes: int, spectral: str = "upstream", *,
+                 rngs: nnx.Rngs):
+        self.spectral = SpectralConv2d(channels, channels, modes, spectral, rngs=rngs)
+        self.conv = Conv3x3(channels, channels, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        update = gelu(self.spectral(x) + self.conv(x))
+        return x + update, update
+
+
+class StablePtychoBlock(nnx.Module):
+    """``u = InstanceNorm(GELU(S(x) + Conv3x3(x)))``, ``y = x + λ ⊙ u`` (LayerScale, λ per channel
+    initialised to ``layerscale_init``). ``zero_gamma``: no λ, InstanceNorm scale and bias start
+    at 0, so the block is exactly the identity at init. Returns (y, update)."""
+
+    def __init__(self, channels: int, modes: int, spectral: str = "upstream", *,
+                 layerscale_init: float = 1e-3, zero_gamma: bool = False, rngs: nnx.Rngs):
+        self.spectral = SpectralConv2d(channels, channels, modes, spectral, rngs=rngs)
+        self.conv = Conv3x3(channels, channels, rngs=rngs)
+        self.norm = InstanceNorm(channels, scale_init=0.0 if zero_gamma else 1.0)
+        self.layerscale = (None if zero_gamma else
+                           nnx.Param(jnp.full((channels,), layerscale_init, jnp.float32)))
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        update = self.norm(gelu(self.spectral(x) + self.conv(x)))
+        if self.layerscale is not None:
+            update = self.layerscale[...] * update
+        return x + update, update

@@ -1,0 +1,157 @@
+"""One run end to end: dataset → training → evaluation → verdict → artifacts on disk.
+
+A run directory holds ``config.json``, ``history.json``, ``metrics.json``, ``stats.json``,
+``verdict.json``, ``checkpoints/{last,best}``, ``recon.npz`` and ``recon.png``. It is bound to
+its config: a directory holding a run of another config is never written into (``overwrite``
+wipes it instead); a finished run of the same config is reused, an unfinished one resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxfno.config import RunConfig
+from jaxfno.data import Dataset
+from jaxfno.evaluation import collapse_verdict, constant_floor, score
+from jaxfno.io import read_json, write_json, write_npz
+from jaxfno.report.figures import reconstruction_figure, save_figure
+from jaxfno.training.loop import Member, Progress, sequential_batches, train_members
+
+ARTIFACTS = ("config.json", "history.json", "metrics.json", "stats.json", "verdict.json")
+NORM_SCALE_NEAR_ZERO = 1e-2  # |mean InstanceNorm scale| below this: the block's output is muted
+
+
+class RunDirError(RuntimeError):
+    """A run directory cannot be used for this config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    run_dir: pathlib.Path
+    config: RunConfig
+    history: dict
+    metrics: dict
+    stats: dict
+    verdict: dict
+
+    @classmethod
+    def load(cls, run_dir: pathlib.Path) -> "RunResult":
+        run_dir = pathlib.Path(run_dir)
+        missing = [name for name in ARTIFACTS if not (run_dir / name).exists()]
+        if missing:
+            raise RunDirError(f"{run_dir}: not a finished run (missing {', '.join(missing)})")
+        return cls(
+            run_dir,
+            RunConfig.from_dict(read_json(run_dir / "config.json")),
+            read_json(run_dir / "history.json"),
+            read_json(run_dir / "metrics.json"),
+            read_json(run_dir / "stats.json"),
+            read_json(run_dir / "verdict.json"),
+        )
+
+
+def prepare_run_dir(run_dir: pathlib.Path, cfg: RunConfig, overwrite: bool = False) -> str:
+    """Bind ``run_dir`` to ``cfg``. Returns "finished" (reusable), "started" or "new"."""
+    config_file = run_dir / "config.json"
+    if config_file.exists():
+        existing = RunConfig.from_dict(read_json(config_file))
+        if existing.config_hash() != cfg.config_hash():
+            if not overwrite:
+                raise RunDirError(
+                    f"{run_dir} holds a run of another config ({existing.config_hash()} != "
+                    f"{cfg.config_hash()}); choose another directory or pass --overwrite"
+                )
+            shutil.rmtree(run_dir)
+        elif all((run_dir / name).exists() for name in ARTIFACTS):
+            return "finished"
+        else:
+            return "started"
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"{run_dir} is not empty and holds no jaxfno run; pass --overwrite")
+        shutil.rmtree(run_dir)
+    write_json(config_file, cfg.to_dict())
+    return "new"
+
+
+def run_members(
+    configs: Sequence[RunConfig],
+    run_dirs: Sequence[pathlib.Path],
+    dataset: Dataset,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    on_epoch_end: Callable | None = None,
+) -> list[RunResult]:
+    """Train, evaluate and write K runs that share one compiled program."""
+    run_dirs = [pathlib.Path(d) for d in run_dirs]
+    status = [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)]
+    todo = [k for k, s in enumerate(status) if s != "finished"]
+    if todo:
+        program = train_members(
+            [configs[k] for k in todo], [run_dirs[k] for k in todo], dataset,
+            progress=progress, on_epoch_end=on_epoch_end,
+        )
+        infer = configs[0].train.infer_batch_size
+        idx, _ = sequential_batches(program.test_x.shape[0], infer)
+        stitched = np.asarray(program.engine.predict(program.state.params, program.test_x, idx))
+        floor = constant_floor(dataset.test.ground_truth)
+        for k, member in enumerate(program.members):
+            _write_artifacts(member, stitched[k], dataset, floor)
+    return [RunResult.load(d) for d in run_dirs]
+
+
+def _write_artifacts(member: Member, stitched: np.ndarray, dataset: Dataset, floor: dict) -> None:
+    ground_truth = dataset.test.ground_truth
+    history = member.history
+    metrics = score(stitched, ground_truth)
+    verdict = collapse_verdict(history, stitched, ground_truth, floor, metrics)
+    d = member.run_dir
+    write_npz(d / "recon.npz", prediction=stitched, ground_truth=ground_truth)
+    title = f"{d.name}: amp SSIM {metrics['ssim'][0]:.3f}" + (" (collapsed)" if verdict["collapsed"] else "")
+    save_figure(reconstruction_figure(stitched, ground_truth, title), d / "recon.png")
+    write_json(d / "history.json", history)
+    write_json(d / "metrics.json", metrics)
+    write_json(d / "stats.json", run_stats(member.config, history, metrics, floor))
+    write_json(d / "verdict.json", verdict)  # written last: its presence marks a finished run
+
+
+def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict) -> dict:
+    """The per-run summary of SPEC §7."""
+    val = np.asarray(history["val_loss"], float)
+    grad = np.asarray(history["grad_norm"], float)
+    grad = grad[np.isfinite(grad)]
+    blocks = {}
+    for name, stats in history["diagnostics"]["blocks"].items():
+        final = {key: values[-1] for key, values in stats.items() if values}
+        scale = final.get("norm_scale_mean")
+        blocks[name] = {**final, "norm_scale_near_zero": scale is not None and abs(scale) < NORM_SCALE_NEAR_ZERO}
+    return {
+        "config_hash": cfg.config_hash(),
+        "arch": cfg.model.arch,
+        "seed": cfg.train.seed,
+        "epochs": len(val),
+        "best_val_loss": float(val.min()) if val.size else None,
+        "best_epoch": int(val.argmin()) if val.size else None,
+        "final_val_loss": float(val[-1]) if val.size else None,
+        "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
+        "nan": history["nonfinite_step"] is not None,
+        "grad_norm": {
+            "mean": float(grad.mean()), "min": float(grad.min()), "max": float(grad.max())
+        } if grad.size else None,
+        "amp_mae": metrics["mae"][0], "phase_mae": metrics["mae"][1],
+        "amp_ssim": metrics["ssim"][0], "phase_ssim": metrics["ssim"][1],
+        "amp_psnr255": metrics["psnr255"][0], "phase_psnr255": metrics["psnr255"][1],
+        "floor_amp_ssim": floor["ssim"][0],
+        "blocks": blocks,
+        "any_norm_scale_near_zero": any(b["norm_scale_near_zero"] for b in blocks.values()),
+    }
+
+
+def run_one(cfg: RunConfig, run_dir: pathlib.Path, dataset: Dataset, **kwargs) -> RunResult:
+    return run_members([cfg], [run_dir], dataset, **kwargs)[0]

@@ -1,0 +1,1 @@
+"""Reports: per-run figures, study tables and plots."""

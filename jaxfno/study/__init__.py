@@ -1,0 +1,1 @@
+"""Studies: named arms × seeds, grouped into compiled programs, run and reported."""

@@ -1,0 +1,62 @@
+"""Run a study: arms × seeds → run directories ``OUT/<arm>/seed<seed>/``.
+
+Runs that share a program signature (same structure; differing only in seed, learning rate,
+schedule or clip threshold) are trained together in one vmapped program. Groups are run lazily,
+on first request, so the pytest study can ask for one arm and seed at a time and still train
+whole groups at once. Finished runs of the same config are reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Iterable
+
+from jaxfno.config import RunConfig
+from jaxfno.data import Dataset
+from jaxfno.pipeline import RunResult, run_members
+from jaxfno.study import stage_a
+from jaxfno.training.loop import Progress, program_signature
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKey:
+    arm: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.arm}-seed{self.seed}"
+
+
+class Study:
+    def __init__(self, arms: Iterable[str], scale: str, seeds: Iterable[int],
+                 out_dir: pathlib.Path, dataset: Dataset, progress: Progress | None = None):
+        self.arms, self.scale, self.seeds = list(arms), scale, list(seeds)
+        unknown = [a for a in self.arms if a not in stage_a.ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(stage_a.ARMS)}")
+        self.out_dir, self.dataset, self.progress = pathlib.Path(out_dir), dataset, progress
+        self.configs: dict[RunKey, RunConfig] = {
+            RunKey(a, s): stage_a.config(a, scale, s) for a in self.arms for s in self.seeds
+        }
+        self.groups: dict[str, list[RunKey]] = {}
+        for key, cfg in self.configs.items():
+            self.groups.setdefault(program_signature(cfg), []).append(key)
+        self.results: dict[RunKey, RunResult] = {}
+
+    def run_dir(self, key: RunKey) -> pathlib.Path:
+        return self.out_dir / key.arm / f"seed{key.seed}"
+
+    def result(self, key: RunKey) -> RunResult:
+        if key not in self.results:
+            group = self.groups[program_signature(self.configs[key])]
+            results = run_members([self.configs[k] for k in group], [self.run_dir(k) for k in group],
+                                  self.dataset, progress=self.progress)
+            self.results.update(zip(group, results))
+        return self.results[key]
+
+    def run_all(self) -> dict[RunKey, RunResult]:
+        for key in self.configs:
+            self.result(key)
+        return dict(self.results)

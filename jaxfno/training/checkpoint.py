@@ -1,0 +1,95 @@
+"""Orbax checkpoints of one member: ``checkpoints/last`` every epoch, ``checkpoints/best`` on
+each new lowest val_loss. Each holds two items: ``state`` (params, clip and optimiser state as
+plain nested dicts) and ``meta`` (JSON: the run config, the epoch, val_loss and the host-side
+state needed to resume: history and schedule). Orbax writes to a temporary directory and renames
+it, so an interrupted save never replaces a good checkpoint.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+KINDS = ("last", "best")
+
+
+def _manager(directory: pathlib.Path, read_only: bool = False) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False,
+        ),
+        item_names=("state", "meta"),
+    )
+
+
+def to_plain(tree: Any) -> Any:
+    """nnx.State / optax namedtuples → nested dicts of numpy arrays (layout-independent)."""
+    if isinstance(tree, nnx.State):
+        tree = tree.to_pure_dict()
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {name: to_plain(getattr(tree, name)) for name in tree._fields}
+    if isinstance(tree, (list, tuple)):
+        return {str(i): to_plain(v) for i, v in enumerate(tree)}
+    if isinstance(tree, dict):
+        return {str(k): to_plain(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+def from_plain(template: Any, plain: Any) -> Any:
+    """Inverse of ``_to_plain`` guided by a template of the original structure."""
+    if not jax.tree.leaves(template):
+        return template  # empty optax states (EmptyState, {}) are not stored by Orbax
+    if isinstance(template, nnx.State):
+        state = jax.tree.map(lambda x: x, template)
+        nnx.replace_by_pure_dict(state, from_plain(template.to_pure_dict(), plain))
+        return state
+    if isinstance(template, tuple) and hasattr(template, "_fields"):
+        return type(template)(*(from_plain(getattr(template, n), plain[n]) for n in template._fields))
+    if isinstance(template, (list, tuple)):
+        return type(template)(from_plain(v, plain[str(i)]) for i, v in enumerate(template))
+    if isinstance(template, dict):
+        return {k: from_plain(v, plain[str(k)]) for k, v in template.items()}
+    return np.asarray(plain, dtype=np.asarray(template).dtype)
+
+
+def save(run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -> None:
+    with _manager(run_dir / "checkpoints" / kind) as manager:
+        manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(to_plain(state)), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+
+
+def latest_epoch(run_dir: pathlib.Path, kind: str = "last") -> int | None:
+    directory = run_dir / "checkpoints" / kind
+    if not directory.is_dir():
+        return None
+    with _manager(directory, read_only=True) as manager:
+        return manager.latest_step()
+
+
+def restore(run_dir: pathlib.Path, kind: str = "last", template: Any = None) -> tuple[Any, dict]:
+    """Return (state, meta) of the newest ``kind`` checkpoint. With ``template`` the state gets
+    the template's structure (nnx.State, optax states); without it, plain nested dicts."""
+    directory = run_dir / "checkpoints" / kind
+    with _manager(directory, read_only=True) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint")
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        )
+    plain = jax.tree.map(np.asarray, dict(restored["state"]))
+    state = plain if template is None else from_plain(template, plain)
+    return state, dict(restored["meta"])

@@ -1,0 +1,119 @@
+"""The pure, jit-compiled core of training: one step, validation, prediction, diagnostics.
+
+Every function here works on ONE member (a seed, or an arm differing only in injected
+hyperparameters) and is lifted over a leading member axis with ``jax.vmap``; K members train in
+one compiled program. The Flax NNX model is split once (``nnx.split``) outside and merged inside
+the traced functions. Datasets are passed as arguments, never closed over, so that they are not
+baked into the compiled program as constants.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxfno import physics
+from jaxfno.config import PhysicsConfig
+from jaxfno.models import block_parameter_stats
+from jaxfno.training.optim import Transforms
+
+
+class TrainState(NamedTuple):
+    params: Any
+    clip_state: Any
+    opt_state: Any
+
+
+class Engine:
+    """Compiled functions for one program (fixed architecture, physics and batch shapes)."""
+
+    def __init__(self, graphdef, rest, transforms: Transforms, physics_cfg: PhysicsConfig, probe,
+                 stitch_fn: Callable[[jax.Array], jax.Array]):
+        self.graphdef, self.rest = graphdef, rest
+        self.stitch_fn = stitch_fn
+        self.transforms = transforms
+        self.physics_cfg = physics_cfg
+        self.probe = jnp.asarray(probe)
+        self.train_step = jax.jit(
+            jax.vmap(self._step, in_axes=(0, None, 0, 0)), donate_argnums=(0,)
+        )
+        self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, None, None)))
+        self.predict = jax.jit(jax.vmap(self._predict, in_axes=(0, None, None)))
+        self.diagnostics = jax.jit(jax.vmap(self._diagnostics, in_axes=(0, None)))
+
+    # --- state ---------------------------------------------------------------------------
+
+    def init_state(self, params) -> TrainState:
+        """State of one member (unstacked)."""
+        return TrainState(
+            params=params,
+            clip_state=self.transforms.clip.init(params),
+            opt_state=self.transforms.optimizer.init(params),
+        )
+
+    def _model(self, params):
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def _loss(self, params, x, mask):
+        out = self._model(params)(x[..., None])
+        # Self-supervised: the measured amplitude is both the input and the target.
+        return physics.physics_loss(out, x, mask, self.probe, self.physics_cfg), out
+
+    # --- training ------------------------------------------------------------------------
+
+    def _step(self, state: TrainState, train_x, idx, mask):
+        x = train_x[idx]
+        (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, x, mask)
+        grad_norm = optax.global_norm(grads)
+        clipped, clip_state = self.transforms.clip.update(grads, state.clip_state, state.params)
+        updates, opt_state = self.transforms.optimizer.update(
+            clipped, state.opt_state, state.params
+        )
+        new_state = TrainState(optax.apply_updates(state.params, updates), clip_state, opt_state)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A diverged member keeps its last finite state: the run stops with inspectable weights.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        logs = {
+            "loss": loss,
+            "n_valid": mask.sum(),
+            "grad_norm": grad_norm,
+            "grad_norm_postclip": optax.global_norm(clipped),
+            "lr": state.opt_state.hyperparams["learning_rate"],
+            "finite": finite,
+        }
+        return new_state, logs
+
+    # --- validation and prediction ---------------------------------------------------------
+
+    def _evaluate(self, params, test_x, idx, mask):
+        """Validation loss over the whole test split (batch-size-weighted mean of batch losses,
+        as Lightning logs it) and the stitched prediction of the first test image."""
+
+        def body(_, batch):
+            i, m = batch
+            loss, out = self._loss(params, test_x[i], m)
+            return None, (loss, m.sum(), physics.object_from_output(out))
+
+        _, (losses, counts, patches) = jax.lax.scan(body, None, (idx, mask))
+        val_loss = jnp.sum(losses * counts) / jnp.sum(counts)
+        return val_loss, self.stitch_fn(patches.reshape(-1, *patches.shape[2:]))
+
+    def _predict(self, params, test_x, idx):
+        """Stitched prediction of the first test image at the inference batch size."""
+        def body(_, i):
+            return None, physics.object_from_output(self._model(params)(test_x[i][..., None]))
+
+        _, patches = jax.lax.scan(body, None, idx)
+        return self.stitch_fn(patches.reshape(-1, *patches.shape[2:]))
+
+    def _diagnostics(self, params, probe_x):
+        """Per-block parameter statistics and activation RMS on a fixed probe batch."""
+        _, activations = self._model(params)(probe_x[..., None], with_block_stats=True)
+        blocks = block_parameter_stats(params)
+        return {
+            name: {**blocks.get(name, {}), **activations[name]} for name in activations
+        }

@@ -1,0 +1,299 @@
+"""The training loop: K members of one program trained together, epoch by epoch.
+
+A *member* is one run (its own RunConfig and run directory). Members of one program share
+everything structural (data, model, physics, optimiser type, clip algorithm, batch shapes) and
+may differ in seed, learning rate, schedule and clip threshold, which enter as stacked arrays:
+per-member initialisation and batch order, per-member injected hyperparameters.
+
+Per epoch, in order:
+  1. set each member's learning rate for the epoch (host schedule → injected hyperparameter);
+  2. train: one jit-compiled, vmapped step per batch; logs stay on device until the epoch ends;
+  3. validate on the full test split (loss + stitched prediction) and gather diagnostics;
+  4. log, checkpoint (last, best), feed the plateau schedule, stop diverged members.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import sys
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxfno.config import ConfigError, RunConfig
+from jaxfno.data import Dataset
+from jaxfno.evaluation import score, stitch
+from jaxfno.models import build_model
+from jaxfno.physics import forward_probe
+from jaxfno.training import checkpoint
+from jaxfno.training.engine import Engine, TrainState
+from jaxfno.training.optim import LRSchedule, build_transforms, clip_threshold, with_hyperparam
+
+# Fields that may differ between members of one compiled program.
+_MEMBER_OPTIM_FIELDS = (
+    "lr", "scheduler", "warmup_epochs", "lr_min_ratio",
+    "plateau_factor", "plateau_patience", "plateau_min_lr", "grad_clip",
+)
+
+
+def program_signature(cfg: RunConfig) -> str:
+    """Hash of everything that must be equal for runs to share one compiled program."""
+    neutral = {name: getattr(OPTIM_NEUTRAL, name) for name in _MEMBER_OPTIM_FIELDS}
+    return cfg.replace(
+        train=cfg.train.replace(seed=0), optim=cfg.optim.replace(**neutral)
+    ).config_hash()
+
+
+OPTIM_NEUTRAL = RunConfig().optim
+
+
+def new_history() -> dict:
+    return {
+        "train_loss": [], "val_loss": [], "lr_epoch": [],
+        "lr": [], "grad_norm": [], "grad_norm_postclip": [],
+        "val_amp_ssim": [], "epoch_seconds": [],
+        "nonfinite_step": None, "steps_per_epoch": None,
+        "diagnostics": {"clipped_fraction": [], "blocks": {}},
+    }
+
+
+@dataclasses.dataclass
+class Member:
+    config: RunConfig
+    run_dir: pathlib.Path
+    history: dict = dataclasses.field(default_factory=new_history)
+    schedule: LRSchedule | None = None
+    best_val: float = math.inf
+
+    def __post_init__(self):
+        if self.schedule is None:
+            self.schedule = LRSchedule(self.config.optim, self.config.train.epochs)
+
+    @property
+    def stopped(self) -> bool:
+        return self.history["nonfinite_step"] is not None
+
+    def meta(self, epoch: int) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "config_hash": self.config.config_hash(),
+            "epoch": epoch,
+            "val_loss": self.history["val_loss"][-1],
+            "history": self.history,
+            "schedule": self.schedule.to_dict(),
+            "best_val": self.best_val,
+        }
+
+
+def epoch_batches(n: int, batch_size: int, drop_last: bool, seed: int, epoch: int):
+    """Shuffled batch indices (steps, batch) and validity mask for one epoch. The short last
+    batch is padded with index 0 and masked, so every step has the same shape (one compile)."""
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+    steps = n // batch_size if drop_last else -(-n // batch_size)
+    return _pad_batches(order[: steps * batch_size], steps, batch_size)
+
+
+def sequential_batches(n: int, batch_size: int):
+    return _pad_batches(np.arange(n), -(-n // batch_size), batch_size)
+
+
+def _pad_batches(order: np.ndarray, steps: int, batch_size: int):
+    idx = np.zeros(steps * batch_size, np.int32)
+    mask = np.zeros(steps * batch_size, np.float32)
+    idx[: order.size], mask[: order.size] = order, 1.0
+    return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member_slice(tree, k: int):
+    return jax.tree.map(lambda x: np.asarray(x[k]), tree)
+
+
+class Progress:
+    """One status line on a terminal; silent otherwise (CI logs, pipes)."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+    def update(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+@dataclasses.dataclass
+class Program:
+    """What training hands to evaluation: the compiled engine and the final stacked state."""
+
+    engine: Engine
+    state: TrainState
+    members: list[Member]
+    test_x: jax.Array
+
+
+def stitch_geometry(dataset: Dataset) -> tuple[int, int]:
+    """(grid, border) of the first test image's patches (33, 27 for the benchmark)."""
+    cfg = dataset.config
+    object_size = dataset.test.YY_full.shape[-1]
+    grid = (object_size - cfg.n) // cfg.test_stride + 1
+    return grid, (cfg.n - cfg.test_stride) // 2
+
+
+def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest) -> tuple[Engine, jax.Array]:
+    """The compiled functions of ``cfg``'s program and the test inputs on device."""
+    grid, border = stitch_geometry(dataset)
+    engine = Engine(graphdef, rest, build_transforms(cfg.optim), cfg.physics, forward_probe(dataset),
+                    stitch_fn=lambda patches: stitch(patches[: grid * grid], grid=grid, border=border))
+    return engine, jnp.asarray(dataset.test.diffraction)
+
+
+def init_params(cfg: RunConfig):
+    """Initial parameters from the member's seed (every random stream derives from it)."""
+    model = build_model(cfg.model, nnx.Rngs(params=jax.random.key(cfg.train.seed)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def train_members(
+    configs: Sequence[RunConfig],
+    run_dirs: Sequence[pathlib.Path],
+    dataset: Dataset,
+    *,
+    resume: bool = True,
+    progress: Progress | None = None,
+    on_epoch_end: Callable[[int, list[Member]], None] | None = None,
+) -> Program:
+    """Train K members in one compiled program; see the module docstring."""
+    signatures = {program_signature(c) for c in configs}
+    if len(signatures) != 1:
+        raise ConfigError(
+            "members of one program may differ only in seed, "
+            f"{', '.join(_MEMBER_OPTIM_FIELDS)}; got {len(signatures)} incompatible configs"
+        )
+    cfg0 = configs[0]
+    progress = progress or Progress()
+    members = [Member(c, pathlib.Path(d)) for c, d in zip(configs, run_dirs)]
+
+    # --- data on device -----------------------------------------------------------------
+    n_train = dataset.train.diffraction.shape[0]
+    if cfg0.train.train_subset:
+        n_train = min(n_train, cfg0.train.train_subset)
+    train_x = jnp.asarray(dataset.train.diffraction[:n_train])
+    ground_truth = dataset.test.ground_truth
+
+    # --- model, optimiser, engine ---------------------------------------------------------
+    graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg0))
+    engine, test_x = build_engine(cfg0, dataset, graphdef, rest)
+    val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
+    probe_x = test_x[: cfg0.train.batch_size]  # fixed batch for activation diagnostics
+    state = _stack([engine.init_state(init_params(c)[1]) for c in configs])
+    state = state._replace(clip_state=with_hyperparam(
+        state.clip_state, "threshold", np.array([clip_threshold(c.optim) for c in configs], np.float32)
+    ))
+
+    # --- resume ---------------------------------------------------------------------------
+    start_epoch = 0
+    if resume:
+        done = [checkpoint.latest_epoch(m.run_dir) for m in members]
+        if all(e is not None for e in done):
+            if len(set(done)) != 1:
+                raise RuntimeError(f"cannot resume members stopped at different epochs: {done}")
+            restored = []
+            for k, m in enumerate(members):
+                member_state, meta = checkpoint.restore(m.run_dir, "last", _member_slice(state, k))
+                if meta["config_hash"] != m.config.config_hash():
+                    raise RuntimeError(f"{m.run_dir}: checkpoint belongs to another config")
+                m.history, m.best_val = meta["history"], meta["best_val"]
+                m.schedule.load(meta["schedule"])
+                restored.append(member_state)
+            state = _stack(restored)
+            start_epoch = done[0] + 1
+
+    # --- epochs ---------------------------------------------------------------------------
+    epochs = cfg0.train.epochs
+    for epoch in range(start_epoch, epochs):
+        if all(m.stopped for m in members):
+            break
+        t0 = time.perf_counter()
+        lrs = np.array([m.schedule.lr(epoch) for m in members], np.float32)
+        state = state._replace(opt_state=with_hyperparam(state.opt_state, "learning_rate", lrs))
+        batches = [epoch_batches(n_train, c.train.batch_size, c.train.drop_last, c.train.seed, epoch)
+                   for c in configs]
+        idx = np.stack([b[0] for b in batches], axis=1)  # (steps, K, B)
+        mask = np.stack([b[1] for b in batches], axis=1)
+        logs = []
+        for s in range(idx.shape[0]):
+            state, step_logs = engine.train_step(state, train_x, idx[s], mask[s])
+            logs.append(step_logs)
+            if progress.enabled and s % 10 == 0:
+                progress.update(
+                    f"epoch {epoch + 1}/{epochs} step {s + 1}/{idx.shape[0]} "
+                    f"loss {float(step_logs['loss'][0]):.4f} grad {float(step_logs['grad_norm'][0]):.3g} "
+                    f"lr {float(step_logs['lr'][0]):.3g}"
+                )
+        logs = jax.device_get(logs)  # the epoch's only host sync for step logs
+        val_loss, stitched = engine.evaluate(state.params, test_x, val_idx, val_mask)
+        diagnostics = jax.device_get(engine.diagnostics(state.params, probe_x))
+        val_loss, stitched = np.asarray(val_loss), np.asarray(stitched)
+        seconds = time.perf_counter() - t0
+
+        for k, m in enumerate(members):
+            if m.stopped:
+                continue
+            _record_epoch(m, k, epoch, logs, float(val_loss[k]), float(lrs[k]), diagnostics,
+                          stitched[k], ground_truth, seconds)
+            checkpoint.save(m.run_dir, "last", epoch, _member_slice(state, k), m.meta(epoch))
+            if m.history["val_loss"][-1] < m.best_val:
+                m.best_val = m.history["val_loss"][-1]
+                checkpoint.save(m.run_dir, "best", epoch, _member_slice(state, k), m.meta(epoch))
+            m.schedule.observe(epoch, m.history["val_loss"][-1])
+        progress.update(
+            f"epoch {epoch + 1}/{epochs} train {members[0].history['train_loss'][-1]:.4f} "
+            f"val {members[0].history['val_loss'][-1]:.4f} ({seconds:.1f} s)"
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, members)
+    progress.close()
+    return Program(engine, state, members, test_x)
+
+
+def _record_epoch(m: Member, k: int, epoch: int, logs: list[dict], val_loss: float, lr: float,
+                  diagnostics: dict, stitched: np.ndarray, ground_truth, seconds: float) -> None:
+    h = m.history
+    steps = len(logs)
+    loss = np.array([l["loss"][k] for l in logs], np.float64)
+    n_valid = np.array([l["n_valid"][k] for l in logs], np.float64)
+    finite = np.array([l["finite"][k] for l in logs], bool)
+    pre = np.array([l["grad_norm"][k] for l in logs], np.float64)
+    post = np.array([l["grad_norm_postclip"][k] for l in logs], np.float64)
+    h["steps_per_epoch"] = steps
+    h["lr"] += [float(l["lr"][k]) for l in logs]
+    h["grad_norm"] += pre.tolist()
+    h["grad_norm_postclip"] += post.tolist()
+    if not finite.all():
+        h["nonfinite_step"] = epoch * steps + int(np.argmin(finite))
+    ok = finite
+    h["train_loss"].append(float(np.sum(loss[ok] * n_valid[ok]) / max(np.sum(n_valid[ok]), 1)))
+    h["val_loss"].append(val_loss)
+    h["lr_epoch"].append(lr)
+    h["epoch_seconds"].append(seconds)
+    h["val_amp_ssim"].append(score(stitched, ground_truth)["ssim"][0])
+    # A step counts as clipped when clipping changed its gradient (any algorithm).
+    h["diagnostics"]["clipped_fraction"].append(float(np.mean(post < pre * (1 - 1e-6))))
+    for block, stats in diagnostics.items():
+        per_block = h["diagnostics"]["blocks"].setdefault(block, {})
+        for name, value in stats.items():
+            per_block.setdefault(name, []).append(None if value is None else float(value[k]))
