@@ -1,8 +1,5 @@
 """Schedules, clipping and optimiser construction (SPEC §4) without a model."""
 
-import math
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -25,18 +22,18 @@ def test_constant_and_asrun_schedules():
     assert scheduled_lr(OptimConfig(lr=1e-3), 20, 7) == 1e-3
     # Upstream's never-stepped WarmupCosine: constant at its first value, 0.1 × lr.
     asrun = OptimConfig(lr=5e-4, scheduler="asrun_warmup")
-    assert {scheduled_lr(asrun, 20, e) for e in range(20)} == {pytest.approx(5e-5)}
+    assert [scheduled_lr(asrun, 20, e) for e in range(20)] == pytest.approx([5e-5] * 20)
 
 
 def test_plateau_halves_after_patience_and_respects_min():
     schedule = LRSchedule(OptimConfig(lr=1e-3, scheduler="plateau"), epochs=20)
     lrs = []
-    for epoch, val in enumerate([1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]):
+    for epoch, val in enumerate([1.0] + [0.9] * 19):
         lrs.append(schedule.lr(epoch))
         schedule.observe(epoch, val)
     assert lrs[:5] == [1e-3] * 5  # patience 2: three bad epochs before the first cut
     assert lrs[5] == pytest.approx(5e-4)
-    assert min(lrs) == pytest.approx(1e-4) or min(lrs) >= 1e-4
+    assert min(lrs) == pytest.approx(1e-4)  # floored at plateau_min_lr
 
 
 def test_schedule_state_round_trips_for_resume():
@@ -55,9 +52,9 @@ def test_clip_threshold_is_injected_and_effective(algorithm):
     tx = build_transforms(OptimConfig(grad_clip=0.5, grad_clip_algorithm=algorithm)).clip
     state = tx.init(params)
     clipped, _ = tx.update(grads, state, params)
-    assert optax.global_norm(clipped) < optax.global_norm(grads)
+    assert optax.tree.norm(clipped) < optax.tree.norm(grads)
     loose, _ = tx.update(grads, with_hyperparam(state, "threshold", 1e9), params)
-    np.testing.assert_allclose(optax.global_norm(loose), optax.global_norm(grads), rtol=1e-6)
+    np.testing.assert_allclose(optax.tree.norm(loose), optax.tree.norm(grads), rtol=1e-6)
 
 
 def test_global_norm_clip_respects_threshold():
@@ -67,7 +64,7 @@ def test_global_norm_clip_respects_threshold():
     for scale in (0.1, 1.0, 100.0):
         grads = {"w": jnp.arange(8.0) * scale}
         clipped, _ = tx.update(grads, state, params)
-        norm, post = float(optax.global_norm(grads)), float(optax.global_norm(clipped))
+        norm, post = float(optax.tree.norm(grads)), float(optax.tree.norm(clipped))
         assert post <= 0.5 * (1 + 1e-6) if norm > 0.5 else post == pytest.approx(norm)
 
 
@@ -108,4 +105,3 @@ def test_config_json_round_trip_and_stable_hash():
     again = RunConfig.from_json(cfg.to_json())
     assert again == cfg and again.config_hash() == cfg.config_hash()
     assert cfg.replace(train=cfg.train.replace(seed=1)).config_hash() != cfg.config_hash()
-    assert math.isfinite(jax.device_get(jnp.float32(1.0)))

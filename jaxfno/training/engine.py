@@ -68,7 +68,7 @@ class Engine:
     def _step(self, state: TrainState, train_x, idx, mask):
         x = train_x[idx]
         (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, x, mask)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         clipped, clip_state = self.transforms.clip.update(grads, state.clip_state, state.params)
         updates, opt_state = self.transforms.optimizer.update(
             clipped, state.opt_state, state.params
@@ -81,7 +81,7 @@ class Engine:
             "loss": loss,
             "n_valid": mask.sum(),
             "grad_norm": grad_norm,
-            "grad_norm_postclip": optax.global_norm(clipped),
+            "grad_norm_postclip": optax.tree.norm(clipped),
             "lr": state.opt_state.hyperparams["learning_rate"],
             "finite": finite,
         }

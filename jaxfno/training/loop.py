@@ -160,6 +160,13 @@ def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest) -> tuple[Engi
     return engine, jnp.asarray(dataset.test.diffraction)
 
 
+def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
+    """Stacked state of K members: per-member initialisation and clip threshold."""
+    state = _stack([engine.init_state(init_params(c)[1]) for c in configs])
+    thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
+    return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
+
+
 def init_params(cfg: RunConfig):
     """Initial parameters from the member's seed (every random stream derives from it)."""
     model = build_model(cfg.model, nnx.Rngs(params=jax.random.key(cfg.train.seed)))
@@ -199,10 +206,7 @@ def train_members(
     engine, test_x = build_engine(cfg0, dataset, graphdef, rest)
     val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
     probe_x = test_x[: cfg0.train.batch_size]  # fixed batch for activation diagnostics
-    state = _stack([engine.init_state(init_params(c)[1]) for c in configs])
-    state = state._replace(clip_state=with_hyperparam(
-        state.clip_state, "threshold", np.array([clip_threshold(c.optim) for c in configs], np.float32)
-    ))
+    state = initial_state(engine, configs)
 
     # --- resume ---------------------------------------------------------------------------
     start_epoch = 0
