@@ -63,10 +63,10 @@ def test_norms_and_value_ranges(grid_lines_dataset):
 
 def test_test_patches_row_major_and_ground_truth(grid_lines_dataset):
     test = grid_lines_dataset.test
-    full = test.YY_full[0]
+    full, patches = test.YY_full[0], test.object_patches
     for k in (0, 1, 33, 500, 1088):
         r, c = divmod(k, 33)
-        np.testing.assert_allclose(test.object_patches[k],
+        np.testing.assert_allclose(patches[k],
                                    full[10 * r:10 * r + 64, 10 * c:10 * c + 64], rtol=1e-6)
     # Ground truth: the raw (un-normalised) test object, rows/cols 27…356.
     np.testing.assert_allclose(test.ground_truth, full[27:357, 27:357] * test.norm_Y_I,
@@ -79,7 +79,7 @@ def test_train_shuffled_with_pairs_aligned(grid_lines_dataset):
     full = train.YY_full[0]
     for k in (0, 1, 4000, 6888):
         r, c = divmod(order[k], 83)
-        np.testing.assert_allclose(train.object_patches[k],
+        np.testing.assert_allclose(train.Y_I[k] * np.exp(1j * train.Y_phi[k]),
                                    full[4 * r:4 * r + 64, 4 * c:4 * c + 64], rtol=1e-6)
     assert order[0] != 0
 

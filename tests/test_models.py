@@ -35,7 +35,7 @@ def test_parameter_counts_match_upstream(cfg, expected):
 
 def test_effective_count_excludes_unreachable_spectral_weights():
     counts = parameter_counts(ModelConfig())
-    # Unused entries of the allocated 12×12 (bottleneck 6×6) blocks, per level (in·out·(alloc−used)):
+    # Unused entries of the allocated 12×12 (bottleneck 6×6) blocks, in·out·(allocated − used):
     # 16×16 map: 12×9 used; 8×8 map: 8×5 used; bottleneck 8×8: 6×5 used.
     unused = 128**2 * (144 - 108) + 256**2 * (144 - 40) + 256**2 * (36 - 30)
     assert counts["torch_numel"] - counts["effective"] == unused  # ≈ 7.8 M (SPEC §3.3)
@@ -231,7 +231,8 @@ def test_block_parameter_stats():
     assert set(stats) == {"enc0", "enc1", "enc2", "bottleneck"}
     np.testing.assert_allclose(stats["bottleneck"]["layerscale_abs_mean"], 0.01)
     np.testing.assert_allclose(stats["enc0"]["norm_scale_mean"], 1.0)
-    zero = block_parameter_stats(build_model(SMALL.replace(arch="stable_hybrid", zero_gamma=True), 0))
+    zero_gamma = SMALL.replace(arch="stable_hybrid", zero_gamma=True)
+    zero = block_parameter_stats(build_model(zero_gamma, 0))
     assert zero["enc1"]["layerscale_abs_mean"] is None
     assert float(zero["enc1"]["norm_scale_mean"]) == 0.0
     plain = block_parameter_stats(build_model(SMALL, 0))

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 
 from jaxfno.data.probe import energy_fraction
-from jaxfno.data.store import Split, _read, _read_provenance, file_status
+from jaxfno.data.store import Split, file_status, read_provenance, read_unverified
 
 
 def noise_floor(split: Split, probe_sim: np.ndarray, batch: int = 1024) -> float:
@@ -31,8 +31,9 @@ def noise_floor(split: Split, probe_sim: np.ndarray, batch: int = 1024) -> float
 
 def _array_line(name: str, a: np.ndarray) -> str:
     if np.iscomplexobj(a):
-        amp = np.abs(a)
-        rng = f"|.| {amp.min():.4g}..{amp.max():.4g}, phase {np.angle(a).min():+.3f}..{np.angle(a).max():+.3f}"
+        amp, phase = np.abs(a), np.angle(a)
+        rng = (f"|.| {amp.min():.4g}..{amp.max():.4g}, "
+               f"phase {phase.min():+.3f}..{phase.max():+.3f}")
     else:
         rng = f"{a.min():.4g}..{a.max():.4g}, mean {a.mean():.4g}"
     return f"    {name:<16} {str(a.dtype):<10} {str(a.shape):<18} {rng}"
@@ -41,14 +42,14 @@ def _array_line(name: str, a: np.ndarray) -> str:
 def describe_dataset(path) -> str:
     """Shapes, ranges, probe, scales, noise floor and per-file hash status of a dataset dir."""
     path = pathlib.Path(path)
-    prov = _read_provenance(path)
+    prov = read_provenance(path)
     status = file_status(path, prov)
     lines = [f"dataset {path}", f"  config {prov['config_hash']}: {prov.get('config')}",
              "  files: " + ", ".join(f"{k} {v}" for k, v in status.items())]
     if any(s != "ok" for s in status.values()):
         lines.append("  (contents not summarised: verification failed)")
         return "\n".join(lines)
-    ds = _read(path, prov)
+    ds = read_unverified(path, prov)
     probe = ds.probe_guess
     lines += [
         f"  probe: {prov['probe']['description']}",

@@ -35,7 +35,7 @@ def lines_amplitude(nimgs: int, seed: int) -> np.ndarray:
 
 
 def lines_phase(amplitude: np.ndarray, set_phi: bool) -> np.ndarray:
-    """φ = π·tanh((A − max A / 2) / (3·mean A)), max/mean over every image of the split; 0 if off."""
+    """φ = π·tanh((A − max A / 2) / (3·mean A)), max, mean over the whole split; 0 if off."""
     if not set_phi:
         return np.zeros_like(amplitude)
     return np.pi * np.tanh((amplitude - amplitude.max() / 2) / (3 * amplitude.mean()))

@@ -8,9 +8,10 @@ Synthetic default ("synthetic"), a defocused circular aperture seen at the sampl
 
 PUPIL_RADIUS = 10 and DEFOCUS = 0.01875: the geometric (ray-optics) spot radius is
 DEFOCUS·PUPIL_RADIUS·64 = 12 px, with Fresnel rings inside it (a dark centre and a bright ring
-at r ≈ 4 px), weak aliased side lobes outside, and a curved (roughly quadratic, ≈ 9 rad across
-the central disk) phase. 92.6 % of |P|² lies inside the r = 16 disk. The centre sits at pixel
-(32, 32), where the FFT puts it; the κ mask is centred at (31.5, 31.5) as the SPEC fixes.
+at r ≈ 4 px), weak aliased side lobes outside, and a curved, roughly quadratic phase (≈ 10 rad
+of unwrapped range along the central row inside r = 16). 92.6 % of |P|² lies inside the r = 16
+disk. The centre sits at pixel (32, 32), where the FFT puts it; the κ mask is centred at
+(31.5, 31.5) as the SPEC fixes.
 
 "gaussian": P = exp(−|x|² / (2·GAUSSIAN_SIGMA²)) with flat phase, centred at (32, 32);
 98.2 % of |P|² inside r = 16. A featureless probe, for studying how probe structure matters.

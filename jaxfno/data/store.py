@@ -170,7 +170,8 @@ def _publish(out: pathlib.Path, cfg, probe, description, train, test, scalars) -
 
 # ----------------------------------------------------------------------------- verifying
 
-def _read_provenance(path: pathlib.Path) -> dict[str, Any]:
+def read_provenance(path: pathlib.Path) -> dict[str, Any]:
+    """The parsed provenance.json of a dataset directory (DatasetError if absent or invalid)."""
     file = path / PROVENANCE
     if not file.is_file():
         raise DatasetError(f"{path} holds no dataset: {PROVENANCE} is missing")
@@ -205,7 +206,7 @@ def _verify(path: pathlib.Path, prov: dict) -> None:
 
 
 def _check_reusable(out: pathlib.Path, cfg: DataConfig, probe: np.ndarray) -> None:
-    prov = _read_provenance(out)
+    prov = read_provenance(out)
     if prov["config_hash"] != cfg.config_hash():
         raise DatasetError(
             f"{out} holds a dataset of config {prov['config_hash']}, not of the requested config "
@@ -249,7 +250,8 @@ def _split(arrays: dict[str, np.ndarray]) -> Split:
                  ground_truth=arrays.get("YY_ground_truth"))
 
 
-def _read(path: pathlib.Path, prov: dict) -> Dataset:
+def read_unverified(path: pathlib.Path, prov: dict) -> Dataset:
+    """Read a dataset without re-hashing its files (callers verify first)."""
     try:
         config = DataConfig.from_dict(prov["config"])
     except (ConfigError, KeyError, TypeError) as exc:
@@ -269,12 +271,12 @@ def _read(path: pathlib.Path, prov: dict) -> Dataset:
 def load_dataset(path, expected: Optional[DataConfig] = None) -> Dataset:
     """Load a dataset after verifying every file's SHA-256 (and the config, if ``expected``)."""
     path = pathlib.Path(path)
-    prov = _read_provenance(path)
+    prov = read_provenance(path)
     if expected is not None and expected.config_hash() != prov["config_hash"]:
         raise DatasetError(f"{path} holds a dataset of config {prov['config_hash']}, "
                            f"expected {expected.config_hash()}")
     _verify(path, prov)
-    return _read(path, prov)
+    return read_unverified(path, prov)
 
 
 # ----------------------------------------------------------------------------- building

@@ -83,7 +83,8 @@ def parameter_counts(cfg: ModelConfig, *, resolution: int = 64) -> dict[str, int
     return {"torch_numel": real - imag, "real_scalars": real, "effective": real - imag - unused}
 
 
-def summary_table(cfg: ModelConfig, *, resolution: int = 64) -> list[tuple[str, tuple[int, ...], int]]:
+def summary_table(cfg: ModelConfig, *,
+                  resolution: int = 64) -> list[tuple[str, tuple[int, ...], int]]:
     """One row (dotted parameter path, shape, element count) per parameter array."""
     return [(".".join(map(str, path)), tuple(leaf.shape), leaf.size)
             for path, leaf in _flat(_abstract(cfg, resolution))]

@@ -37,9 +37,10 @@ def benchmark_forward_backward(cfg: ModelConfig, batch: int = 16, repeats: int =
     def forward_backward(p, x):
         return jax.value_and_grad(lambda p: jnp.mean(jnp.square(forward(p, x))))(p)
 
+    counts = parameter_counts(cfg, resolution=resolution)
     result: dict[str, Any] = {"arch": cfg.arch, "batch": batch, "resolution": resolution,
                               "repeats": repeats, "device": str(jax.devices()[0]),
-                              "torch_numel": parameter_counts(cfg, resolution=resolution)["torch_numel"]}
+                              "torch_numel": counts["torch_numel"]}
     for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(params, x).compile()

@@ -161,9 +161,9 @@ def _array(t: torch.Tensor) -> jnp.ndarray:
 
 
 def _assign(param: nnx.Param, value: jnp.ndarray, name: str) -> None:
-    if param.value.shape != value.shape:
-        raise ValueError(f"{name}: torch shape {value.shape} != flax shape {param.value.shape}")
-    param.value = value
+    if param[...].shape != value.shape:
+        raise ValueError(f"{name}: torch shape {value.shape} != flax shape {param[...].shape}")
+    param[...] = value
 
 
 def copy_torch_to_flax(torch_model: nn.Module, flax_model: nnx.Module) -> nnx.Module:
