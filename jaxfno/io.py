@@ -42,6 +42,5 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    # np.savez appends ".npz" to names without it, so the temp name keeps that suffix.
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)

@@ -113,7 +113,9 @@ def _write_artifacts(member: Member, stitched: np.ndarray, dataset: Dataset, flo
     verdict = collapse_verdict(history, stitched, ground_truth, floor, metrics)
     d = member.run_dir
     write_npz(d / "recon.npz", prediction=stitched, ground_truth=ground_truth)
-    title = f"{d.name}: amp SSIM {metrics['ssim'][0]:.3f}" + (" (collapsed)" if verdict["collapsed"] else "")
+    amp_ssim = metrics["ssim"][0]
+    title = f"{d.name}: amp SSIM " + ("n/a" if amp_ssim is None else f"{amp_ssim:.3f}")
+    title += f" (collapsed: {', '.join(verdict['rules'])})" if verdict["collapsed"] else ""
     save_figure(reconstruction_figure(stitched, ground_truth, title), d / "recon.png")
     write_json(d / "history.json", history)
     write_json(d / "metrics.json", metrics)

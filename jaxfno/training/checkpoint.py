@@ -32,7 +32,7 @@ def _manager(directory: pathlib.Path, read_only: bool = False) -> ocp.Checkpoint
 def to_plain(tree: Any) -> Any:
     """nnx.State / optax namedtuples → nested dicts of numpy arrays (layout-independent)."""
     if isinstance(tree, nnx.State):
-        tree = tree.to_pure_dict()
+        tree = nnx.to_pure_dict(tree)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return {name: to_plain(getattr(tree, name)) for name in tree._fields}
     if isinstance(tree, (list, tuple)):
@@ -48,7 +48,7 @@ def from_plain(template: Any, plain: Any) -> Any:
         return template  # empty optax states (EmptyState, {}) are not stored by Orbax
     if isinstance(template, nnx.State):
         state = jax.tree.map(lambda x: x, template)
-        nnx.replace_by_pure_dict(state, from_plain(template.to_pure_dict(), plain))
+        nnx.replace_by_pure_dict(state, from_plain(nnx.to_pure_dict(template), plain))
         return state
     if isinstance(template, tuple) and hasattr(template, "_fields"):
         return type(template)(*(from_plain(getattr(template, n), plain[n]) for n in template._fields))
