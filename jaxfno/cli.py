@@ -203,6 +203,25 @@ def cmd_study_stage_a(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    enable_compilation_cache()
+    from jaxfno import bench
+    from jaxfno.io import write_json
+
+    if a.what == "model":
+        result = bench.bench_model(a.arch, a.batch, a.repeats)
+    else:
+        dataset = load_or_build_dataset(DataConfig(), None)
+        if a.what == "step":
+            result = bench.bench_step(dataset, a.arch, a.batch, a.repeats, with_torch=not a.no_torch)
+        else:
+            result = bench.bench_data_and_eval(dataset, a.repeats)
+    print(bench.format_table(result))
+    if a.json_out:
+        write_json(a.json_out, result)
+    return 0
+
+
 def cmd_inspect(a) -> int:
     from jaxfno.inspect import describe_checkpoint, evaluate_checkpoint
 
@@ -255,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.add_argument("--arms", nargs="+", default=None, help="arm names (default: all)")
     stage_a.add_argument("--out", required=True)
     stage_a.set_defaults(func=cmd_study_stage_a)
+
+    bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
+    bench.add_argument("what", choices=("step", "data", "model"))
+    bench.add_argument("--arch", default="hybrid", choices=ModelConfig.ARCHS)
+    bench.add_argument("--batch", type=int, default=16)
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")
+    bench.add_argument("--json-out", default=None, help="also write the result as JSON here")
+    bench.set_defaults(func=cmd_bench)
 
     inspect = sub.add_parser("inspect", help="look inside a run's Orbax checkpoint")
     inspect.add_argument("checkpoint", help="a run directory, or its checkpoints/last|best folder")

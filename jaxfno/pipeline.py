@@ -87,6 +87,7 @@ def run_members(
     overwrite: bool = False,
     progress: Progress | None = None,
     on_epoch_end: Callable | None = None,
+    member_axis: str | None = None,
 ) -> list[RunResult]:
     """Train, evaluate and write K runs that share one compiled program."""
     run_dirs = [pathlib.Path(d) for d in run_dirs]
@@ -95,7 +96,7 @@ def run_members(
     if todo:
         program = train_members(
             [configs[k] for k in todo], [run_dirs[k] for k in todo], dataset,
-            progress=progress, on_epoch_end=on_epoch_end,
+            progress=progress, on_epoch_end=on_epoch_end, member_axis=member_axis,
         )
         infer = configs[0].train.infer_batch_size
         idx, _ = sequential_batches(program.test_x.shape[0], infer)

@@ -146,11 +146,22 @@ def test_same_seed_gives_identical_history(reference_run, grid_lines_dataset, tm
     assert again.metrics == reference_run.metrics
 
 
-def test_vmapped_seeds_match_separate_runs(grid_lines_dataset, tmp_path):
-    configs = [tiny(train=dict(seed=s)) for s in (11, 12, 13)]
-    together = run_members(configs, [tmp_path / f"v{s}" for s in (11, 12, 13)], grid_lines_dataset)
-    for cfg, joint in zip(configs, together):
-        alone = run_one(cfg, tmp_path / f"s{cfg.train.seed}", grid_lines_dataset)
+SEEDS = (11, 12, 13)
+
+
+@pytest.fixture(scope="module")
+def separate_runs(grid_lines_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("separate")
+    return [run_one(tiny(train=dict(seed=s)), out / f"s{s}", grid_lines_dataset) for s in SEEDS]
+
+
+@pytest.mark.parametrize("member_axis", ["vmap", "map"])
+def test_seeds_in_one_program_match_separate_runs(grid_lines_dataset, separate_runs, tmp_path,
+                                                   member_axis):
+    configs = [run.config for run in separate_runs]
+    together = run_members(configs, [tmp_path / f"k{s}" for s in SEEDS], grid_lines_dataset,
+                           member_axis=member_axis)
+    for joint, alone in zip(together, separate_runs):
         for key in ("train_loss", "val_loss"):
             np.testing.assert_allclose(joint.history[key], alone.history[key], rtol=1e-5)
         assert joint.verdict["collapsed"] == alone.verdict["collapsed"]

@@ -152,11 +152,13 @@ def stitch_geometry(dataset: Dataset) -> tuple[int, int]:
     return grid, (cfg.n - cfg.test_stride) // 2
 
 
-def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest) -> tuple[Engine, jax.Array]:
+def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest,
+                 member_axis: str | None = None) -> tuple[Engine, jax.Array]:
     """The compiled functions of ``cfg``'s program and the test inputs on device."""
     grid, border = stitch_geometry(dataset)
     engine = Engine(graphdef, rest, build_transforms(cfg.optim), cfg.physics, forward_probe(dataset),
-                    stitch_fn=lambda patches: stitch(patches[: grid * grid], grid=grid, border=border))
+                    stitch_fn=lambda patches: stitch(patches[: grid * grid], grid=grid, border=border),
+                    member_axis=member_axis)
     return engine, jnp.asarray(dataset.test.diffraction)
 
 
@@ -182,6 +184,7 @@ def train_members(
     resume: bool = True,
     progress: Progress | None = None,
     on_epoch_end: Callable[[int, list[Member]], None] | None = None,
+    member_axis: str | None = None,
 ) -> Program:
     """Train K members in one compiled program; see the module docstring."""
     signatures = {program_signature(c) for c in configs}
@@ -203,7 +206,7 @@ def train_members(
 
     # --- model, optimiser, engine ---------------------------------------------------------
     graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg0))
-    engine, test_x = build_engine(cfg0, dataset, graphdef, rest)
+    engine, test_x = build_engine(cfg0, dataset, graphdef, rest, member_axis)
     val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
     probe_x = test_x[: cfg0.train.batch_size]  # fixed batch for activation diagnostics
     state = initial_state(engine, configs)
