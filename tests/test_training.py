@@ -155,7 +155,7 @@ def separate_runs(grid_lines_dataset, tmp_path_factory):
     return [run_one(tiny(train=dict(seed=s)), out / f"s{s}", grid_lines_dataset) for s in SEEDS]
 
 
-@pytest.mark.parametrize("member_axis", ["vmap", "map"])
+@pytest.mark.parametrize("member_axis", ["vmap", "unroll"])
 def test_seeds_in_one_program_match_separate_runs(grid_lines_dataset, separate_runs, tmp_path,
                                                    member_axis):
     configs = [run.config for run in separate_runs]
