@@ -144,6 +144,28 @@ class Program:
     test_x: jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class MemberPlacement:
+    """Where member-stacked arrays live: with several devices (GPUs, hosts after
+    ``jax.distributed.initialize``, or forced CPU devices) and K divisible by their number, the
+    member axis is sharded over a 1-D mesh; otherwise everything stays on the default device."""
+
+    mesh: jax.sharding.Mesh | None
+
+    @classmethod
+    def for_members(cls, members: int) -> "MemberPlacement":
+        devices = jax.devices()
+        if len(devices) > 1 and members % len(devices) == 0:
+            return cls(jax.sharding.Mesh(np.array(devices), ("members",)))
+        return cls(None)
+
+    def put(self, tree):
+        if self.mesh is None:
+            return tree
+        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("members"))
+        return jax.device_put(tree, sharding)
+
+
 def stitch_geometry(dataset: Dataset) -> tuple[int, int]:
     """(grid, border) of the first test image's patches (33, 27 for the benchmark)."""
     cfg = dataset.config
@@ -206,6 +228,9 @@ def train_members(
 
     # --- model, optimiser, engine ---------------------------------------------------------
     graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg0))
+    placement = MemberPlacement.for_members(len(configs))
+    if placement.mesh is not None:
+        member_axis = "vmap"  # the SPMD partitioner splits the vmapped member axis
     engine, test_x = build_engine(cfg0, dataset, graphdef, rest, member_axis)
     val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
     probe_x = test_x[: cfg0.train.batch_size]  # fixed batch for activation diagnostics
@@ -228,6 +253,7 @@ def train_members(
                 restored.append(member_state)
             state = _stack(restored)
             start_epoch = done[0] + 1
+    state = placement.put(state)
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs
@@ -243,7 +269,8 @@ def train_members(
         mask = np.stack([b[1] for b in batches], axis=1)
         logs = []
         for s in range(idx.shape[0]):
-            state, step_logs = engine.train_step(state, train_x, idx[s], mask[s])
+            state, step_logs = engine.train_step(state, train_x, placement.put(idx[s]),
+                                                 placement.put(mask[s]))
             logs.append(step_logs)
             if progress.enabled and s % 10 == 0:
                 progress.update(
