@@ -2,7 +2,7 @@
 
 Runs that share a program signature (same structure; differing only in seed, learning rate,
 schedule or clip threshold) are trained together in one program, at most ``max_members`` at a
-time (default: unlimited on an accelerator; on the CPU 3, since unrolled members compile in
+time (0 = unlimited; default: unlimited on an accelerator, on the CPU 3, since unrolled members compile in
 time proportional to their number and run no faster together; equal-sized chunks of one
 signature reuse one compiled program through the persistent compilation cache). Groups are run lazily,
 on first request, so the pytest study can ask for one arm and seed at a time and still train

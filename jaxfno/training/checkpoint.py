@@ -56,7 +56,8 @@ def from_plain(template: Any, plain: Any) -> Any:
         return type(template)(from_plain(v, plain[str(i)]) for i, v in enumerate(template))
     if isinstance(template, dict):
         return {k: from_plain(v, plain[str(k)]) for k, v in template.items()}
-    return np.asarray(plain, dtype=np.asarray(template).dtype)
+    dtype = template.dtype if hasattr(template, "dtype") else np.asarray(template).dtype
+    return np.asarray(plain, dtype=dtype)
 
 
 def save(run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -> None:
