@@ -7,6 +7,11 @@ and returned as JSON-ready dicts. Never used as timed unit tests.
 * ``data``: building the 1+1-image dataset and one full evaluation (predict 1089 patches at
   the inference batch, stitch, score).
 * ``model``: generator forward and forward+backward.
+* ``seeds``: K members in one program against K sequential single-member steps.
+* ``compile``: first-step time of a cold process against a second process that finds the
+  persistent compilation cache filled.
+Every step benchmark also reports XLA's FLOP count of the step and the achieved FLOP/s, and its
+fraction of the device's nominal float32 peak where that is known.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from jaxfno.config import ModelConfig, RunConfig
 from jaxfno.data import Dataset, benchmark_build
 from jaxfno.evaluation import score
 from jaxfno.models import benchmark_forward_backward, build_model
-from jaxfno.training.loop import build_engine, sequential_batches
+from jaxfno.training.loop import build_engine, initial_state, init_params, sequential_batches
+
+# Nominal dense float32 (non-tensor-core) peaks, FLOP/s; used only to report a fraction.
+NOMINAL_FP32_PEAK = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}
 
 
 def _median(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
@@ -42,12 +50,13 @@ def device_name() -> str:
     return f"{d.platform}:{getattr(d, 'device_kind', '')} ({platform.processor() or platform.machine()})"
 
 
-def _torch_step(torch_model, probe: np.ndarray, lr: float):
-    """PyTorch eager twin of the engine's step: forward, MAE physics loss, backward, Adam."""
+def _torch_step(torch_model, probe: np.ndarray, lr: float, device: str):
+    """PyTorch eager twin of the engine's step: forward, MAE physics loss, backward, Adam.
+    ``float(loss)`` synchronises, so wall time covers the whole step on a GPU too."""
     import torch
 
     optimizer = torch.optim.Adam(torch_model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    probe_t = torch.from_numpy(np.asarray(probe, np.complex64))
+    probe_t = torch.from_numpy(np.array(probe, np.complex64)).to(device)
 
     def step(x: "torch.Tensor") -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -62,9 +71,25 @@ def _torch_step(torch_model, probe: np.ndarray, lr: float):
     return step
 
 
-def bench_step(dataset: Dataset, arch: str = "hybrid", batch: int = 16, repeats: int = 5,
-               with_torch: bool = True, model: ModelConfig | None = None) -> dict:
-    cfg = RunConfig(model=model or ModelConfig(arch=arch))
+def _flops(engine, state, *args) -> float | None:
+    analysis = engine.train_step.lower(state, *args).compile().cost_analysis()
+    if isinstance(analysis, list):  # older jax returns one dict per computation
+        analysis = analysis[0]
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def _throughput(result: dict, flops: float | None, seconds: float) -> None:
+    result["step_flops"] = flops
+    if flops:
+        result["achieved_flops_per_s"] = flops / seconds
+        kind = getattr(jax.devices()[0], "device_kind", "")
+        peak = next((v for k, v in NOMINAL_FP32_PEAK.items() if k in kind), None)
+        result["fraction_of_fp32_peak"] = flops / seconds / peak if peak else None
+
+
+def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int = 16,
+               repeats: int = 5, with_torch: bool = True) -> dict:
+    cfg = RunConfig(model=model)
     cfg = cfg.replace(train=cfg.train.replace(batch_size=batch))
     x_np = np.ascontiguousarray(dataset.train.diffraction[:batch])
     result = {"arch": cfg.model.arch, "batch": batch, "repeats": repeats, "device": device_name(),
@@ -105,12 +130,16 @@ def bench_step(dataset: Dataset, arch: str = "hybrid", batch: int = 16, repeats:
 
     result["jax_step_s"], result["jax_step_all_s"] = _median(jax_step, repeats)
     result["jax_compile_s"] = result["jax_first_call_s"] - result["jax_step_s"]
+    _throughput(result, _flops(engine, state, train_x, idx, mask), result["jax_step_s"])
 
     if torch_model is not None:
         import torch
 
-        step = _torch_step(torch_model, dataset.probe_simulated, cfg.optim.lr)
-        x_t = torch.from_numpy(x_np)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        result["torch_device"] = device
+        torch_model.to(device)
+        step = _torch_step(torch_model, dataset.probe_simulated, cfg.optim.lr, device)
+        x_t = torch.from_numpy(x_np).to(device)
         result["torch_first_loss"] = step(x_t)
         result["torch_step_s"], result["torch_step_all_s"] = _median(lambda: step(x_t), repeats)
         result["speedup_vs_torch"] = result["torch_step_s"] / result["jax_step_s"]
@@ -141,8 +170,70 @@ def bench_data_and_eval(dataset: Dataset, repeats: int = 3) -> dict:
     return result
 
 
-def bench_model(arch: str, batch: int = 16, repeats: int = 3) -> dict:
-    return benchmark_forward_backward(ModelConfig(arch=arch), batch=batch, repeats=repeats)
+def bench_model(model: ModelConfig, batch: int = 16, repeats: int = 3) -> dict:
+    return benchmark_forward_backward(model, batch=batch, repeats=repeats)
+
+
+def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: int = 16,
+                repeats: int = 3) -> dict:
+    """Step time of K members in one program vs K sequential single-member steps."""
+    train_x = jax.numpy.asarray(np.ascontiguousarray(dataset.train.diffraction[:batch]))
+    result = {"members": members, "batch": batch, "device": device_name(), "model": model.to_dict()}
+    for k in (1, members):
+        configs = [RunConfig(model=model).replace(train=RunConfig().train.replace(seed=s, batch_size=batch))
+                   for s in range(k)]
+        graphdef, _, rest = nnx.eval_shape(lambda: init_params(configs[0]))
+        engine, _ = build_engine(configs[0], dataset, graphdef, rest)
+        state = initial_state(engine, configs)
+        idx = np.tile(np.arange(batch, dtype=np.int32), (k, 1))
+        mask = np.ones((k, batch), np.float32)
+        state, logs = engine.train_step(state, train_x, idx, mask)  # compile
+        jax.block_until_ready(logs)
+
+        def step():
+            nonlocal state
+            state, out = engine.train_step(state, train_x, idx, mask)
+            jax.block_until_ready(out["loss"])
+
+        result[f"step_s_k{k}"], _ = _median(step, repeats)
+        result["member_axis"] = engine.member_axis
+    result["sequential_s"] = members * result["step_s_k1"]
+    result["together_over_one"] = result[f"step_s_k{members}"] / result["step_s_k1"]
+    result["speedup_vs_sequential"] = result["sequential_s"] / result[f"step_s_k{members}"]
+    return result
+
+
+_FIRST_STEP = """
+import json, sys, time, pathlib
+t0 = time.perf_counter()
+from jaxfno.cli import enable_compilation_cache
+enable_compilation_cache()
+from jaxfno import bench
+from jaxfno.config import ModelConfig
+from jaxfno.data import load_dataset
+model = ModelConfig.from_json(sys.argv[2])
+r = bench.bench_step(load_dataset(sys.argv[1]), batch=16, repeats=1, with_torch=False, model=model)
+print(json.dumps({"first_call_s": r["jax_first_call_s"], "process_s": time.perf_counter() - t0}))
+"""
+
+
+def bench_compile_cache(dataset: Dataset, model: ModelConfig) -> dict:
+    """First-step time in a cold process vs a second process with the persistent cache filled."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runs = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "JAXFNO_CACHE": cache}
+        for _ in range(2):
+            proc = subprocess.run([sys.executable, "-c", _FIRST_STEP, str(dataset.path), model.to_json()],
+                                  env=env, capture_output=True, text=True, check=True)
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {"cold_first_step_s": runs[0]["first_call_s"], "cached_first_step_s": runs[1]["first_call_s"],
+            "speedup": runs[0]["first_call_s"] / runs[1]["first_call_s"], "device": device_name(),
+            "model": model.to_dict()}
 
 
 def format_table(result: dict) -> str:

@@ -208,12 +208,18 @@ def cmd_bench(a) -> int:
     from jaxfno import bench
     from jaxfno.io import write_json
 
+    model = _model_config(a)
     if a.what == "model":
-        result = bench.bench_model(a.arch, a.batch, a.repeats)
+        result = bench.bench_model(model, a.batch, a.repeats)
     else:
         dataset = load_or_build_dataset(DataConfig(), None)
         if a.what == "step":
-            result = bench.bench_step(dataset, a.arch, a.batch, a.repeats, with_torch=not a.no_torch)
+            result = bench.bench_step(dataset, batch=a.batch, repeats=a.repeats,
+                                      with_torch=not a.no_torch, model=model)
+        elif a.what == "seeds":
+            result = bench.bench_seeds(dataset, model, a.members, a.batch, a.repeats)
+        elif a.what == "compile":
+            result = bench.bench_compile_cache(dataset, model)
         else:
             result = bench.bench_data_and_eval(dataset, a.repeats)
     print(bench.format_table(result))
@@ -276,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
-    bench.add_argument("what", choices=("step", "data", "model"))
-    bench.add_argument("--arch", default="hybrid", choices=ModelConfig.ARCHS)
+    bench.add_argument("what", choices=("step", "data", "model", "seeds", "compile"))
+    _add_model_args(bench)
+    bench.add_argument("--members", type=int, default=8, help="K for 'seeds'")
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")

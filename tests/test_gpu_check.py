@@ -1,0 +1,19 @@
+"""benchmarks/gpu_check.sh runs end to end at toy size on the CPU (its --dry-run mode)."""
+
+import os
+import pathlib
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
+                          env={**os.environ}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# GPU check on cpu")
+    for name in ("env.json", "bench_step.json", "bench_seeds.json", "bench_compile.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "study" / "report" / "summary.md").exists()
