@@ -46,4 +46,4 @@ def study(request, tmp_path_factory) -> Study:
 def expectations(request) -> dict:
     """Runs measured to collapse at this scale: run id → evidence (strict xfail reasons)."""
     scale = request.config.getoption("--scale")
-    return json.loads(EXPECTATIONS.read_text()).get(scale, {})
+    return json.loads(EXPECTATIONS.read_text())[scale]
