@@ -1,13 +1,8 @@
 """Root pytest configuration: persistent JAX compilation cache and the study options."""
 
-import os
-import pathlib
+from jaxfno.io import enable_compilation_cache
 
-import jax
-
-_CACHE = pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
-jax.config.update("jax_compilation_cache_dir", str(_CACHE / "jax_compilation"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+enable_compilation_cache()
 
 
 def pytest_addoption(parser):

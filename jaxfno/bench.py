@@ -8,6 +8,8 @@ and returned as JSON-ready dicts. Never used as timed unit tests.
   the inference batch, stitch, score).
 * ``model``: generator forward and forward+backward.
 * ``seeds``: K members in one program against K sequential single-member steps.
+* ``loop``: the training loop's steps per second (logging, LR injection, batching included)
+  against the bare jitted step on the same shapes.
 * ``compile``: first-step time of a cold process against a second process that finds the
   persistent compilation cache filled.
 Every step benchmark also reports XLA's FLOP count of the step and the achieved FLOP/s, and its
@@ -16,6 +18,7 @@ fraction of the device's nominal float32 peak where that is known.
 
 from __future__ import annotations
 
+import pathlib
 import platform
 import statistics
 import tempfile
@@ -179,7 +182,7 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
     """Step time of K members in one program vs K sequential single-member steps."""
     train_x = jax.numpy.asarray(np.ascontiguousarray(dataset.train.diffraction[:batch]))
     result = {"members": members, "batch": batch, "device": device_name(), "model": model.to_dict()}
-    for k in (1, members):
+    for k in sorted({1, members}):
         configs = [RunConfig(model=model).replace(train=RunConfig().train.replace(seed=s, batch_size=batch))
                    for s in range(k)]
         graphdef, _, rest = nnx.eval_shape(lambda: init_params(configs[0]))
@@ -203,10 +206,25 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
     return result
 
 
+def bench_loop_overhead(dataset: Dataset, model: ModelConfig, steps: int = 20, repeats: int = 5) -> dict:
+    """Seconds per step inside ``train_members`` (epoch 2, after compilation) vs the bare step."""
+    from jaxfno.training.loop import train_members
+
+    cfg = RunConfig(model=model).replace(
+        train=RunConfig().train.replace(epochs=2, train_subset=16 * steps))
+    with tempfile.TemporaryDirectory() as tmp:
+        program = train_members([cfg], [pathlib.Path(tmp) / "run"], dataset)
+    loop_s = program.members[0].history["train_seconds"][1] / steps
+    bare = bench_seeds(dataset, model, members=1, repeats=repeats)
+    return {"loop_step_s": loop_s, "bare_step_s": bare["step_s_k1"],
+            "overhead": loop_s / bare["step_s_k1"] - 1, "steps": steps, "device": device_name(),
+            "model": model.to_dict()}
+
+
 _FIRST_STEP = """
 import json, sys, time, pathlib
 t0 = time.perf_counter()
-from jaxfno.cli import enable_compilation_cache
+from jaxfno.io import enable_compilation_cache
 enable_compilation_cache()
 from jaxfno import bench
 from jaxfno.config import ModelConfig

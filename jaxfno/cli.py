@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
+from jaxfno.data.errors import DatasetError
+from jaxfno.io import cache_root, enable_compilation_cache
 from jaxfno.config import (
     ConfigError, DataConfig, ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig,
 )
-
-
-def cache_root() -> pathlib.Path:
-    """Where datasets (and the JAX compilation cache) are kept; ``$JAXFNO_CACHE`` overrides."""
-    return pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
-
-
-def enable_compilation_cache() -> None:
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(cache_root() / "jax_compilation"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -218,6 +207,8 @@ def cmd_bench(a) -> int:
                                       with_torch=not a.no_torch, model=model)
         elif a.what == "seeds":
             result = bench.bench_seeds(dataset, model, a.members, a.batch, a.repeats)
+        elif a.what == "loop":
+            result = bench.bench_loop_overhead(dataset, model, repeats=a.repeats)
         elif a.what == "compile":
             result = bench.bench_compile_cache(dataset, model)
         else:
@@ -282,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
-    bench.add_argument("what", choices=("step", "data", "model", "seeds", "compile"))
+    bench.add_argument("what", choices=("step", "data", "model", "seeds", "loop", "compile"))
     _add_model_args(bench)
     bench.add_argument("--members", type=int, default=8, help="K for 'seeds'")
     bench.add_argument("--batch", type=int, default=16)
@@ -305,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"jaxfno: invalid configuration: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+    except (DatasetError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"jaxfno: error: {err}", file=sys.stderr)
         return 1
 

@@ -3,7 +3,6 @@ the metrics recomputed from the stored weights (``jaxfno inspect``)."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import jax
@@ -13,6 +12,7 @@ from flax import nnx
 from jaxfno.config import RunConfig
 from jaxfno.data import ensure_dataset
 from jaxfno.evaluation import score
+from jaxfno.io import cache_root
 from jaxfno.models import block_parameter_stats
 from jaxfno.training import checkpoint
 from jaxfno.training.loop import init_params, build_engine, sequential_batches
@@ -60,8 +60,7 @@ def evaluate_checkpoint(path: pathlib.Path) -> dict:
     """Metrics of the checkpoint's weights on the test split, as ``metrics.json`` computes them."""
     run_dir, kind = resolve(path)
     cfg, _, graphdef, params, rest = load_params(run_dir, kind)
-    cache = pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
-    dataset = ensure_dataset(cfg.data, cache / "datasets")
+    dataset = ensure_dataset(cfg.data, cache_root() / "datasets")
     engine, test_x = build_engine(cfg, dataset, graphdef, rest)
     idx, _ = sequential_batches(test_x.shape[0], cfg.train.infer_batch_size)
     stacked = jax.tree.map(lambda x: np.asarray(x)[None], params)

@@ -1,6 +1,5 @@
-"""Atomic file writes: a temp file in the destination folder, fsync, then ``os.replace``.
-
-A crash or a bad input never leaves a half-written artifact behind.
+"""Files: atomic writes (a temp file in the destination folder, fsync, then ``os.replace``, so a
+crash or a bad input never leaves a half-written artifact) and the cache location.
 """
 
 from __future__ import annotations
@@ -44,3 +43,15 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+def cache_root() -> pathlib.Path:
+    """Where datasets and the persistent JAX compilation cache live; ``$JAXFNO_CACHE`` overrides."""
+    return pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
+
+
+def enable_compilation_cache() -> None:
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_root() / "jax_compilation"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

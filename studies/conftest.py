@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import pytest
 
 from jaxfno.data import ensure_dataset
 from jaxfno.config import DataConfig
+from jaxfno.io import cache_root
 from jaxfno.study import stage_a
 from jaxfno.study.runner import RunKey, Study
 
 EXPECTATIONS = pathlib.Path(__file__).parent / "stage_a" / "expectations.json"
-
-
-def _cache_root() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("JAXFNO_CACHE", pathlib.Path.home() / ".cache" / "jaxfno"))
 
 
 def study_plan(config) -> tuple[str, list[str], list[int]]:
@@ -38,7 +34,7 @@ def study(request, tmp_path_factory) -> Study:
     scale, arms, seeds = study_plan(request.config)
     out = request.config.getoption("--study-dir")
     out = pathlib.Path(out) if out else tmp_path_factory.mktemp(f"stage_a_{scale}")
-    dataset = ensure_dataset(DataConfig(), _cache_root() / "datasets")
+    dataset = ensure_dataset(DataConfig(), cache_root() / "datasets")
     return Study(arms, scale, seeds, out, dataset)
 
 

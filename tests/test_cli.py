@@ -94,3 +94,14 @@ def test_study_groups_compatible_arms_into_programs(grid_lines_dataset, tmp_path
     assert max(len(g) for g in chunked.groups) == 3
     with pytest.raises(ValueError, match="unknown arm"):
         Study(["nope"], "smoke", [1], tmp_path, grid_lines_dataset)
+
+
+def test_data_build_and_show(grid_lines_dataset_path, tmp_path, capsys):
+    # Rebuilding into an existing dataset of the same config reuses it after verifying hashes.
+    assert cli.main(["data", "build", "--out", str(grid_lines_dataset_path)]) == 0
+    assert cli.main(["data", "show", str(grid_lines_dataset_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "noise floor" in shown.lower() and "6889" in shown
+    # A different config into the same directory is refused and nothing is written.
+    assert cli.main(["data", "build", "--out", str(grid_lines_dataset_path), "--no-set-phi"]) == 1
+    assert str(grid_lines_dataset_path) in capsys.readouterr().err
