@@ -27,9 +27,9 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.t
 
 if [ $DRY -eq 0 ]; then
   python -m pip install --no-deps --quiet -e . || exit 1   # the GPU image has every dependency
-  SIZE=(); SCALE=full; SEEDS=4; ARM=stable
+  SIZE=(); MEMBERS=8; REPEATS=10; SCALE=full; SEEDS=4; ARM=stable
 else
-  SIZE=(--width 4 --blocks 2 --modes 4); SCALE=smoke; SEEDS=1; ARM=control
+  SIZE=(--width 4 --blocks 2 --modes 4); MEMBERS=2; REPEATS=2; SCALE=smoke; SEEDS=1; ARM=control
 fi
 : > "$OUT/stages.txt"
 stage env 60 python -c "
@@ -41,8 +41,9 @@ print(json.dumps({'device': f'{d.platform}:{getattr(d, \"device_kind\", \"\")}',
 cp "$OUT/env.txt" "$OUT/env.json"
 command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 [ $DRY -eq 0 ] && stage pytest 170 python -m pytest -m "not slow" -q -x -p no:cacheprovider tests
-stage bench_step 90 jaxfno bench step "${SIZE[@]}" --repeats 10 --json-out "$OUT/bench_step.json"
-stage bench_seeds 90 jaxfno bench seeds "${SIZE[@]}" --members 8 --json-out "$OUT/bench_seeds.json"
+stage bench_step 90 jaxfno bench step "${SIZE[@]}" --repeats $REPEATS --json-out "$OUT/bench_step.json"
+stage bench_seeds 90 jaxfno bench seeds "${SIZE[@]}" --members $MEMBERS --repeats $REPEATS \
+  --json-out "$OUT/bench_seeds.json"
 stage bench_compile 90 jaxfno bench compile "${SIZE[@]}" --json-out "$OUT/bench_compile.json"
 stage study 200 jaxfno study stage-a --scale $SCALE --seeds $SEEDS --arms $ARM --out "$OUT/study"
 

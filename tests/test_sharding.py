@@ -32,7 +32,7 @@ SHARDED_RUN = textwrap.dedent("""
 def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_path, tmp_path):
     configs = [
         RunConfig(model=ModelConfig(arch="stable_hybrid", width=4, blocks=2, modes=4),
-                  train=TrainConfig(epochs=2, train_subset=16, seed=s))
+                  train=TrainConfig(epochs=1, train_subset=32, seed=s))
         for s in SEEDS
     ]
     unsharded = run_members(configs, [tmp_path / f"u{s}" for s in SEEDS], grid_lines_dataset,
