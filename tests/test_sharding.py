@@ -36,7 +36,7 @@ def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_
         for s in SEEDS
     ]
     unsharded = run_members(configs, [tmp_path / f"u{s}" for s in SEEDS], grid_lines_dataset,
-                            member_axis="vmap")
+                            member_axis="unroll")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(

@@ -55,22 +55,35 @@ def lift(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
     return unrolled
 
 
+def shard_members(fn: Callable, in_axes: tuple, mesh: jax.sharding.Mesh | None) -> Callable:
+    """Run the lifted ``fn`` on each device's own slice of the member axis (``jax.shard_map``);
+    broadcast arguments are replicated. Without a mesh, ``fn`` itself."""
+    if mesh is None:
+        return fn
+    members, replicated = jax.sharding.PartitionSpec("members"), jax.sharding.PartitionSpec()
+    specs = tuple(members if axis == 0 else replicated for axis in in_axes)
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=members, check_vma=False)
+
+
 class Engine:
     """Compiled functions for one program (fixed architecture, physics and batch shapes)."""
 
     def __init__(self, graphdef, rest, transforms: Transforms, physics_cfg: PhysicsConfig, probe,
-                 stitch_fn: Callable[[jax.Array], jax.Array], member_axis: str | None = None):
+                 stitch_fn: Callable[[jax.Array], jax.Array], member_axis: str | None = None,
+                 mesh: jax.sharding.Mesh | None = None):
         self.graphdef, self.rest = graphdef, rest
         self.stitch_fn = stitch_fn
         self.transforms = transforms
         self.physics_cfg = physics_cfg
         self.probe = jnp.asarray(probe)
         self.member_axis = member_axis or default_member_axis()
-        axis = self.member_axis
-        self.train_step = jax.jit(lift(self._step, (0, None, 0, 0), axis), donate_argnums=(0,))
-        self.evaluate = jax.jit(lift(self._evaluate, (0, None, None, None), axis))
-        self.predict = jax.jit(lift(self._predict, (0, None, None), axis))
-        self.diagnostics = jax.jit(lift(self._diagnostics, (0, None), axis))
+        def compile_(fn, in_axes, **jit_kwargs):
+            return jax.jit(shard_members(lift(fn, in_axes, self.member_axis), in_axes, mesh), **jit_kwargs)
+
+        self.train_step = compile_(self._step, (0, None, 0, 0), donate_argnums=(0,))
+        self.evaluate = compile_(self._evaluate, (0, None, None, None))
+        self.predict = compile_(self._predict, (0, None, None))
+        self.diagnostics = compile_(self._diagnostics, (0, None))
 
     # --- state ---------------------------------------------------------------------------
 

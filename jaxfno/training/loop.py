@@ -148,7 +148,8 @@ class Program:
 class MemberPlacement:
     """Where member-stacked arrays live: with several devices (GPUs, hosts after
     ``jax.distributed.initialize``, or forced CPU devices) and K divisible by their number, the
-    member axis is sharded over a 1-D mesh; otherwise everything stays on the default device."""
+    member axis is sharded over a 1-D mesh and each device runs its own members
+    (``jax.shard_map``); otherwise everything stays on the default device."""
 
     mesh: jax.sharding.Mesh | None
 
@@ -174,13 +175,13 @@ def stitch_geometry(dataset: Dataset) -> tuple[int, int]:
     return grid, (cfg.n - cfg.test_stride) // 2
 
 
-def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest,
-                 member_axis: str | None = None) -> tuple[Engine, jax.Array]:
+def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest, member_axis: str | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> tuple[Engine, jax.Array]:
     """The compiled functions of ``cfg``'s program and the test inputs on device."""
     grid, border = stitch_geometry(dataset)
     engine = Engine(graphdef, rest, build_transforms(cfg.optim), cfg.physics, forward_probe(dataset),
                     stitch_fn=lambda patches: stitch(patches[: grid * grid], grid=grid, border=border),
-                    member_axis=member_axis)
+                    member_axis=member_axis, mesh=mesh)
     return engine, jnp.asarray(dataset.test.diffraction)
 
 
@@ -229,9 +230,7 @@ def train_members(
     # --- model, optimiser, engine ---------------------------------------------------------
     graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg0))
     placement = MemberPlacement.for_members(len(configs))
-    if placement.mesh is not None:
-        member_axis = "vmap"  # the SPMD partitioner splits the vmapped member axis
-    engine, test_x = build_engine(cfg0, dataset, graphdef, rest, member_axis)
+    engine, test_x = build_engine(cfg0, dataset, graphdef, rest, member_axis, placement.mesh)
     val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
     probe_x = test_x[: cfg0.train.batch_size]  # fixed batch for activation diagnostics
     state = initial_state(engine, configs)
