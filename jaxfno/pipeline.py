@@ -115,7 +115,7 @@ def _write_artifacts(member: Member, stitched: np.ndarray, dataset: Dataset, flo
     d = member.run_dir
     write_npz(d / "recon.npz", prediction=stitched, ground_truth=ground_truth)
     amp_ssim = metrics["ssim"][0]
-    title = f"{d.name}: amp SSIM " + ("n/a" if amp_ssim is None else f"{amp_ssim:.3f}")
+    title = f"{d.parent.name}/{d.name}: amp SSIM " + ("n/a" if amp_ssim is None else f"{amp_ssim:.3f}")
     title += f" (collapsed: {', '.join(verdict['rules'])})" if verdict["collapsed"] else ""
     save_figure(reconstruction_figure(stitched, ground_truth, title), d / "recon.png")
     write_json(d / "history.json", history)
