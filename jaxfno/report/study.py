@@ -159,7 +159,7 @@ def _block_figure(results: dict):
         ax.set_title(stat + " (per block)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[-1].legend(fontsize=7)  # every arch has activation statistics
     return fig
 
 
