@@ -219,6 +219,22 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_study_report(a) -> int:
+    from jaxfno.report.study import summary_markdown, write_report
+    from jaxfno.study.runner import finished_runs
+
+    out = pathlib.Path(a.out)
+    results = finished_runs(out)
+    if not results:
+        raise FileNotFoundError(f"{out}: no finished runs (<arm>/seed<seed>/verdict.json)")
+    dataset = load_or_build_dataset(next(iter(results.values())).config.data, None)
+    title = f"Stage A study ({a.scale} scale, {len(results)} finished runs)"
+    arms = write_report(results, out / "report", title=title, command="jaxfno " + " ".join(sys.argv[1:]),
+                        dataset=dataset, scale=a.scale)
+    print(summary_markdown(arms, title))
+    return 0
+
+
 def cmd_inspect(a) -> int:
     from jaxfno.inspect import describe_checkpoint, evaluate_checkpoint
 
@@ -281,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")
     bench.add_argument("--json-out", default=None, help="also write the result as JSON here")
     bench.set_defaults(func=cmd_bench)
+
+    report = study.add_parser("report", help="(re)write the report of the finished runs in a study dir")
+    report.add_argument("out", help="a study directory (OUT of 'jaxfno study stage-a')")
+    report.add_argument("--scale", default="unknown", help="scale named in the report title")
+    report.set_defaults(func=cmd_study_report)
 
     inspect = sub.add_parser("inspect", help="look inside a run's Orbax checkpoint")
     inspect.add_argument("checkpoint", help="a run directory, or its checkpoints/last|best folder")

@@ -72,3 +72,12 @@ class Study:
         for key in self.configs:
             self.result(key)
         return dict(self.results)
+
+
+def finished_runs(out_dir: pathlib.Path) -> dict[RunKey, RunResult]:
+    """Every finished run below ``out_dir`` (``<arm>/seed<seed>/`` with a verdict)."""
+    results = {}
+    for verdict in sorted(pathlib.Path(out_dir).glob("*/seed*/verdict.json")):
+        run_dir = verdict.parent
+        results[RunKey(run_dir.parent.name, int(run_dir.name.removeprefix("seed")))] = RunResult.load(run_dir)
+    return results
