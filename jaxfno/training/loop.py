@@ -56,7 +56,7 @@ OPTIM_NEUTRAL = RunConfig().optim
 def new_history() -> dict:
     return {
         "train_loss": [], "val_loss": [], "lr_epoch": [],
-        "lr": [], "grad_norm": [], "grad_norm_postclip": [],
+        "lr": [], "step_loss": [], "grad_norm": [], "grad_norm_postclip": [],
         "val_amp_ssim": [], "epoch_seconds": [], "train_seconds": [],
         "nonfinite_step": None, "steps_per_epoch": None,
         "diagnostics": {"clipped_fraction": [], "blocks": {}},
@@ -316,6 +316,7 @@ def _record_epoch(m: Member, k: int, epoch: int, logs: list[dict], val_loss: flo
     post = np.array([l["grad_norm_postclip"][k] for l in logs], np.float64)
     h["steps_per_epoch"] = steps
     h["lr"] += [float(l["lr"][k]) for l in logs]
+    h["step_loss"] += loss.tolist()
     h["grad_norm"] += pre.tolist()
     h["grad_norm_postclip"] += post.tolist()
     if not finite.all():
