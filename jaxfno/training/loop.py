@@ -44,13 +44,10 @@ _MEMBER_OPTIM_FIELDS = (
 
 def program_signature(cfg: RunConfig) -> str:
     """Hash of everything that must be equal for runs to share one compiled program."""
-    neutral = {name: getattr(OPTIM_NEUTRAL, name) for name in _MEMBER_OPTIM_FIELDS}
+    neutral = {name: getattr(RunConfig().optim, name) for name in _MEMBER_OPTIM_FIELDS}
     return cfg.replace(
         train=cfg.train.replace(seed=0), optim=cfg.optim.replace(**neutral)
     ).config_hash()
-
-
-OPTIM_NEUTRAL = RunConfig().optim
 
 
 def new_history() -> dict:
