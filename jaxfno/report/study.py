@@ -149,12 +149,14 @@ def _block_figure(results: dict):
     colours = plt.cm.tab10(np.linspace(0, 1, max(len(grouped), 1)))
     for colour, (arm, runs) in zip(colours, grouped.items()):
         _, r = runs[0]  # first seed of each arm keeps the figure readable
-        for b, (block, values) in enumerate(r.history["diagnostics"]["blocks"].items()):
+        blocks = r.history["diagnostics"]["blocks"]
+        for b, values in enumerate(blocks.values()):
             for ax, stat in zip(axes, stats):
                 series = values.get(stat)
                 if series and all(v is not None for v in series):
+                    # deeper blocks are drawn more opaque
                     ax.plot(np.arange(1, len(series) + 1), series, color=colour, lw=1,
-                            alpha=0.4 + 0.6 * (b + 1) / len(values), label=arm if b == 0 else None)
+                            alpha=0.4 + 0.6 * (b + 1) / len(blocks), label=arm if b == 0 else None)
     for ax, stat in zip(axes, stats):
         ax.set_title(stat + " (per block)", fontsize=9)
         ax.set_xlabel("epoch")
