@@ -1,8 +1,15 @@
-"""Root pytest configuration: persistent JAX compilation cache and the study options."""
+"""Root pytest configuration: persistent JAX compilation cache, float32 precision on
+accelerators, and the study options."""
+
+import jax
 
 from jaxfno.io import enable_compilation_cache
 
 enable_compilation_cache()
+# The tests check float32 numerics (PyTorch parity, DFT references, 1e-5 equivalences). On GPUs
+# JAX's default runs float32 convolutions and matmuls in TF32, which the tolerances do not admit.
+if jax.default_backend() != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_addoption(parser):

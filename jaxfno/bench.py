@@ -140,6 +140,10 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         result["torch_device"] = device
+        if device == "cuda":  # JAX's default on NVIDIA GPUs runs float32 convs and matmuls in TF32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True  # PyTorch's fastest convolution algorithms
+            result["precision"] = f"tf32 (jax_default_matmul_precision={jax.config.jax_default_matmul_precision})"
         torch_model.to(device)
         step = _torch_step(torch_model, dataset.probe_simulated, cfg.optim.lr, device)
         x_t = torch.from_numpy(x_np).to(device)

@@ -3,6 +3,7 @@
 import os
 import pathlib
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -10,10 +11,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
-                          env={**os.environ}, capture_output=True, text=True, timeout=900)
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# GPU check on cpu")
     for name in ("env.json", "bench_step.json", "bench_seeds.json", "bench_compile.json"):
         assert (out / name).stat().st_size > 0, name
-    assert (out / "study" / "report" / "summary.md").exists()
+    for arm_run in ("arm_1seed", "arm_2seeds"):
+        assert (out / arm_run / "report" / "summary.md").exists(), arm_run
+        assert f"## {arm_run}" in summary

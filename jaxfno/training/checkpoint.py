@@ -2,12 +2,15 @@
 each new lowest val_loss. Each holds two items: ``state`` (params, clip and optimiser state as
 plain nested dicts) and ``meta`` (JSON: the run config, the epoch, val_loss and the host-side
 state needed to resume: history and schedule). Orbax writes to a temporary directory and renames
-it, so an interrupted save never replaces a good checkpoint.
+it, so an interrupted save never replaces a good checkpoint. ``BackgroundWriter`` writes them on
+one worker thread so that training overlaps the disk writes.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -70,6 +73,38 @@ def save(run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -
             force=True,
         )
         manager.wait_until_finished()
+
+
+class BackgroundWriter:
+    """Saves checkpoints on one worker thread, in submission order. The state is copied to the
+    host and ``meta`` snapshotted at submission, so the caller may go on updating both (donated
+    device buffers, growing history lists). A failed write is raised at the next ``save`` or at
+    ``close``; ``close`` waits for every pending write. Use as a context manager."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxfno-checkpoint")
+        self._pending: list[Future] = []
+
+    def save(self, run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -> None:
+        self._raise_failures(wait=False)
+        plain, meta = to_plain(state), json.loads(json.dumps(meta))
+        self._pending.append(self._pool.submit(save, run_dir, kind, epoch, plain, meta))
+
+    def _raise_failures(self, wait: bool) -> None:
+        finished = [f for f in self._pending if wait or f.done()]
+        self._pending = [f for f in self._pending if f not in finished]
+        for future in finished:
+            future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._raise_failures(wait=True)
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def latest_epoch(run_dir: pathlib.Path, kind: str = "last") -> int | None:

@@ -253,50 +253,51 @@ def train_members(
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs
-    for epoch in range(start_epoch, epochs):
-        if all(m.stopped for m in members):
-            break
-        t0 = time.perf_counter()
-        lrs = np.array([m.schedule.lr(epoch) for m in members], np.float32)
-        state = state._replace(opt_state=with_hyperparam(state.opt_state, "learning_rate", lrs))
-        batches = [epoch_batches(n_train, c.train.batch_size, c.train.drop_last, c.train.seed, epoch)
-                   for c in configs]
-        idx = np.stack([b[0] for b in batches], axis=1)  # (steps, K, B)
-        mask = np.stack([b[1] for b in batches], axis=1)
-        logs = []
-        for s in range(idx.shape[0]):
-            state, step_logs = engine.train_step(state, train_x, placement.put(idx[s]),
-                                                 placement.put(mask[s]))
-            logs.append(step_logs)
-            if progress.enabled and s % 10 == 0:
-                progress.update(
-                    f"epoch {epoch + 1}/{epochs} step {s + 1}/{idx.shape[0]} "
-                    f"loss {float(step_logs['loss'][0]):.4f} grad {float(step_logs['grad_norm'][0]):.3g} "
-                    f"lr {float(step_logs['lr'][0]):.3g}"
-                )
-        logs = jax.device_get(logs)  # the epoch's only host sync for step logs
-        train_seconds = time.perf_counter() - t0
-        val_loss, stitched = engine.evaluate(state.params, test_x, val_idx, val_mask)
-        diagnostics = jax.device_get(engine.diagnostics(state.params, probe_x))
-        val_loss, stitched = np.asarray(val_loss), np.asarray(stitched)
-        seconds = time.perf_counter() - t0
+    with checkpoint.BackgroundWriter() as writer:
+        for epoch in range(start_epoch, epochs):
+            if all(m.stopped for m in members):
+                break
+            t0 = time.perf_counter()
+            lrs = np.array([m.schedule.lr(epoch) for m in members], np.float32)
+            state = state._replace(opt_state=with_hyperparam(state.opt_state, "learning_rate", lrs))
+            batches = [epoch_batches(n_train, c.train.batch_size, c.train.drop_last, c.train.seed, epoch)
+                       for c in configs]
+            idx = np.stack([b[0] for b in batches], axis=1)  # (steps, K, B)
+            mask = np.stack([b[1] for b in batches], axis=1)
+            logs = []
+            for s in range(idx.shape[0]):
+                state, step_logs = engine.train_step(state, train_x, placement.put(idx[s]),
+                                                     placement.put(mask[s]))
+                logs.append(step_logs)
+                if progress.enabled and s % 10 == 0:
+                    progress.update(
+                        f"epoch {epoch + 1}/{epochs} step {s + 1}/{idx.shape[0]} "
+                        f"loss {float(step_logs['loss'][0]):.4f} grad {float(step_logs['grad_norm'][0]):.3g} "
+                        f"lr {float(step_logs['lr'][0]):.3g}"
+                    )
+            logs = jax.device_get(logs)  # the epoch's only host sync for step logs
+            train_seconds = time.perf_counter() - t0
+            val_loss, stitched = engine.evaluate(state.params, test_x, val_idx, val_mask)
+            diagnostics = jax.device_get(engine.diagnostics(state.params, probe_x))
+            val_loss, stitched = np.asarray(val_loss), np.asarray(stitched)
+            seconds = time.perf_counter() - t0
 
-        for k, m in enumerate(members):
-            if m.stopped:
-                continue
-            _record_epoch(m, k, epoch, logs, float(val_loss[k]), float(lrs[k]), diagnostics,
-                          stitched[k], ground_truth, (seconds, train_seconds))
-            checkpoint.save(m.run_dir, "last", epoch, _member_slice(state, k), m.meta(epoch))
-            if m.history["val_loss"][-1] < m.best_val:
-                m.best_val = m.history["val_loss"][-1]
-                checkpoint.save(m.run_dir, "best", epoch, _member_slice(state, k), m.meta(epoch))
-            m.schedule.observe(epoch, m.history["val_loss"][-1])
-        progress.update(
-            f"epoch {epoch + 1}/{epochs} train {members[0].history['train_loss'][-1]:.4f} "
-            f"val {members[0].history['val_loss'][-1]:.4f} ({seconds:.1f} s)"
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, members)
+            for k, m in enumerate(members):
+                if m.stopped:
+                    continue
+                _record_epoch(m, k, epoch, logs, float(val_loss[k]), float(lrs[k]), diagnostics,
+                              stitched[k], ground_truth, (seconds, train_seconds))
+                writer.save(m.run_dir, "last", epoch, _member_slice(state, k), m.meta(epoch))
+                if m.history["val_loss"][-1] < m.best_val:
+                    m.best_val = m.history["val_loss"][-1]
+                    writer.save(m.run_dir, "best", epoch, _member_slice(state, k), m.meta(epoch))
+                m.schedule.observe(epoch, m.history["val_loss"][-1])
+            progress.update(
+                f"epoch {epoch + 1}/{epochs} train {members[0].history['train_loss'][-1]:.4f} "
+                f"val {members[0].history['val_loss'][-1]:.4f} ({seconds:.1f} s)"
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, members)
     progress.close()
     return Program(engine, state, members, test_x)
 
