@@ -9,7 +9,8 @@ Per epoch, in order:
   1. set each member's learning rate for the epoch (host schedule → injected hyperparameter);
   2. train: one jit-compiled, vmapped step per batch; logs stay on device until the epoch ends;
   3. validate on the full test split (loss + stitched prediction) and gather diagnostics;
-  4. log, checkpoint (last, best), feed the plateau schedule, stop diverged members.
+  4. log (``history.json`` rewritten, so a running study can be watched), checkpoint (last,
+     best; written on a background thread), feed the plateau schedule, stop diverged members.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flax import nnx
 from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import score, stitch
+from jaxfno.io import write_json
 from jaxfno.models import build_model
 from jaxfno.physics import forward_probe
 from jaxfno.training import checkpoint
@@ -287,6 +289,7 @@ def train_members(
                     continue
                 _record_epoch(m, k, epoch, logs, float(val_loss[k]), float(lrs[k]), diagnostics,
                               stitched[k], ground_truth, (seconds, train_seconds))
+                write_json(m.run_dir / "history.json", m.history)
                 writer.save(m.run_dir, "last", epoch, _member_slice(state, k), m.meta(epoch))
                 if m.history["val_loss"][-1] < m.best_val:
                     m.best_val = m.history["val_loss"][-1]
