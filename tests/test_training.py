@@ -221,3 +221,21 @@ def test_hybrid_learns_at_reduced_size(grid_lines_dataset, tmp_path):
     result = run_one(cfg, tmp_path / "learn", grid_lines_dataset)
     initial, final = result.history["step_loss"][0], result.history["train_loss"][-1]
     assert final < initial / 5, (initial, result.history["train_loss"])
+
+
+def test_background_writer_snapshots_and_reports_failures(tmp_path):
+    state = {"w": np.arange(4, dtype=np.float32)}
+    meta = {"history": {"val_loss": [1.0]}}
+    with checkpoint.BackgroundWriter() as writer:
+        writer.save(tmp_path / "run", "last", 0, state, meta)
+        meta["history"]["val_loss"].append(0.5)  # the caller goes on updating both
+        state["w"] += 1
+    restored, restored_meta = checkpoint.restore(tmp_path / "run", "last")
+    np.testing.assert_array_equal(restored["w"], np.arange(4, dtype=np.float32))
+    assert restored_meta["history"]["val_loss"] == [1.0]
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(NotADirectoryError):
+        with checkpoint.BackgroundWriter() as writer:
+            writer.save(blocker / "run", "last", 0, state, meta)  # fails on the worker thread

@@ -87,7 +87,8 @@ class BackgroundWriter:
 
     def save(self, run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -> None:
         self._raise_failures(wait=False)
-        plain, meta = to_plain(state), json.loads(json.dumps(meta))
+        plain = jax.tree.map(np.array, to_plain(state))  # host copies, not views
+        meta = json.loads(json.dumps(meta))
         self._pending.append(self._pool.submit(save, run_dir, kind, epoch, plain, meta))
 
     def _raise_failures(self, wait: bool) -> None:
