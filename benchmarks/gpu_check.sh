@@ -77,10 +77,19 @@ if seeds:
     k = seeds["members"]
     lines.append(f"- {k} members in one program: {seeds[f'step_s_k{k}']:.4f} s per step = "
                  f"{seeds['together_over_one']:.2f}× one member ({seeds['member_axis']})")
-for run in sorted(out.glob("arm_*")):
+for run in sorted(p for p in out.glob("arm_*") if p.is_dir()):
+    lines += ["", f"## {run.name}", ""]
+    for history_file in sorted(run.glob("*/seed*/history.json")):  # where the wall time went
+        h = json.loads(history_file.read_text())
+        epochs, timing = h["epoch_seconds"], h.get("timing", {})
+        lines.append(f"- {history_file.parent.parent.name}/{history_file.parent.name}: "
+                     f"{len(epochs)} epochs; setup {timing.get('setup_seconds', float('nan')):.1f} s, "
+                     f"epoch 1 {epochs[0]:.1f} s, later epochs {sum(epochs[1:]) / max(len(epochs) - 1, 1):.2f} s each, "
+                     f"checkpoint wait {timing.get('checkpoint_wait_seconds', float('nan')):.1f} s, "
+                     f"final prediction {timing.get('final_prediction_seconds', float('nan')):.1f} s")
     summary = run / "report" / "summary.md"
     if summary.exists():
-        lines += ["", f"## {run.name}", "", summary.read_text()]
+        lines += ["", summary.read_text()]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

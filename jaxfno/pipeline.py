@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -98,10 +99,13 @@ def run_members(
             [configs[k] for k in todo], [run_dirs[k] for k in todo], dataset,
             progress=progress, on_epoch_end=on_epoch_end, member_axis=member_axis,
         )
+        start = time.perf_counter()
         infer = configs[0].train.infer_batch_size
         idx, _ = sequential_batches(program.test_x.shape[0], infer)
         stitched = np.asarray(program.engine.predict(program.state.params, program.test_x, idx))
         floor = constant_floor(dataset.test.ground_truth)
+        for member in program.members:
+            member.history["timing"]["final_prediction_seconds"] = time.perf_counter() - start
         for k, member in enumerate(program.members):
             _write_artifacts(member, stitched[k], dataset, floor)
     return [RunResult.load(d) for d in run_dirs]

@@ -59,6 +59,10 @@ def new_history() -> dict:
         "val_amp_ssim": [], "epoch_seconds": [], "train_seconds": [],
         "nonfinite_step": None, "steps_per_epoch": None,
         "diagnostics": {"clipped_fraction": [], "blocks": {}},
+        # Wall time outside the epochs (seconds, the last process that worked on the run):
+        # setup (data to device, init, resume), waiting for checkpoint writes at the end,
+        # and the final evaluation (pipeline).
+        "timing": {},
     }
 
 
@@ -209,6 +213,7 @@ def train_members(
     member_axis: str | None = None,
 ) -> Program:
     """Train K members in one compiled program; see the module docstring."""
+    setup_start = time.perf_counter()
     signatures = {program_signature(c) for c in configs}
     if len(signatures) != 1:
         raise ConfigError(
@@ -251,7 +256,9 @@ def train_members(
                 restored.append(member_state)
             state = _stack(restored)
             start_epoch = done[0] + 1
-    state = placement.put(state)
+    state = jax.block_until_ready(placement.put(state))
+    for m in members:
+        m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs
@@ -301,6 +308,9 @@ def train_members(
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, members)
+        wait_start = time.perf_counter()
+    for m in members:
+        m.history["timing"]["checkpoint_wait_seconds"] = time.perf_counter() - wait_start
     progress.close()
     return Program(engine, state, members, test_x)
 
