@@ -211,18 +211,30 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
 
 
 def bench_loop_overhead(dataset: Dataset, model: ModelConfig, steps: int = 20, repeats: int = 5) -> dict:
-    """Seconds per step inside ``train_members`` (epoch 2, after compilation) vs the bare step."""
+    """Seconds per step inside ``train_members`` (median over epochs 2…repeats+1, after
+    compilation) vs the bare jitted step of the same program: ``steps`` steps dispatched back to
+    back on one batch, one sync at the end, as the loop does (median of ``repeats``)."""
     from jaxfno.training.loop import train_members
 
     cfg = RunConfig(model=model).replace(
-        train=RunConfig().train.replace(epochs=2, train_subset=16 * steps))
+        train=RunConfig().train.replace(epochs=1 + repeats, train_subset=16 * steps))
     with tempfile.TemporaryDirectory() as tmp:
         program = train_members([cfg], [pathlib.Path(tmp) / "run"], dataset)
-    loop_s = program.members[0].history["train_seconds"][1] / steps
-    bare = bench_seeds(dataset, model, members=1, repeats=repeats)
-    return {"loop_step_s": loop_s, "bare_step_s": bare["step_s_k1"],
-            "overhead": loop_s / bare["step_s_k1"] - 1, "steps": steps, "device": device_name(),
-            "model": model.to_dict()}
+    loop_s = statistics.median(program.members[0].history["train_seconds"][1:]) / steps
+    engine, state = program.engine, program.state
+    train_x = jax.numpy.asarray(dataset.train.diffraction[: 16 * steps])
+    idx = np.arange(16, dtype=np.int32)[None]
+    mask = np.ones((1, 16), np.float32)
+
+    def bare_steps():
+        nonlocal state
+        for _ in range(steps):
+            state, out = engine.train_step(state, train_x, idx, mask)
+        jax.block_until_ready(out["loss"])
+
+    bare_s = _median(bare_steps, repeats)[0] / steps
+    return {"loop_step_s": loop_s, "bare_step_s": bare_s, "overhead": loop_s / bare_s - 1,
+            "steps": steps, "device": device_name(), "model": model.to_dict()}
 
 
 _FIRST_STEP = """

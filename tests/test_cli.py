@@ -105,3 +105,12 @@ def test_data_build_and_show(grid_lines_dataset_path, tmp_path, capsys):
     # A different config into the same directory is refused and nothing is written.
     assert cli.main(["data", "build", "--out", str(grid_lines_dataset_path), "--no-set-phi"]) == 1
     assert str(grid_lines_dataset_path) in capsys.readouterr().err
+
+
+def test_loop_overhead_benchmark_runs(grid_lines_dataset):
+    from jaxfno.bench import bench_loop_overhead
+    from jaxfno.config import ModelConfig
+
+    result = bench_loop_overhead(grid_lines_dataset, ModelConfig(width=2, blocks=2, modes=2), steps=2, repeats=2)
+    assert result["loop_step_s"] > 0 and result["bare_step_s"] > 0
+    assert result["overhead"] == pytest.approx(result["loop_step_s"] / result["bare_step_s"] - 1)

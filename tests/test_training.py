@@ -223,10 +223,11 @@ def test_hybrid_learns_at_reduced_size(grid_lines_dataset, tmp_path):
     assert final < initial / 5, (initial, result.history["train_loss"])
 
 
-def test_background_writer_snapshots_and_reports_failures(tmp_path):
+@pytest.mark.parametrize("background", [True, False])
+def test_checkpoint_writer_snapshots_and_reports_failures(tmp_path, background):
     state = {"w": np.arange(4, dtype=np.float32)}
     meta = {"history": {"val_loss": [1.0]}}
-    with checkpoint.BackgroundWriter() as writer:
+    with checkpoint.CheckpointWriter(background=background) as writer:
         writer.save(tmp_path / "run", "last", 0, state, meta)
         meta["history"]["val_loss"].append(0.5)  # the caller goes on updating both
         state["w"] += 1
@@ -237,5 +238,5 @@ def test_background_writer_snapshots_and_reports_failures(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(NotADirectoryError):
-        with checkpoint.BackgroundWriter() as writer:
+        with checkpoint.CheckpointWriter(background=background) as writer:
             writer.save(blocker / "run", "last", 0, state, meta)  # fails on the worker thread
