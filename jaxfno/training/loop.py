@@ -10,7 +10,8 @@ Per epoch, in order:
   2. train: one jit-compiled, vmapped step per batch; logs stay on device until the epoch ends;
   3. validate on the full test split (loss + stitched prediction) and gather diagnostics;
   4. log (``history.json`` rewritten, so a running study can be watched), checkpoint (last,
-     best; on accelerators written on a background thread), feed the plateau schedule, stop diverged members.
+     best; on accelerators written on a background thread), feed the plateau schedule, stop
+     diverged members.
 """
 
 from __future__ import annotations
