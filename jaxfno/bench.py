@@ -7,6 +7,8 @@ and returned as JSON-ready dicts. Never used as timed unit tests.
 * ``data``: building the 1+1-image dataset and one full evaluation (predict 1089 patches at
   the inference batch, stitch, score).
 * ``model``: generator forward and forward+backward.
+* ``layers``: forward and forward+backward of every layer of the generator, timed alone
+  (``format_layers`` prints the table), against the whole generator.
 * ``seeds``: K members in one program against K sequential single-member steps.
 * ``loop``: the training loop's steps per second (logging, LR injection, batching included)
   against the bare jitted step on the same shapes.
@@ -33,6 +35,7 @@ from jaxfno.config import ModelConfig, RunConfig
 from jaxfno.data import Dataset, benchmark_build
 from jaxfno.evaluation import score
 from jaxfno.models import benchmark_forward_backward, build_model
+from jaxfno.models.bench import benchmark_layers, format_layers
 from jaxfno.training.loop import build_engine, initial_state, init_params, sequential_batches
 
 # Nominal dense float32 (non-tensor-core) peaks, FLOP/s; used only to report a fraction.
@@ -179,6 +182,10 @@ def bench_data_and_eval(dataset: Dataset, repeats: int = 3) -> dict:
 
 def bench_model(model: ModelConfig, batch: int = 16, repeats: int = 3) -> dict:
     return benchmark_forward_backward(model, batch=batch, repeats=repeats)
+
+
+def bench_layers(model: ModelConfig, batch: int = 16, repeats: int = 3) -> dict:
+    return benchmark_layers(model, batch=batch, repeats=repeats)
 
 
 def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: int = 16,

@@ -200,6 +200,8 @@ def cmd_bench(a) -> int:
     model = _model_config(a)
     if a.what == "model":
         result = bench.bench_model(model, a.batch, a.repeats)
+    elif a.what == "layers":
+        result = bench.bench_layers(model, a.batch, a.repeats)
     else:
         dataset = load_or_build_dataset(DataConfig(), None)
         if a.what == "step":
@@ -213,7 +215,7 @@ def cmd_bench(a) -> int:
             result = bench.bench_compile_cache(dataset, model)
         else:
             result = bench.bench_data_and_eval(dataset, a.repeats)
-    print(bench.format_table(result))
+    print(bench.format_layers(result) if a.what == "layers" else bench.format_table(result))
     if a.json_out:
         write_json(a.json_out, result)
     return 0
@@ -289,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
-    bench.add_argument("what", choices=("step", "data", "model", "seeds", "loop", "compile"))
+    bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "loop", "compile"))
     _add_model_args(bench)
     bench.add_argument("--members", type=int, default=8, help="K for 'seeds'")
     bench.add_argument("--batch", type=int, default=16)

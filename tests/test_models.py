@@ -259,3 +259,19 @@ def test_benchmark_smoke():
     result = benchmark_forward_backward(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
     assert result["forward_s"] > 0 and result["forward_backward_s"] > 0
     assert result["forward_compile_s"] > 0
+
+
+def test_layer_benchmark_counts_every_layer_call_and_restores_the_classes():
+    from jaxfno.models.bench import benchmark_layers
+    from jaxfno.models.layers import Conv3x3
+
+    original = Conv3x3.__call__
+    result = benchmark_layers(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
+    counts = {}
+    for row in result["layers"]:
+        counts[row["layer"]] = counts.get(row["layer"], 0) + row["count"]
+        assert row["forward_s"] > 0 and row["forward_backward_s"] > 0
+    # lifter 2 + two encoder blocks + bottleneck + one decoder stage 2; three Fourier layers
+    assert counts == {"Conv3x3": 7, "SpectralConv2d": 3, "Down2x2": 1, "Up2x2": 1, "Conv1x1": 1}
+    assert Conv3x3.__call__ is original
+    assert result["model_forward_backward_s"] > 0
