@@ -17,6 +17,5 @@ def test_gpu_check_dry_run(tmp_path):
     assert summary.startswith("# GPU check on cpu")
     for name in ("env.json", "bench_step.json", "bench_seeds.json"):
         assert (out / name).stat().st_size > 0, name
-    for arm_run in ("arm_1seed", "arm_2seeds"):
-        assert (out / arm_run / "report" / "summary.md").exists(), arm_run
-        assert f"## {arm_run}" in summary
+    assert (out / "arm_1seed" / "report" / "summary.md").exists()
+    assert "## arm_1seed" in summary and "setup" in summary
