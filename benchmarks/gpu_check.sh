@@ -11,9 +11,8 @@
 #
 # --dry-run runs the stages at toy size on whatever device JAX sees (CI runs it on the CPU); it
 # skips the test suite, which CI runs anyway, and the multi-seed arm (the same stage with
-# another --seeds). With GPU_CHECK_ARCHIVE=FILE.tgz set, OUT
-# (without checkpoints) is packed into that file after every stage, so that a run cut short
-# still hands back what it finished.
+# another --seeds). With GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints) is packed
+# into that file after every stage, so that a run cut short still hands back what it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
