@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # One-call GPU check (issue "Performance and scale-out"): environment report, the step benchmark
-# against the PyTorch eager twin, one full-scale arm with one seed (wall time including compile),
-# seed throughput, the test suite on the GPU (with deterministic GPU reductions, which its
-# same-seed test needs) and the same arm with 4 seeds in one program, most important first.
-# Each stage has its own time limit and the script goes on after a failure. Writes OUT/*.json,
-# OUT/*.txt and OUT/summary.md naming the device. Measured on an H200 (results/gpu/README.md),
-# the stages take about 9 minutes together: one 10-minute device call.
+# against the PyTorch eager twin, kernel profiles of one and of K members' steps, seed throughput
+# with each Conv3x3 implementation, one full-scale arm with one seed (wall time including
+# compile), the test suite on the GPU (with deterministic GPU reductions, which its same-seed
+# test needs) and the same arm with 4 seeds in one program, most important first. Each stage has
+# its own time limit and the script goes on after a failure. Writes OUT/*.json, OUT/*.txt and
+# OUT/summary.md naming the device. On an H200 (results/gpu*/README.md) all stages together take
+# longer than one 10-minute device call: GPU_CHECK_STAGES="env bench_step ..." runs a subset.
 #
 #   benchmarks/gpu_check.sh [--dry-run] [OUT]     (default OUT: results/gpu)
 #
 # --dry-run runs the stages at toy size on whatever device JAX sees (CI runs it on the CPU); it
 # skips the test suite, which CI runs anyway, and the multi-seed arm (the same stage with
-# another --seeds). With GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints) is packed
-# into that file after every stage, so that a run cut short still hands back what it finished.
+# another --seeds). With GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints and raw
+# traces) is packed into that file after every stage, so that a run cut short still hands back
+# what it finished. JAXFNO_CONV3X3 (xla|im2col) applies to every stage that does not set it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -22,15 +24,17 @@ mkdir -p "$OUT"
 export JAXFNO_CACHE=${JAXFNO_CACHE:-$PWD/.cache}
 PY=${PYTHON:-python3}
 status=0
+STAGES=" ${GPU_CHECK_STAGES:-env bench_step profile_one profile_members bench_seeds bench_seeds_im2col arm_1seed pytest arm_4seeds} "
 stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.txt, keep going
   local name=$1 limit=$2; shift 2
+  [[ $STAGES == *" $name "* ]] || return 0
   echo "== $name (limit ${limit}s)"
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
   local rc=$?
   echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
   [ $rc -eq 0 ] || status=1
-  [ -z "${GPU_CHECK_ARCHIVE:-}" ] || tar czf "$GPU_CHECK_ARCHIVE" --exclude=checkpoints "$OUT"
+  [ -z "${GPU_CHECK_ARCHIVE:-}" ] || tar czf "$GPU_CHECK_ARCHIVE" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT"
 }
 
 if [ $DRY -eq 0 ]; then
@@ -47,17 +51,23 @@ d = jax.devices()[0]
 print(json.dumps({'device': f'{d.platform}:{getattr(d, \"device_kind\", \"\")}', 'devices': len(jax.devices()),
     'python': platform.python_version(), 'jax': jax.__version__, 'flax': flax.__version__,
     'optax': optax.__version__}, indent=2))"
-cp "$OUT/env.txt" "$OUT/env.json"
+[ -f "$OUT/env.txt" ] && cp "$OUT/env.txt" "$OUT/env.json"
 command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 stage bench_step 75 "$PY" -m jaxfno bench step "${SIZE[@]}" --repeats $REPEATS --json-out "$OUT/bench_step.json"
+for run in one:1 members:$MEMBERS; do
+  stage profile_${run%:*} 60 "$PY" -m jaxfno bench profile "${SIZE[@]}" --members ${run#*:} --repeats 5 \
+    --trace-dir "$OUT/trace_${run%:*}" --json-out "$OUT/profile_${run%:*}.json"
+done
 stage arm_1seed 150 "$PY" -m jaxfno study stage-a --scale $SCALE --seeds 1 --arms $ARM --out "$OUT/arm_1seed"
 stage bench_seeds 60 "$PY" -m jaxfno bench seeds "${SIZE[@]}" --members $MEMBERS --repeats $REPEATS \
   --json-out "$OUT/bench_seeds.json"
+stage bench_seeds_im2col 60 env JAXFNO_CONV3X3=im2col "$PY" -m jaxfno bench seeds "${SIZE[@]}" \
+  --members $MEMBERS --repeats $REPEATS --json-out "$OUT/bench_seeds_im2col.json"
 # The suite in 12 processes; each takes GPU memory as it needs it instead of 75 % up front.
-[ $DRY -eq 0 ] && stage pytest 120 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
+[ $DRY -eq 1 ] || stage pytest 120 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}" \
   "$PY" -m pytest -m "not slow" -v -n 12 -p no:cacheprovider tests
-[ "$SEEDS" -gt 1 ] && stage arm_${SEEDS}seeds 240 "$PY" -m jaxfno study stage-a --scale $SCALE \
+[ "$SEEDS" -eq 1 ] || stage arm_${SEEDS}seeds 240 "$PY" -m jaxfno study stage-a --scale $SCALE \
   --seeds $SEEDS --arms $ARM --out "$OUT/arm_${SEEDS}seeds"
 
 "$PY" - "$OUT" <<'PY'
@@ -66,17 +76,24 @@ out = pathlib.Path(sys.argv[1])
 def load(name):
     p = out / name
     return json.loads(p.read_text()) if p.exists() else None
-env, step, seeds = (load(n) for n in ("env.json", "bench_step.json", "bench_seeds.json"))
+env, step = load("env.json"), load("bench_step.json")
 lines = [f"# GPU check on {env['device'] if env else 'unknown device'}", ""]
 lines += ["## Stages", "", "```", (out / "stages.txt").read_text().strip(), "```", ""]
 if step:
     lines.append(f"- step: JAX {step['jax_step_s']:.4f} s (compile {step['jax_compile_s']:.1f} s)"
                  + (f", PyTorch eager ({step.get('torch_device')}) {step['torch_step_s']:.4f} s, "
                     f"speedup {step['speedup_vs_torch']:.2f}×" if 'torch_step_s' in step else ""))
-if seeds:
-    k = seeds["members"]
-    lines.append(f"- {k} members in one program: {seeds[f'step_s_k{k}']:.4f} s per step = "
-                 f"{seeds['together_over_one']:.2f}× one member ({seeds['member_axis']})")
+for name in ("bench_seeds.json", "bench_seeds_im2col.json"):
+    if seeds := load(name):
+        k = seeds["members"]
+        lines.append(f"- {k} members in one program: {seeds[f'step_s_k{k}']:.4f} s per step = "
+                     f"{seeds['together_over_one']:.2f}× one member ({seeds['step_s_k1']:.4f} s; "
+                     f"{seeds['member_axis']}, conv3x3={seeds['conv3x3']})")
+for profile in sorted(out.glob("profile_*.json")):
+    p = json.loads(profile.read_text())
+    busy = {line: info["busy_s_per_step"] for line, info in p["timelines"].items()}
+    lines.append(f"- profile, {p['members']} member(s): wall {1e3 * p['wall_s_per_step']:.2f} ms per step; "
+                 + (", ".join(f"{line} busy {1e3 * s:.2f} ms" for line, s in busy.items()) or "no device timelines"))
 for run in sorted(p for p in out.glob("arm_*") if p.is_dir()):
     lines += ["", f"## {run.name}", ""]
     for history_file in sorted(run.glob("*/seed*/history.json")):  # where the wall time went

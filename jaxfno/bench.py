@@ -10,6 +10,8 @@ and returned as JSON-ready dicts. Never used as timed unit tests.
 * ``layers``: forward and forward+backward of every layer of the generator, timed alone
   (``format_layers`` prints the table), against the whole generator.
 * ``seeds``: K members in one program against K sequential single-member steps.
+* ``profile``: a ``jax.profiler`` trace of K members' steps, summarised per device timeline
+  (busy time per step against wall time, the most expensive kernels).
 * ``loop``: the training loop's steps per second (logging, LR injection, batching included)
   against the bare jitted step on the same shapes.
 * ``compile``: first-step time of a cold process against a second process that finds the
@@ -36,6 +38,7 @@ from jaxfno.data import Dataset, benchmark_build
 from jaxfno.evaluation import score
 from jaxfno.models import benchmark_forward_backward, build_model
 from jaxfno.models.bench import benchmark_layers, format_layers
+from jaxfno.models.layers import conv3x3_impl
 from jaxfno.training.loop import build_engine, initial_state, init_params, sequential_batches
 
 # Nominal dense float32 (non-tensor-core) peaks, FLOP/s; used only to report a fraction.
@@ -99,7 +102,7 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
     cfg = cfg.replace(train=cfg.train.replace(batch_size=batch))
     x_np = np.ascontiguousarray(dataset.train.diffraction[:batch])
     result = {"arch": cfg.model.arch, "batch": batch, "repeats": repeats, "device": device_name(),
-              "model": cfg.model.to_dict()}
+              "model": cfg.model.to_dict(), "conv3x3": conv3x3_impl()}
 
     flax_model = build_model(cfg.model, nnx.Rngs(params=jax.random.key(cfg.train.seed)))
     torch_model = None
@@ -188,33 +191,107 @@ def bench_layers(model: ModelConfig, batch: int = 16, repeats: int = 3) -> dict:
     return benchmark_layers(model, batch=batch, repeats=repeats)
 
 
+def _members_step(dataset: Dataset, model: ModelConfig, members: int, batch: int):
+    """A compiled K-member step on one fixed batch: ``step()`` runs it and waits for it."""
+    train_x = jax.numpy.asarray(np.ascontiguousarray(dataset.train.diffraction[:batch]))
+    configs = [RunConfig(model=model).replace(train=RunConfig().train.replace(seed=s, batch_size=batch))
+               for s in range(members)]
+    graphdef, _, rest = nnx.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    engine, _ = build_engine(configs[0], dataset, graphdef, rest)
+    state = initial_state(engine, configs)
+    idx = np.tile(np.arange(batch, dtype=np.int32), (members, 1))
+    mask = np.ones((members, batch), np.float32)
+
+    def step():
+        nonlocal state
+        state, out = engine.train_step(state, train_x, idx, mask)
+        jax.block_until_ready(out["loss"])
+
+    step()  # compile
+    return engine, step
+
+
 def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: int = 16,
                 repeats: int = 3) -> dict:
     """Step time of K members in one program vs K sequential single-member steps."""
-    train_x = jax.numpy.asarray(np.ascontiguousarray(dataset.train.diffraction[:batch]))
-    result = {"members": members, "batch": batch, "device": device_name(), "model": model.to_dict()}
+    result = {"members": members, "batch": batch, "device": device_name(), "model": model.to_dict(),
+              "conv3x3": conv3x3_impl()}
     for k in sorted({1, members}):
-        configs = [RunConfig(model=model).replace(train=RunConfig().train.replace(seed=s, batch_size=batch))
-                   for s in range(k)]
-        graphdef, _, rest = nnx.eval_shape(lambda: init_params(configs[0]))
-        engine, _ = build_engine(configs[0], dataset, graphdef, rest)
-        state = initial_state(engine, configs)
-        idx = np.tile(np.arange(batch, dtype=np.int32), (k, 1))
-        mask = np.ones((k, batch), np.float32)
-        state, logs = engine.train_step(state, train_x, idx, mask)  # compile
-        jax.block_until_ready(logs)
-
-        def step():
-            nonlocal state
-            state, out = engine.train_step(state, train_x, idx, mask)
-            jax.block_until_ready(out["loss"])
-
+        engine, step = _members_step(dataset, model, k, batch)
         result[f"step_s_k{k}"], _ = _median(step, repeats)
         result["member_axis"] = engine.member_axis
     result["sequential_s"] = members * result["step_s_k1"]
     result["together_over_one"] = result[f"step_s_k{members}"] / result["step_s_k1"]
     result["speedup_vs_sequential"] = result["sequential_s"] / result[f"step_s_k{members}"]
     return result
+
+
+def bench_profile(dataset: Dataset, model: ModelConfig, trace_dir: pathlib.Path, members: int = 1,
+                  batch: int = 16, steps: int = 5, top: int = 25) -> dict:
+    """A ``jax.profiler`` trace of ``steps`` steps of K members (after compilation), summarised:
+    wall time per step and, per device timeline (GPU streams, XLA op and module lines), the busy
+    time per step and the ``top`` event names by time. Open the trace in Perfetto or TensorBoard
+    for the full picture; on the CPU backend the trace has no device timelines."""
+    _, step = _members_step(dataset, model, members, batch)
+    trace_dir = pathlib.Path(trace_dir)
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - start) / steps
+    trace_file = max(trace_dir.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    result = {"members": members, "batch": batch, "steps": steps, "device": device_name(),
+              "model": model.to_dict(), "conv3x3": conv3x3_impl(), "wall_s_per_step": wall,
+              "trace": str(trace_file), "timelines": summarise_trace(trace_file, steps, top)}
+    return result
+
+
+def summarise_trace(trace_file: pathlib.Path, steps: int, top: int = 25) -> dict:
+    """Per device timeline of a Chrome-format trace: busy seconds per step (union of events) and
+    the ``top`` event names by total seconds per step, with their counts per step."""
+    import gzip
+    import json
+
+    events = json.loads(gzip.decompress(pathlib.Path(trace_file).read_bytes()))["traceEvents"]
+    processes = {e["pid"]: e["args"]["name"] for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    lines: dict[str, list] = {}
+    for e in events:
+        if e.get("ph") == "X" and processes.get(e["pid"], "").startswith("/device:"):
+            line = f"{processes[e['pid']]} {threads.get((e['pid'], e['tid']), e['tid'])}"
+            lines.setdefault(line, []).append((e["ts"], e["dur"], e["name"]))
+    summary = {}
+    for line, spans in lines.items():
+        spans.sort()
+        busy, end = 0.0, -np.inf
+        totals: dict[str, list] = {}
+        for ts, dur, name in spans:
+            busy += max(0.0, ts + dur - max(ts, end))
+            end = max(end, ts + dur)
+            entry = totals.setdefault(name, [0.0, 0])
+            entry[0] += dur
+            entry[1] += 1
+        ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+        summary[line] = {  # trace times are microseconds
+            "busy_s_per_step": busy * 1e-6 / steps,
+            "events_per_step": len(spans) / steps,
+            "top": [[name, total * 1e-6 / steps, count / steps] for name, (total, count) in ranked],
+        }
+    return summary
+
+
+def format_profile(result: dict) -> str:
+    lines = [f"{result['members']} member(s), batch {result['batch']}, conv3x3={result['conv3x3']}, "
+             f"{result['device']}: wall {1e3 * result['wall_s_per_step']:.3f} ms per step"]
+    for line, info in result["timelines"].items():
+        lines.append(f"\n{line}: busy {1e3 * info['busy_s_per_step']:.3f} ms per step, "
+                     f"{info['events_per_step']:.0f} events per step")
+        lines += [f"  {1e3 * seconds:8.3f} ms  {count:6.1f}×  {name[:110]}" for name, seconds, count in info["top"]]
+    if not result["timelines"]:
+        lines.append("no device timelines in the trace (CPU backend)")
+    return "\n".join(lines)
 
 
 def bench_loop_overhead(dataset: Dataset, model: ModelConfig, steps: int = 20, repeats: int = 5) -> dict:

@@ -209,13 +209,17 @@ def cmd_bench(a) -> int:
                                       with_torch=not a.no_torch, model=model)
         elif a.what == "seeds":
             result = bench.bench_seeds(dataset, model, a.members, a.batch, a.repeats)
+        elif a.what == "profile":
+            result = bench.bench_profile(dataset, model, pathlib.Path(a.trace_dir), a.members, a.batch,
+                                         a.repeats)
         elif a.what == "loop":
             result = bench.bench_loop_overhead(dataset, model, repeats=a.repeats)
         elif a.what == "compile":
             result = bench.bench_compile_cache(dataset, model)
         else:
             result = bench.bench_data_and_eval(dataset, a.repeats)
-    print(bench.format_layers(result) if a.what == "layers" else bench.format_table(result))
+    formats = {"layers": bench.format_layers, "profile": bench.format_profile}
+    print(formats.get(a.what, bench.format_table)(result))
     if a.json_out:
         write_json(a.json_out, result)
     return 0
@@ -291,9 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
-    bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "loop", "compile"))
+    bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "profile", "loop",
+                                          "compile"))
     _add_model_args(bench)
-    bench.add_argument("--members", type=int, default=8, help="K for 'seeds'")
+    bench.add_argument("--members", type=int, default=8, help="K for 'seeds' and 'profile'")
+    bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")

@@ -32,7 +32,7 @@ def load_params(run_dir: pathlib.Path, kind: str):
     """(config, meta, graphdef, params as nnx.State, rest) of a checkpoint."""
     plain, meta = checkpoint.restore(run_dir, kind)
     cfg = RunConfig.from_dict(meta["config"])
-    graphdef, params, rest = nnx.eval_shape(lambda: init_params(cfg))
+    graphdef, params, rest = nnx.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
     params = checkpoint.from_plain(params, plain["params"])
     return cfg, meta, graphdef, params, rest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -114,3 +115,35 @@ def test_loop_overhead_benchmark_runs(grid_lines_dataset):
     result = bench_loop_overhead(grid_lines_dataset, ModelConfig(width=2, blocks=2, modes=2), steps=2, repeats=2)
     assert result["loop_step_s"] > 0 and result["bare_step_s"] > 0
     assert result["overhead"] == pytest.approx(result["loop_step_s"] / result["bare_step_s"] - 1)
+
+
+def test_profile_benchmark_traces_and_summarises_device_timelines(grid_lines_dataset, tmp_path):
+    import gzip
+
+    from jaxfno.bench import bench_profile, format_profile, summarise_trace
+    from jaxfno.config import ModelConfig
+
+    result = bench_profile(grid_lines_dataset, ModelConfig(width=2, blocks=2, modes=2), tmp_path / "trace",
+                           members=2, steps=2)
+    assert result["wall_s_per_step"] > 0 and pathlib.Path(result["trace"]).exists()
+    assert "wall" in format_profile(result)
+    # A GPU trace: two overlapping kernels on one stream, one on another, a host event ignored.
+    events = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "Stream #13"}},
+        {"ph": "M", "pid": 1, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "tid": 7, "ts": 0.0, "dur": 10.0, "name": "conv"},
+        {"ph": "X", "pid": 1, "tid": 7, "ts": 5.0, "dur": 10.0, "name": "conv"},
+        {"ph": "X", "pid": 1, "tid": 7, "ts": 30.0, "dur": 2.0, "name": "fusion.1"},
+        {"ph": "X", "pid": 1, "tid": 8, "ts": 0.0, "dur": 4.0, "name": "dot"},
+        {"ph": "X", "pid": 2, "tid": 3, "ts": 0.0, "dur": 100.0, "name": "python"},
+    ]
+    trace = tmp_path / "gpu.trace.json.gz"
+    trace.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+    summary = summarise_trace(trace, steps=2)
+    assert set(summary) == {"/device:GPU:0 Stream #13", "/device:GPU:0 XLA Ops"}
+    stream = summary["/device:GPU:0 Stream #13"]
+    assert stream["busy_s_per_step"] == pytest.approx(17e-6 / 2)  # union [0, 15] + [30, 32]
+    assert stream["top"][0] == ["conv", pytest.approx(20e-6 / 2), 1.0]
+    assert stream["events_per_step"] == 1.5

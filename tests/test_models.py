@@ -255,6 +255,36 @@ def test_vmapped_init_and_forward_over_seeds():
         np.testing.assert_allclose(outs[k], single(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("members", [None, 3])
+def test_conv3x3_implementations_agree(members, monkeypatch):
+    """``im2col`` computes the same convolution (values and gradients) as ``xla``, alone and
+    vmapped over members with their own kernels."""
+    from jaxfno.models.layers import Conv3x3
+
+    graphdef, params = nnx.split(Conv3x3(5, 6, rngs=nnx.Rngs(0)))
+    if members:
+        keys = jax.random.split(jax.random.key(1), members)
+        params = jax.vmap(lambda k: nnx.state(Conv3x3(5, 6, rngs=nnx.Rngs(k))))(keys)
+    x = jax.random.normal(jax.random.key(2), (2, 9, 7, 5))
+
+    def traced(impl):  # a new function per choice: the choice is read when tracing
+        monkeypatch.setenv("JAXFNO_CONV3X3", impl)
+
+        def value_and_grads(p, x):
+            return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x))),
+                                      argnums=(0, 1))(p, x)
+
+        fn = jax.vmap(value_and_grads, in_axes=(0, None)) if members else value_and_grads
+        return jax.make_jaxpr(fn)(params, x), jax.jit(fn)(params, x)
+
+    (xla_jaxpr, xla), (im2col_jaxpr, im2col) = traced("xla"), traced("im2col")
+    assert "conv_general_dilated" in str(xla_jaxpr) and "conv_general_dilated" not in str(im2col_jaxpr)
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(im2col)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="JAXFNO_CONV3X3='winograd'"):
+        traced("winograd")
+
+
 def test_benchmark_smoke():
     result = benchmark_forward_backward(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
     assert result["forward_s"] > 0 and result["forward_backward_s"] > 0

@@ -9,12 +9,26 @@ stores its weight as (in, out, kh, kw) and reads fan_in from dim 1).
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 SPECTRAL_VARIANTS = ("upstream", "symmetric")
+CONV3X3_IMPLS = ("xla", "im2col")
+
+
+def conv3x3_impl() -> str:
+    """How :class:`Conv3x3` is computed (an execution choice, not part of any config: both give
+    the same function up to float rounding). ``xla``: ``lax.conv_general_dilated``, which XLA
+    turns into a grouped convolution when the member axis is vmapped. ``im2col``: the nine
+    shifted copies of the input side by side on the channel axis and one matmul, which stays a
+    (batched) matmul under vmap. ``$JAXFNO_CONV3X3`` chooses; read when a function is traced."""
+    impl = os.environ.get("JAXFNO_CONV3X3") or "xla"
+    if impl not in CONV3X3_IMPLS:
+        raise ValueError(f"JAXFNO_CONV3X3={impl!r} is not one of {CONV3X3_IMPLS}")
+    return impl
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -104,8 +118,15 @@ class Conv3x3(nnx.Module):
         self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), fan_in))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), ((1, 1), (1, 1)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        kernel = self.kernel[...]
+        if conv3x3_impl() == "im2col":
+            _, h, w, c = x.shape
+            padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            taps = [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+            y = jnp.concatenate(taps, axis=-1) @ kernel.reshape(9 * c, -1)  # (dy, dx, c) order
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + self.bias[...]
 
 

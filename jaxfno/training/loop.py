@@ -28,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxfno.config import ConfigError, RunConfig
+from jaxfno.config import ConfigError, ModelConfig, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import score, stitch
 from jaxfno.io import write_json
 from jaxfno.models import build_model
+from jaxfno.models.layers import conv3x3_impl
 from jaxfno.physics import forward_probe
 from jaxfno.training import checkpoint
 from jaxfno.training.engine import Engine, TrainState
@@ -64,6 +65,8 @@ def new_history() -> dict:
         # setup (data to device, init, resume), waiting for checkpoint writes at the end,
         # and the final evaluation (pipeline).
         "timing": {},
+        # How the program ran (device kind and count, member lifting, Conv3x3 implementation).
+        "execution": {},
     }
 
 
@@ -190,17 +193,21 @@ def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest, member_axis: 
 
 
 def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
-    """Stacked state of K members: per-member initialisation and clip threshold."""
-    state = _stack([engine.init_state(init_params(c)[1]) for c in configs])
+    """Stacked state of K members: per-member initialisation and clip threshold. One compiled
+    initialiser serves every member (its seed is an argument) and is kept by the persistent
+    compilation cache: initialising op by op compiled each small op anew, 16 s per process for
+    the full-size model on the CPU."""
+    model_cfg = configs[0].model
+    init = jax.jit(lambda key: engine.init_state(init_params(model_cfg, key)[1]))
+    state = _stack([init(jax.random.key(c.train.seed)) for c in configs])
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
     return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
 
 
-def init_params(cfg: RunConfig):
-    """Initial parameters from the member's seed (every random stream derives from it)."""
-    model = build_model(cfg.model, nnx.Rngs(params=jax.random.key(cfg.train.seed)))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params, rest
+def init_params(model_cfg: ModelConfig, key: jax.Array):
+    """(graphdef, params, rest) of a new model; ``key`` is the member's
+    ``jax.random.key(seed)``, from which every random stream of the model derives."""
+    return nnx.split(build_model(model_cfg, nnx.Rngs(params=key)), nnx.Param, ...)
 
 
 def train_members(
@@ -233,7 +240,7 @@ def train_members(
     ground_truth = dataset.test.ground_truth
 
     # --- model, optimiser, engine ---------------------------------------------------------
-    graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg0))
+    graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg0.model, jax.random.key(0)))
     placement = MemberPlacement.for_members(len(configs))
     engine, test_x = build_engine(cfg0, dataset, graphdef, rest, member_axis, placement.mesh)
     val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
@@ -260,6 +267,8 @@ def train_members(
     state = jax.block_until_ready(placement.put(state))
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
+        m.history["execution"] = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
+                                  "member_axis": engine.member_axis, "conv3x3": conv3x3_impl()}
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs
