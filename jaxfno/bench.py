@@ -121,7 +121,7 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
 
     graphdef, params, rest = nnx.split(flax_model, nnx.Param, ...)
     engine, _ = build_engine(cfg, dataset, graphdef, rest)
-    state = jax.tree.map(lambda a: a[None], engine.init_state(params))
+    state = jax.tree.map(lambda a: a[None], engine.init_state(nnx.to_pure_dict(params)))
     train_x = jax.numpy.asarray(x_np)
     idx = np.arange(batch, dtype=np.int32)[None]
     mask = np.ones((1, batch), np.float32)

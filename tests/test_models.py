@@ -41,7 +41,7 @@ def test_effective_count_excludes_unreachable_spectral_weights():
     assert counts["torch_numel"] - counts["effective"] == unused  # ≈ 7.8 M (SPEC §3.3)
     rows = summary_table(ModelConfig())
     assert sum(count for _, _, count in rows) == counts["real_scalars"]
-    assert ("enc.3.spectral.weight_re", (256, 256, 12, 12), 256 * 256 * 144) in rows
+    assert ("enc.3.spectral.weight_re", (12, 12, 256, 256), 256 * 256 * 144) in rows
 
 
 @pytest.mark.parametrize("blocks", [7, 8])
@@ -85,6 +85,7 @@ def test_spectral_conv_matches_dense_dft(variant, h, w, modes):
     layer = SpectralConv2d(3, 2, modes, variant, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, h, w, 3))
     weight = np.asarray(layer.weight_re[...], np.float64) + 1j * np.asarray(layer.weight_im[...])
+    weight = weight.transpose(2, 3, 0, 1)  # stored (m, m, in, out); the reference reads (in, out, m, m)
     expected = _dense_spectral_reference(np.asarray(x, np.float64), weight, variant, modes)
     out = layer(x)
     assert out.dtype == jnp.float32 and out.shape == (2, h, w, 2)

@@ -170,7 +170,8 @@ def copy_torch_to_flax(torch_model: nn.Module, flax_model: nnx.Module) -> nnx.Mo
     """Overwrite every parameter of ``flax_model`` (in place) with the twin's; returns it.
 
     Conv2d OIHW → HWIO (1×1 head → (in, out)); ConvTranspose2d (in, out, kh, kw) →
-    (kh, kw, in, out); complex spectral weight → (re, im); InstanceNorm weight → scale."""
+    (kh, kw, in, out); complex spectral weight (in, out, m, m) → (re, im), each (m, m, in, out);
+    InstanceNorm weight → scale."""
     copied = 0
     for name, module in torch_model.named_modules():
         target = flax_model
@@ -181,8 +182,9 @@ def copy_torch_to_flax(torch_model: nn.Module, flax_model: nnx.Module) -> nnx.Mo
         elif isinstance(module, nn.Conv2d):
             kernel = _array(module.weight.permute(2, 3, 1, 0)).reshape(target.kernel.shape)
         elif isinstance(module, SpectralConv2d):
-            _assign(target.weight_re, _array(module.weight.real), f"{name}.weight_re")
-            _assign(target.weight_im, _array(module.weight.imag), f"{name}.weight_im")
+            weight = module.weight.permute(2, 3, 0, 1)  # (in, out, m, m) → (m, m, in, out)
+            _assign(target.weight_re, _array(weight.real), f"{name}.weight_re")
+            _assign(target.weight_im, _array(weight.imag), f"{name}.weight_im")
             copied += 2
             continue
         elif isinstance(module, nn.InstanceNorm2d):

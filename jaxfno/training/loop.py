@@ -196,9 +196,9 @@ def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
     """Stacked state of K members: per-member initialisation and clip threshold. One compiled
     initialiser serves every member (its seed is an argument) and is kept by the persistent
     compilation cache: initialising op by op compiled each small op anew, 16 s per process for
-    the full-size model on the CPU."""
+    the full-size model on the CPU. Parameters are plain nested dicts (see :class:`Engine`)."""
     model_cfg = configs[0].model
-    init = jax.jit(lambda key: engine.init_state(init_params(model_cfg, key)[1]))
+    init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])))
     state = _stack([init(jax.random.key(c.train.seed)) for c in configs])
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
     return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
