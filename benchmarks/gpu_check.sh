@@ -24,8 +24,12 @@ OUT=${1:-results/gpu}
 mkdir -p "$OUT"
 export JAXFNO_CACHE=${JAXFNO_CACHE:-$PWD/.cache}
 PY=${PYTHON:-python3}
-status=0
+# Not exported to the stages: the test suite's own dry run of this script once packed its toy
+# output over a GPU run's archive.
 STAGES=" ${GPU_CHECK_STAGES:-env bench_step profile_one profile_members bench_seeds bench_seeds_im2col arm_1seed arm_4seeds pytest} "
+ARCHIVE=${GPU_CHECK_ARCHIVE:-}
+unset GPU_CHECK_ARCHIVE GPU_CHECK_STAGES
+status=0
 stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.txt, keep going
   local name=$1 limit=$2; shift 2
   [[ $STAGES == *" $name "* ]] || return 0
@@ -35,7 +39,7 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.t
   local rc=$?
   echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
   [ $rc -eq 0 ] || status=1
-  [ -z "${GPU_CHECK_ARCHIVE:-}" ] || tar czf "$GPU_CHECK_ARCHIVE" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT"
+  [ -z "$ARCHIVE" ] || tar czf "$ARCHIVE" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT"
 }
 
 if [ $DRY -eq 0 ]; then

@@ -4,15 +4,22 @@ import os
 import pathlib
 import subprocess
 import sys
+import tarfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_dry_run(tmp_path):
-    out = tmp_path / "gpu"
+    out, archive = tmp_path / "gpu", tmp_path / "gpu.tgz"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}  # no outer run's settings
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
-                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+                          env={**env, "PYTHON": sys.executable, "GPU_CHECK_ARCHIVE": str(archive)},
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with tarfile.open(archive) as packed:  # the archive holds OUT, without checkpoints
+        names = packed.getnames()
+    assert any(n.endswith("gpu/bench_step.json") for n in names)
+    assert not any("/checkpoints/" in n for n in names)
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# GPU check on cpu")
     for name in ("env.json", "bench_step.json", "bench_seeds.json"):
