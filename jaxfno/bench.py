@@ -240,10 +240,9 @@ def bench_profile(dataset: Dataset, model: ModelConfig, trace_dir: pathlib.Path,
             step()
         wall = (time.perf_counter() - start) / steps
     trace_file = max(trace_dir.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
-    result = {"members": members, "batch": batch, "steps": steps, "device": device_name(),
-              "model": model.to_dict(), "conv3x3": conv3x3_impl(), "wall_s_per_step": wall,
-              "trace": str(trace_file), "timelines": summarise_trace(trace_file, steps, top)}
-    return result
+    return {"members": members, "batch": batch, "steps": steps, "device": device_name(),
+            "model": model.to_dict(), "conv3x3": conv3x3_impl(), "wall_s_per_step": wall,
+            "trace": str(trace_file), "timelines": summarise_trace(trace_file, steps, top)}
 
 
 def summarise_trace(trace_file: pathlib.Path, steps: int, top: int = 25) -> dict:

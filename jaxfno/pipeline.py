@@ -21,7 +21,7 @@ from jaxfno.data import Dataset
 from jaxfno.evaluation import collapse_verdict, constant_floor, score
 from jaxfno.io import read_json, write_json, write_npz
 from jaxfno.report.figures import reconstruction_figure, save_figure
-from jaxfno.training.loop import Member, Progress, sequential_batches, train_members
+from jaxfno.training.loop import Member, Progress, train_members
 
 ARTIFACTS = ("config.json", "history.json", "metrics.json", "stats.json", "verdict.json")
 NORM_SCALE_NEAR_ZERO = 1e-2  # |mean InstanceNorm scale| below this: the block's output is muted
@@ -100,9 +100,7 @@ def run_members(
             progress=progress, on_epoch_end=on_epoch_end, member_axis=member_axis,
         )
         start = time.perf_counter()
-        infer = configs[0].train.infer_batch_size
-        idx, _ = sequential_batches(program.test_x.shape[0], infer)
-        stitched = np.asarray(program.engine.predict(program.state.params, program.test_x, idx))
+        stitched = program.predict()
         floor = constant_floor(dataset.test.ground_truth)
         for member in program.members:
             member.history["timing"]["final_prediction_seconds"] = time.perf_counter() - start

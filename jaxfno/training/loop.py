@@ -145,12 +145,18 @@ class Progress:
 
 @dataclasses.dataclass
 class Program:
-    """What training hands to evaluation: the compiled engine and the final stacked state."""
+    """What training hands to evaluation: the compiled engine, the final stacked state, and the
+    test inputs with their batches at the inference batch size (prediction is compiled for them)."""
 
     engine: Engine
     state: TrainState
     members: list[Member]
     test_x: jax.Array
+    infer_idx: np.ndarray
+
+    def predict(self) -> np.ndarray:
+        """Stitched prediction of the first test image, one per member."""
+        return np.asarray(self.engine.predict(self.state.params, self.test_x, self.infer_idx))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +275,7 @@ def train_members(
     state = jax.block_until_ready(placement.put(state))
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
-        m.history["execution"] = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
+        m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
                                   "member_axis": engine.member_axis, "conv3x3": conv3x3_impl()}
 
     # --- epochs ---------------------------------------------------------------------------
@@ -328,7 +334,7 @@ def train_members(
     for m in members:
         m.history["timing"]["checkpoint_wait_seconds"] = time.perf_counter() - wait_start
     progress.close()
-    return Program(engine, state, members, test_x)
+    return Program(engine, state, members, test_x, infer_idx)
 
 
 def _compile_evaluation(engine: Engine, params, test_x, val_idx, val_mask, probe_x, infer_idx) -> None:
