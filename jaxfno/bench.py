@@ -38,20 +38,27 @@ from jaxfno.data import Dataset, benchmark_build
 from jaxfno.evaluation import score
 from jaxfno.models import benchmark_forward_backward, build_model
 from jaxfno.models.bench import benchmark_layers, format_layers
-from jaxfno.models.layers import conv3x3_impl
+from jaxfno.models.layers import compiler_options, conv3x3_impl
 from jaxfno.training.loop import build_engine, initial_state, init_params, sequential_batches
 
 # Nominal dense float32 (non-tensor-core) peaks, FLOP/s; used only to report a fraction.
 NOMINAL_FP32_PEAK = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}
 
 
-def _median(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    times = []
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, list[float]]]:
+    """(median seconds, all seconds) of each function, timed in turn within every repeat, so
+    that a load change on the machine affects all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
+
+
+def _median(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    return _interleaved({"fn": fn}, repeats)["fn"]
 
 
 def device_name() -> str:
@@ -102,7 +109,7 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
     cfg = cfg.replace(train=cfg.train.replace(batch_size=batch))
     x_np = np.ascontiguousarray(dataset.train.diffraction[:batch])
     result = {"arch": cfg.model.arch, "batch": batch, "repeats": repeats, "device": device_name(),
-              "model": cfg.model.to_dict(), "conv3x3": conv3x3_impl()}
+              "model": cfg.model.to_dict(), "conv3x3": conv3x3_impl(), "xla_options": compiler_options()}
 
     flax_model = build_model(cfg.model, nnx.Rngs(params=jax.random.key(cfg.train.seed)))
     torch_model = None
@@ -137,10 +144,7 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
         state, out = engine.train_step(state, train_x, idx, mask)
         jax.block_until_ready(out["loss"])
 
-    result["jax_step_s"], result["jax_step_all_s"] = _median(jax_step, repeats)
-    result["jax_compile_s"] = result["jax_first_call_s"] - result["jax_step_s"]
-    _throughput(result, _flops(engine, state, train_x, idx, mask), result["jax_step_s"])
-
+    steps = {"jax": jax_step}
     if torch_model is not None:
         import torch
 
@@ -154,7 +158,12 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
         step = _torch_step(torch_model, dataset.probe_simulated, cfg.optim.lr, device)
         x_t = torch.from_numpy(x_np).to(device)
         result["torch_first_loss"] = step(x_t)
-        result["torch_step_s"], result["torch_step_all_s"] = _median(lambda: step(x_t), repeats)
+        steps["torch"] = lambda: step(x_t)
+    for name, (median, times) in _interleaved(steps, repeats).items():  # side by side
+        result[f"{name}_step_s"], result[f"{name}_step_all_s"] = median, times
+    result["jax_compile_s"] = result["jax_first_call_s"] - result["jax_step_s"]
+    _throughput(result, _flops(engine, state, train_x, idx, mask), result["jax_step_s"])
+    if torch_model is not None:
         result["speedup_vs_torch"] = result["torch_step_s"] / result["jax_step_s"]
         result["first_loss_rel_diff"] = abs(result["jax_first_loss"] - result["torch_first_loss"]) / abs(
             result["torch_first_loss"])
@@ -215,7 +224,7 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
                 repeats: int = 3) -> dict:
     """Step time of K members in one program vs K sequential single-member steps."""
     result = {"members": members, "batch": batch, "device": device_name(), "model": model.to_dict(),
-              "conv3x3": conv3x3_impl()}
+              "conv3x3": conv3x3_impl(), "xla_options": compiler_options()}
     for k in sorted({1, members}):
         engine, step = _members_step(dataset, model, k, batch)
         result[f"step_s_k{k}"], _ = _median(step, repeats)
@@ -241,7 +250,8 @@ def bench_profile(dataset: Dataset, model: ModelConfig, trace_dir: pathlib.Path,
         wall = (time.perf_counter() - start) / steps
     trace_file = max(trace_dir.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
     return {"members": members, "batch": batch, "steps": steps, "device": device_name(),
-            "model": model.to_dict(), "conv3x3": conv3x3_impl(), "wall_s_per_step": wall,
+            "model": model.to_dict(), "conv3x3": conv3x3_impl(), "xla_options": compiler_options(),
+            "wall_s_per_step": wall,
             "trace": str(trace_file), "timelines": summarise_trace(trace_file, steps, top)}
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxfno.config import ModelConfig
+from jaxfno.models.layers import compiler_options
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -45,7 +46,7 @@ def benchmark_forward_backward(cfg: ModelConfig, batch: int = 16, repeats: int =
                               "torch_numel": counts["torch_numel"]}
     for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(params, x).compile()
+        compiled = jax.jit(fn, compiler_options=compiler_options()).lower(params, x).compile()
         result[f"{name}_compile_s"] = time.perf_counter() - start
         jax.block_until_ready(compiled(params, x))  # warm-up: first-run allocations
         result[f"{name}_s"] = _median_seconds(lambda: compiled(params, x), repeats)
@@ -110,7 +111,7 @@ def benchmark_layers(cfg: ModelConfig, batch: int = 16, repeats: int = 3, *,
         timings = {}
         for label, fn, args in (("forward", forward, (params, x)),
                                 ("forward_backward", forward_backward, (params, x, cotangent))):
-            compiled = jax.jit(fn).lower(*args).compile()
+            compiled = jax.jit(fn, compiler_options=compiler_options()).lower(*args).compile()
             jax.block_until_ready(compiled(*args))
             timings[f"{label}_s"] = _median_seconds(lambda: compiled(*args), repeats)
         groups[key] = {"layer": name, "input_shape": list(shape), "count": 1, **timings}

@@ -35,7 +35,7 @@ from jaxfno.data import Dataset
 from jaxfno.evaluation import score, stitch
 from jaxfno.io import write_json
 from jaxfno.models import build_model
-from jaxfno.models.layers import conv3x3_impl
+from jaxfno.models.layers import compiler_options, conv3x3_impl
 from jaxfno.physics import forward_probe
 from jaxfno.training import checkpoint
 from jaxfno.training.engine import Engine, TrainState
@@ -276,7 +276,8 @@ def train_members(
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                                  "member_axis": engine.member_axis, "conv3x3": conv3x3_impl()}
+                                  "member_axis": engine.member_axis, "conv3x3": conv3x3_impl(),
+                                  "xla_options": compiler_options()}
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs
