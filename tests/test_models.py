@@ -286,6 +286,60 @@ def test_conv3x3_implementations_agree(members, monkeypatch):
         traced("winograd")
 
 
+@pytest.mark.parametrize("variant", ["upstream", "symmetric"])
+def test_spectral_mixings_agree(variant, monkeypatch):
+    """The ``real`` mode mixing (four real matmuls) computes the same layer, values and
+    gradients, as the ``complex`` einsum, on a map small enough to cap the modes."""
+    from jaxfno.models.layers import SpectralConv2d
+
+    graphdef, params = nnx.split(SpectralConv2d(4, 5, 6, variant, rngs=nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 6, 4))
+
+    def traced(mixing):  # a new function per choice: the choice is read when tracing
+        monkeypatch.setenv("JAXFNO_SPECTRAL_MIX", mixing)
+
+        def value_and_grads(p, x):
+            return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x))),
+                                      argnums=(0, 1))(p, x)
+
+        forward = str(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
+        return forward.count("dot_general"), jax.jit(value_and_grads)(params, x)
+
+    (complex_dots, complex_), (real_dots, real) = traced("complex"), traced("real")
+    assert real_dots == 4 * complex_dots > 0
+    for a, b in zip(jax.tree.leaves(complex_), jax.tree.leaves(real)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="JAXFNO_SPECTRAL_MIX='gauss'"):
+        traced("gauss")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+def test_cpu_convolution_engines_agree(monkeypatch):
+    """``eigen`` (the default) keeps convolutions out of YNNPACK and computes the same
+    convolution, values and gradients, as jaxlib's default."""
+    from jaxfno.models.layers import compiler_options
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 5))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 5, 6))
+
+    def compiled(engine):
+        monkeypatch.setenv("JAXFNO_CPU_CONV", engine)
+        fn = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), argnums=(0, 1)),
+                     compiler_options=compiler_options())
+        return fn.lower(x, k).compile()
+
+    eigen, ynnpack = compiled("eigen"), compiled("ynnpack")
+    assert "ynn_fusion" not in eigen.as_text()
+    for a, b in zip(jax.tree.leaves(eigen(x, k)), jax.tree.leaves(ynnpack(x, k))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="JAXFNO_CPU_CONV='mkl'"):
+        compiled("mkl")
+
+
 def test_benchmark_smoke():
     result = benchmark_forward_backward(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
     assert result["forward_s"] > 0 and result["forward_backward_s"] > 0

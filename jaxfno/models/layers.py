@@ -16,38 +16,66 @@ import jax.numpy as jnp
 from flax import nnx
 
 SPECTRAL_VARIANTS = ("upstream", "symmetric")
+
+# Execution choices: how a function is computed, not which function (all choices agree up to
+# float rounding; tests check it). Each is read from the environment when a function is traced.
 CONV3X3_IMPLS = ("xla", "im2col")
+CPU_CONV_ENGINES = ("eigen", "ynnpack")
+SPECTRAL_MIXINGS = ("complex", "real")
+
+
+def _choice(variable: str, choices: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(variable) or default
+    if value not in choices:
+        raise ValueError(f"{variable}={value!r} is not one of {choices}")
+    return value
 
 
 def conv3x3_impl() -> str:
-    """How :class:`Conv3x3` is computed (an execution choice, not part of any config: both give
-    the same function up to float rounding). ``xla``: ``lax.conv_general_dilated``, which XLA
-    turns into a grouped convolution when the member axis is vmapped. ``im2col``: the nine
-    shifted copies of the input side by side on the channel axis and one matmul, which stays a
-    (batched) matmul under vmap. ``$JAXFNO_CONV3X3`` chooses; read when a function is traced."""
-    impl = os.environ.get("JAXFNO_CONV3X3") or "xla"
-    if impl not in CONV3X3_IMPLS:
-        raise ValueError(f"JAXFNO_CONV3X3={impl!r} is not one of {CONV3X3_IMPLS}")
-    return impl
+    """How :class:`Conv3x3` is computed. ``xla``: ``lax.conv_general_dilated``, which XLA turns
+    into a grouped convolution when the member axis is vmapped. ``im2col``: the nine shifted
+    copies of the input side by side on the channel axis and one matmul, which stays a
+    (batched) matmul under vmap. ``$JAXFNO_CONV3X3`` chooses (default ``xla``)."""
+    return _choice("JAXFNO_CONV3X3", CONV3X3_IMPLS, "xla")
 
 
-CPU_CONV_ENGINES = ("eigen", "ynnpack")
+def spectral_mixing() -> str:
+    """How :class:`SpectralConv2d` applies its per-mode complex matrices. ``complex``: one
+    complex einsum. ``real``: four real matmuls batched over the modes, modes-major. On the
+    2-core CPU XLA's complex matmul is slow: forward + backward of the 8×8×256 bottleneck-level
+    mixing (40 modes) 39.5 ms complex against 16.9 ms real, 12×9 modes at 128 channels 22.3
+    against 12.9 ms. ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex``
+    elsewhere (one GPU kernel instead of four)."""
+    return _choice("JAXFNO_SPECTRAL_MIX", SPECTRAL_MIXINGS,
+                   "real" if jax.default_backend() == "cpu" else "complex")
 
 
 def compiler_options() -> dict[str, str] | None:
-    """XLA options for every program that runs the generator (an execution choice, like
-    :func:`conv3x3_impl`). On the CPU, jaxlib 0.10 hands convolutions to YNNPACK, which runs
-    each one on a single thread; measured on the 2-core CPU (batch 16, 64×64, 32→32 channels,
-    forward + both gradients) 70 ms against 34 ms for XLA's own multi-threaded (Eigen)
-    convolution, and the full generator's forward + backward 1011 ms against 608 ms. So on the
-    CPU YNNPACK is kept for matmuls only. ``$JAXFNO_CPU_CONV=ynnpack`` restores jaxlib's default.
-    Other backends: no options."""
-    engine = os.environ.get("JAXFNO_CPU_CONV") or "eigen"
-    if engine not in CPU_CONV_ENGINES:
-        raise ValueError(f"JAXFNO_CPU_CONV={engine!r} is not one of {CPU_CONV_ENGINES}")
+    """XLA options for every program that runs the generator. On the CPU, jaxlib 0.10 hands
+    convolutions to YNNPACK, which runs each one on a single thread; measured on the 2-core CPU
+    (batch 16, 64×64, 32→32 channels, forward + both gradients) 70 ms against 34 ms for XLA's
+    own multi-threaded (Eigen) convolution, and the full generator's forward + backward 1011 ms
+    against 608 ms. So on the CPU YNNPACK is kept for matmuls only; ``$JAXFNO_CPU_CONV=ynnpack``
+    restores jaxlib's default. Other backends: no options."""
+    engine = _choice("JAXFNO_CPU_CONV", CPU_CONV_ENGINES, "eigen")
     if jax.default_backend() != "cpu" or engine == "ynnpack":
         return None
     return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def mix_modes(x_ft: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> jax.Array:
+    """``y[b, x, y, o] = Σ_i x_ft[b, x, y, i] · w[x, y, i, o]`` with ``w = weight_re + i·weight_im``
+    (computed as :func:`spectral_mixing` chooses)."""
+    if spectral_mixing() == "complex":
+        return jnp.einsum("bxyi,xyio->bxyo", x_ft, jax.lax.complex(weight_re, weight_im))
+    x_re, x_im = (jnp.transpose(part, (1, 2, 0, 3)) for part in (x_ft.real, x_ft.imag))
+
+    def matmul(a, b):
+        return jnp.einsum("xybi,xyio->xybo", a, b)
+
+    y = jax.lax.complex(matmul(x_re, weight_re) - matmul(x_im, weight_im),
+                        matmul(x_re, weight_im) + matmul(x_im, weight_re))
+    return jnp.transpose(y, (2, 0, 1, 3))
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -124,15 +152,15 @@ class SpectralConv2d(nnx.Module):
         _, height, width, _ = x.shape
         rows, cols = self.kept_modes(height, width)
         x_ft = jnp.fft.rfft2(x, axes=(1, 2))
-        w = jax.lax.complex(self.weight_re[...], self.weight_im[...])
+        w_re, w_im = self.weight_re[...], self.weight_im[...]
         if self.variant == "upstream":
-            y = jnp.einsum("bxyi,xyio->bxyo", x_ft[:, :rows, :cols], w[:rows, :cols])
+            y = mix_modes(x_ft[:, :rows, :cols], w_re[:rows, :cols], w_im[:rows, :cols])
             y = jnp.pad(y, ((0, 0), (0, height - rows), (0, 0), (0, 0)))
         else:
-            n_w = w.shape[0]
-            pos = jnp.einsum("bxyi,xyio->bxyo", x_ft[:, :rows, :cols], w[:rows, :cols])
-            neg = jnp.einsum("bxyi,xyio->bxyo", x_ft[:, height - rows:, :cols],
-                             w[n_w - rows:, :cols])
+            n_w = w_re.shape[0]
+            pos = mix_modes(x_ft[:, :rows, :cols], w_re[:rows, :cols], w_im[:rows, :cols])
+            neg = mix_modes(x_ft[:, height - rows:, :cols], w_re[n_w - rows:, :cols],
+                            w_im[n_w - rows:, :cols])
             y = jnp.pad(pos, ((0, 0), (0, height - 2 * rows), (0, 0), (0, 0)))
             y = jnp.concatenate([y, neg], axis=1)
         y = jnp.pad(y, ((0, 0), (0, 0), (0, width // 2 + 1 - cols), (0, 0)))
