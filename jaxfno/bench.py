@@ -38,7 +38,7 @@ from jaxfno.data import Dataset, benchmark_build
 from jaxfno.evaluation import score
 from jaxfno.models import benchmark_forward_backward, build_model
 from jaxfno.models.bench import benchmark_layers, format_layers
-from jaxfno.models.layers import compiler_options, conv3x3_impl
+from jaxfno.models.layers import execution_choices
 from jaxfno.training.loop import build_engine, initial_state, init_params, sequential_batches
 
 # Nominal dense float32 (non-tensor-core) peaks, FLOP/s; used only to report a fraction.
@@ -109,7 +109,7 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
     cfg = cfg.replace(train=cfg.train.replace(batch_size=batch))
     x_np = np.ascontiguousarray(dataset.train.diffraction[:batch])
     result = {"arch": cfg.model.arch, "batch": batch, "repeats": repeats, "device": device_name(),
-              "model": cfg.model.to_dict(), "conv3x3": conv3x3_impl(), "xla_options": compiler_options()}
+              "model": cfg.model.to_dict(), **execution_choices()}
 
     flax_model = build_model(cfg.model, nnx.Rngs(params=jax.random.key(cfg.train.seed)))
     torch_model = None
@@ -224,7 +224,7 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
                 repeats: int = 3) -> dict:
     """Step time of K members in one program vs K sequential single-member steps."""
     result = {"members": members, "batch": batch, "device": device_name(), "model": model.to_dict(),
-              "conv3x3": conv3x3_impl(), "xla_options": compiler_options()}
+              **execution_choices()}
     for k in sorted({1, members}):
         engine, step = _members_step(dataset, model, k, batch)
         result[f"step_s_k{k}"], _ = _median(step, repeats)
@@ -250,7 +250,7 @@ def bench_profile(dataset: Dataset, model: ModelConfig, trace_dir: pathlib.Path,
         wall = (time.perf_counter() - start) / steps
     trace_file = max(trace_dir.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
     return {"members": members, "batch": batch, "steps": steps, "device": device_name(),
-            "model": model.to_dict(), "conv3x3": conv3x3_impl(), "xla_options": compiler_options(),
+            "model": model.to_dict(), **execution_choices(),
             "wall_s_per_step": wall,
             "trace": str(trace_file), "timelines": summarise_trace(trace_file, steps, top)}
 

@@ -10,8 +10,10 @@ import pytest
 from flax import nnx
 
 from jaxfno.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from jaxfno.models.layers import execution_choices
 from jaxfno.pipeline import RunDirError, run_members, run_one
 from jaxfno.training import checkpoint
+from jaxfno.training.engine import default_member_axis
 from jaxfno.training.loop import build_engine, epoch_batches, init_params, initial_state
 from jaxfno.training.optim import scheduled_lr, with_hyperparam
 
@@ -98,6 +100,8 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert checkpoint.latest_epoch(result.run_dir, "last") == EPOCHS - 1
     assert checkpoint.latest_epoch(result.run_dir, "best") == int(np.argmin(h["val_loss"]))
     assert result.stats["best_val_loss"] == min(h["val_loss"])
+    assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+                              "member_axis": default_member_axis(), **execution_choices()}
 
 
 # --- optimisers, learning rate, seeds -----------------------------------------------------

@@ -35,7 +35,7 @@ from jaxfno.data import Dataset
 from jaxfno.evaluation import score, stitch
 from jaxfno.io import write_json
 from jaxfno.models import build_model
-from jaxfno.models.layers import compiler_options, conv3x3_impl
+from jaxfno.models.layers import execution_choices
 from jaxfno.physics import forward_probe
 from jaxfno.training import checkpoint
 from jaxfno.training.engine import Engine, TrainState
@@ -276,8 +276,7 @@ def train_members(
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                                  "member_axis": engine.member_axis, "conv3x3": conv3x3_impl(),
-                                  "xla_options": compiler_options()}
+                                  "member_axis": engine.member_axis, **execution_choices()}
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs
