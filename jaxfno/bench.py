@@ -128,6 +128,7 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
 
     graphdef, params, rest = nnx.split(flax_model, nnx.Param, ...)
     engine, _ = build_engine(cfg, dataset, graphdef, rest)
+    result["update"] = engine.update_scope
     state = jax.tree.map(lambda a: a[None], engine.init_state(nnx.to_pure_dict(params)))
     train_x = jax.numpy.asarray(x_np)
     idx = np.arange(batch, dtype=np.int32)[None]
@@ -228,7 +229,7 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
     for k in sorted({1, members}):
         engine, step = _members_step(dataset, model, k, batch)
         result[f"step_s_k{k}"], _ = _median(step, repeats)
-        result["member_axis"] = engine.member_axis
+        result["member_axis"], result["update"] = engine.member_axis, engine.update_scope
     result["sequential_s"] = members * result["step_s_k1"]
     result["together_over_one"] = result[f"step_s_k{members}"] / result["step_s_k1"]
     result["speedup_vs_sequential"] = result["sequential_s"] / result[f"step_s_k{members}"]

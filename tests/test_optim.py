@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from jaxfno.config import ConfigError, OptimConfig, RunConfig, TrainConfig
+from jaxfno.training.engine import update_scope
 from jaxfno.training.optim import LRSchedule, build_transforms, scheduled_lr, with_hyperparam
 
 
@@ -105,3 +106,18 @@ def test_config_json_round_trip_and_stable_hash():
     again = RunConfig.from_json(cfg.to_json())
     assert again == cfg and again.config_hash() == cfg.config_hash()
     assert cfg.replace(train=cfg.train.replace(seed=1)).config_hash() != cfg.config_hash()
+
+
+@pytest.mark.parametrize("changes, scope", [
+    ({}, "reachable"),
+    ({"optimizer": "sgd", "momentum": 0.9, "grad_clip_algorithm": "value"}, "reachable"),
+    ({"optimizer": "adamw", "weight_decay": 0.0}, "reachable"),
+    ({"optimizer": "adamw", "weight_decay": 0.01}, "full"),  # decay moves unreachable entries
+    ({"grad_clip_algorithm": "agc"}, "full"),  # reads the whole parameter's norm
+    ({"grad_clip_algorithm": "agc_tensor"}, "full"),
+])
+def test_update_is_restricted_only_where_exact(changes, scope, monkeypatch):
+    transforms = build_transforms(OptimConfig(grad_clip=1.0, **changes))
+    assert update_scope(transforms) == scope
+    monkeypatch.setenv("JAXFNO_UPDATE", "full")
+    assert update_scope(transforms) == "full"

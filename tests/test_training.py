@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxfno.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from jaxfno.models import reachable_shapes
 from jaxfno.models.layers import execution_choices
 from jaxfno.pipeline import RunDirError, run_members, run_one
 from jaxfno.training import checkpoint
@@ -101,7 +102,8 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert checkpoint.latest_epoch(result.run_dir, "best") == int(np.argmin(h["val_loss"]))
     assert result.stats["best_val_loss"] == min(h["val_loss"])
     assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                              "member_axis": default_member_axis(), **execution_choices()}
+                              "member_axis": default_member_axis(), "update": "reachable",
+                              **execution_choices()}
 
 
 # --- optimisers, learning rate, seeds -----------------------------------------------------
@@ -118,6 +120,29 @@ def test_optimizers_give_different_trajectories(grid_lines_dataset):
         params[name] = leaves(state.params)
     for a, b in (("adam", "adamw"), ("adam", "sgd"), ("adamw", "sgd")):
         assert any(not np.allclose(x, y, rtol=0, atol=1e-9) for x, y in zip(params[a], params[b])), (a, b)
+
+
+@pytest.mark.parametrize("optim", [dict(optimizer="adam", grad_clip=1e-2),
+                                   dict(optimizer="sgd", momentum=0.9, grad_clip=1e-3,
+                                        grad_clip_algorithm="value")], ids=["adam-norm", "sgd-value"])
+def test_reachable_update_trains_like_the_full_update(grid_lines_dataset, monkeypatch, optim):
+    """Updating only the gradient-receiving blocks gives the full update's training: same
+    losses, parameters and optimiser state. With 40 modes, 40×33 of the 64×64 level's 40×40
+    block and 20×17 of the bottleneck's 20×20 are reachable."""
+    cfg = tiny(model=dict(modes=40), optim=optim)
+    shapes = reachable_shapes(cfg.model)
+    assert shapes["enc"][0]["spectral"]["weight_im"] == (40, 33, 4, 4)
+    assert shapes["bottleneck"]["spectral"]["weight_re"] == (20, 17, 8, 8)
+    trained = {}
+    for scope in ("full", "reachable"):
+        monkeypatch.setenv("JAXFNO_UPDATE", scope)
+        engine, state = engine_state([cfg], grid_lines_dataset)
+        assert engine.update_scope == scope
+        state, losses = run_steps(engine, state, grid_lines_dataset, 3)
+        trained[scope] = losses, leaves(state)
+    np.testing.assert_allclose(trained["reachable"][0], trained["full"][0], rtol=1e-6)
+    for reachable, full in zip(trained["reachable"][1], trained["full"][1], strict=True):
+        np.testing.assert_allclose(reachable, full, rtol=1e-5, atol=1e-8)
 
 
 def test_learning_rate_changes_the_losses(grid_lines_dataset):

@@ -25,7 +25,7 @@ __all__ = [
     "Conv1x1", "Conv3x3", "Down2x2", "FNOGenerator", "HybridGenerator", "InstanceNorm",
     "PtychoBlock", "SpectralConv2d", "StablePtychoBlock", "Up2x2", "benchmark_forward_backward",
     "block_parameter_stats", "build_model", "build_stacked", "check_depth", "level_channels",
-    "parameter_counts", "summary_table",
+    "parameter_counts", "reachable_shapes", "summary_table",
 ]
 
 Path = tuple[str | int, ...]
@@ -61,12 +61,12 @@ def _flat(tree: Any) -> list[tuple[Path, Any]]:
     """(path, leaf) of a Module's params, an nnx.State or a pure dict of the same shape."""
     if isinstance(tree, nnx.Module):
         tree = nnx.state(tree, nnx.Param)
-    flat = []
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        path = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None)))
-                     for k in key_path)
-        flat.append((path[:-1] if path[-1] == "value" else path, leaf))
-    return flat
+    return [(_path(key_path), leaf) for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _path(key_path) -> Path:
+    path = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in key_path)
+    return path[:-1] if path[-1] == "value" else path
 
 
 def parameter_counts(cfg: ModelConfig, *, resolution: int = 64) -> dict[str, int]:
@@ -81,6 +81,22 @@ def parameter_counts(cfg: ModelConfig, *, resolution: int = 64) -> dict[str, int
     unused = sum(block.spectral.weight_re.size - block.spectral.used_weight_entries(res, res)
                  for _, block, res in model.blocks())
     return {"torch_numel": real - imag, "real_scalars": real, "effective": real - imag - unused}
+
+
+def reachable_shapes(cfg: ModelConfig, *, resolution: int = 64) -> dict:
+    """The parameters' pure-dict tree with, per array, the shape of its leading block that can
+    receive a gradient: the full shape, except for spectral weights whose mode block is larger
+    than their level's feature map (see :meth:`SpectralConv2d.reachable_box`)."""
+    model = _abstract(cfg, resolution)
+    boxes = {name: block.spectral.reachable_box(res, res) for name, block, res in model.blocks()}
+
+    def shape(key_path, leaf) -> tuple[int, ...]:
+        path = _path(key_path)
+        if path[-1] in ("weight_re", "weight_im"):
+            return boxes[_block_name(path)] + leaf.shape[2:]
+        return tuple(leaf.shape)
+
+    return jax.tree_util.tree_map_with_path(shape, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def summary_table(cfg: ModelConfig, *,

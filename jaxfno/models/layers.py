@@ -150,6 +150,13 @@ class SpectralConv2d(nnx.Module):
         half = self.modes // 2
         return min(half, height // 2), min(half + 1, width // 2 + 1)
 
+    def reachable_box(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of the smallest leading block of the stored weight that holds every
+        entry used on an H×W map; entries outside it never receive a gradient. ``symmetric``
+        keeps all rows (its negative-frequency rows are the last ones)."""
+        rows, cols = self.kept_modes(height, width)
+        return (rows if self.variant == "upstream" else self.weight_re.shape[0]), cols
+
     def used_weight_entries(self, height: int, width: int) -> int:
         """Complex weight entries that influence the output on an H×W map."""
         rows, cols = self.kept_modes(height, width)

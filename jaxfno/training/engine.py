@@ -29,8 +29,10 @@ from flax import nnx
 from jaxfno import physics
 from jaxfno.config import PhysicsConfig
 from jaxfno.models import block_parameter_stats
-from jaxfno.models.layers import compiler_options
+from jaxfno.models.layers import _choice, compiler_options
 from jaxfno.training.optim import Transforms
+
+UPDATE_SCOPES = ("reachable", "full")
 
 
 class TrainState(NamedTuple):
@@ -71,13 +73,41 @@ def shard_members(fn: Callable, in_axes: tuple, mesh: jax.sharding.Mesh | None) 
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=members, check_vma=False)
 
 
+def update_scope(transforms: Transforms) -> str:
+    """Which entries the training step differentiates and updates. ``reachable``: only the
+    leading block of each parameter that can receive a gradient (``reachable_shapes``), which
+    gives the same training as ``full`` when the update rule is zero-gradient invariant
+    (``Transforms``); other rules always run ``full``. At the default full-size model 7.8 M of
+    the 17.2 M complex-counted weights are spectral entries no input reaches; on the 2-core CPU
+    their zero gradients, Adam moments and norms took about 75 ms of a 750 ms step.
+    ``$JAXFNO_UPDATE=full`` forces the whole tensors."""
+    scope = _choice("JAXFNO_UPDATE", UPDATE_SCOPES, "reachable")
+    return scope if transforms.zero_gradient_invariant else "full"
+
+
+def _restrict(tree, shapes):
+    """Each array's leading block of the shape given in ``shapes`` (same tree, tuple leaves)."""
+    return jax.tree.map(lambda x, shape: x[tuple(map(slice, shape))], tree, shapes)
+
+
+def _embed(full, block):
+    """``full`` with each array's leading block replaced by ``block``'s array (whole arrays where
+    the shapes agree; in place when ``full`` is donated). ``block`` has ``full``'s tree."""
+    return jax.tree.map(lambda f, b: b if f.shape == b.shape
+                        else jax.lax.dynamic_update_slice(f, b, (0,) * f.ndim), full, block)
+
+
 class Engine:
-    """Compiled functions for one program (fixed architecture, physics and batch shapes)."""
+    """Compiled functions for one program (fixed architecture, physics and batch shapes).
+    ``reachable_shapes``: the parameters' gradient-receiving blocks, for the ``reachable``
+    :func:`update_scope`."""
 
     def __init__(self, graphdef, rest, transforms: Transforms, physics_cfg: PhysicsConfig, probe,
                  stitch_fn: Callable[[jax.Array], jax.Array], member_axis: str | None = None,
-                 mesh: jax.sharding.Mesh | None = None):
+                 mesh: jax.sharding.Mesh | None = None, reachable_shapes=None):
         self.graphdef, self.rest = graphdef, rest
+        self.update_scope = "full" if reachable_shapes is None else update_scope(transforms)
+        self.reachable_shapes = reachable_shapes
         self.stitch_fn = stitch_fn
         self.transforms = transforms
         self.physics_cfg = physics_cfg
@@ -112,16 +142,26 @@ class Engine:
 
     # --- training ------------------------------------------------------------------------
 
+    def _trained_part(self, state: TrainState) -> tuple[Any, Any]:
+        """(params, optimiser state) as the update scope sees them."""
+        if self.update_scope == "full":
+            return state.params, state.opt_state
+        shapes = self.reachable_shapes
+        return (_restrict(state.params, shapes),
+                optax.tree_map_params(self.transforms.optimizer, _restrict, state.opt_state, shapes))
+
     def _step(self, state: TrainState, train_x, idx, mask):
         x = train_x[idx]
-        (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, x, mask)
+        params, opt_state = self._trained_part(state)
+        (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(params, x, mask)
         grad_norm = optax.tree.norm(grads)
-        clipped, clip_state = self.transforms.clip.update(grads, state.clip_state, state.params)
+        clipped, clip_state = self.transforms.clip.update(grads, state.clip_state, params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply(state: TrainState) -> TrainState:
-            updates, opt_state = self.transforms.optimizer.update(clipped, state.opt_state, state.params)
-            return TrainState(optax.apply_updates(state.params, updates), clip_state, opt_state)
+            updates, new_opt_state = self.transforms.optimizer.update(clipped, opt_state, params)
+            return TrainState(_embed(state.params, optax.apply_updates(params, updates)), clip_state,
+                              _embed(state.opt_state, new_opt_state))
 
         # A diverged member keeps its last finite state: the run stops with inspectable weights.
         # A conditional, not a select of new against old state: on the CPU (members unrolled)

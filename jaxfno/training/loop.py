@@ -34,7 +34,7 @@ from jaxfno.config import ConfigError, ModelConfig, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import score, stitch
 from jaxfno.io import write_json
-from jaxfno.models import build_model
+from jaxfno.models import build_model, reachable_shapes
 from jaxfno.models.layers import execution_choices
 from jaxfno.physics import forward_probe
 from jaxfno.training import checkpoint
@@ -196,7 +196,7 @@ def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest, member_axis: 
     grid, border = stitch_geometry(dataset)
     engine = Engine(graphdef, rest, build_transforms(cfg.optim), cfg.physics, forward_probe(dataset),
                     stitch_fn=lambda patches: stitch(patches[: grid * grid], grid=grid, border=border),
-                    member_axis=member_axis, mesh=mesh)
+                    member_axis=member_axis, mesh=mesh, reachable_shapes=reachable_shapes(cfg.model))
     return engine, jnp.asarray(dataset.test.diffraction)
 
 
@@ -276,7 +276,8 @@ def train_members(
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                                  "member_axis": engine.member_axis, **execution_choices()}
+                                  "member_axis": engine.member_axis, "update": engine.update_scope,
+                                  **execution_choices()}
 
     # --- epochs ---------------------------------------------------------------------------
     epochs = cfg0.train.epochs

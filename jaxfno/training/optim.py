@@ -70,10 +70,18 @@ def _optimizer_factory(cfg: OptimConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Transforms:
-    """The two halves of the update rule, each with its knob injected into its state."""
+    """The two halves of the update rule, each with its knob injected into its state.
+
+    ``zero_gradient_invariant``: an entry whose gradient is zero at every step keeps its value
+    and optimiser state (zero moments), and the other entries' updates do not depend on it. True
+    for Adam, SGD (with or without momentum) and AdamW without weight decay after global-norm or
+    value clipping; false for AdamW's decoupled weight decay, which shrinks every entry, and the
+    AGC clippers, which read the whole parameter's norm. Where true, the training step may
+    update only the entries that can receive a gradient (see ``Engine``)."""
 
     clip: optax.GradientTransformation
     optimizer: optax.GradientTransformation
+    zero_gradient_invariant: bool
 
 
 def build_transforms(cfg: OptimConfig) -> Transforms:
@@ -83,6 +91,8 @@ def build_transforms(cfg: OptimConfig) -> Transforms:
             threshold=clip_threshold(cfg)
         ),
         optimizer=optax.inject_hyperparams(_optimizer_factory(cfg))(learning_rate=cfg.lr),
+        zero_gradient_invariant=(cfg.grad_clip_algorithm in ("norm", "value")
+                                 and (cfg.optimizer != "adamw" or cfg.weight_decay == 0)),
     )
 
 
