@@ -24,7 +24,8 @@ CPU_CONV_ENGINES = ("eigen", "ynnpack")
 SPECTRAL_MIXINGS = ("complex", "real")
 
 
-def _choice(variable: str, choices: tuple[str, ...], default: str) -> str:
+def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
+    """The execution choice set by ``$variable`` (``default`` when unset), checked against ``choices``."""
     value = os.environ.get(variable) or default
     if value not in choices:
         raise ValueError(f"{variable}={value!r} is not one of {choices}")
@@ -36,7 +37,7 @@ def conv3x3_impl() -> str:
     into a grouped convolution when the member axis is vmapped. ``im2col``: the nine shifted
     copies of the input side by side on the channel axis and one matmul, which stays a
     (batched) matmul under vmap. ``$JAXFNO_CONV3X3`` chooses (default ``xla``)."""
-    return _choice("JAXFNO_CONV3X3", CONV3X3_IMPLS, "xla")
+    return env_choice("JAXFNO_CONV3X3", CONV3X3_IMPLS, "xla")
 
 
 def spectral_mixing() -> str:
@@ -46,7 +47,7 @@ def spectral_mixing() -> str:
     mixing (40 modes) 39.5 ms complex against 16.9 ms real, 12×9 modes at 128 channels 22.3
     against 12.9 ms. ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex``
     elsewhere (one GPU kernel instead of four)."""
-    return _choice("JAXFNO_SPECTRAL_MIX", SPECTRAL_MIXINGS,
+    return env_choice("JAXFNO_SPECTRAL_MIX", SPECTRAL_MIXINGS,
                    "real" if jax.default_backend() == "cpu" else "complex")
 
 
@@ -57,7 +58,7 @@ def compiler_options() -> dict[str, str] | None:
     own multi-threaded (Eigen) convolution, and the full generator's forward + backward 1011 ms
     against 608 ms. So on the CPU YNNPACK is kept for matmuls only; ``$JAXFNO_CPU_CONV=ynnpack``
     restores jaxlib's default. Other backends: no options."""
-    engine = _choice("JAXFNO_CPU_CONV", CPU_CONV_ENGINES, "eigen")
+    engine = env_choice("JAXFNO_CPU_CONV", CPU_CONV_ENGINES, "eigen")
     if jax.default_backend() != "cpu" or engine == "ynnpack":
         return None
     return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}

@@ -29,7 +29,7 @@ from flax import nnx
 from jaxfno import physics
 from jaxfno.config import PhysicsConfig
 from jaxfno.models import block_parameter_stats
-from jaxfno.models.layers import _choice, compiler_options
+from jaxfno.models.layers import compiler_options, env_choice
 from jaxfno.training.optim import Transforms
 
 UPDATE_SCOPES = ("reachable", "full")
@@ -79,9 +79,9 @@ def update_scope(transforms: Transforms) -> str:
     gives the same training as ``full`` when the update rule is zero-gradient invariant
     (``Transforms``); other rules always run ``full``. At the default full-size model 7.8 M of
     the 17.2 M complex-counted weights are spectral entries no input reaches; on the 2-core CPU
-    their zero gradients, Adam moments and norms took about 75 ms of a 750 ms step.
-    ``$JAXFNO_UPDATE=full`` forces the whole tensors."""
-    scope = _choice("JAXFNO_UPDATE", UPDATE_SCOPES, "reachable")
+    the step took 0.85 s against 0.91 s with their zero gradients, Adam moments and norms
+    (``results/cpu/update_scope_ab.json``). ``$JAXFNO_UPDATE=full`` forces the whole tensors."""
+    scope = env_choice("JAXFNO_UPDATE", UPDATE_SCOPES, "reachable")
     return scope if transforms.zero_gradient_invariant else "full"
 
 
