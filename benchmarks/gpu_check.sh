@@ -43,7 +43,8 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.t
   local rc=$?
   echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
   [ $rc -eq 0 ] || status=1
-  [ -z "$ARCHIVE" ] || tar czf "$ARCHIVE" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT"
+  # Written aside and renamed, so a call cut short mid-write still leaves the last whole archive.
+  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT" && mv "$ARCHIVE.part" "$ARCHIVE"; }
 }
 
 if [ $DRY -eq 0 ]; then
