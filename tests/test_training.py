@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -256,18 +257,19 @@ def test_hybrid_learns_at_reduced_size(grid_lines_dataset, tmp_path):
 
 @pytest.mark.parametrize("background", [True, False])
 def test_checkpoint_writer_snapshots_and_reports_failures(tmp_path, background):
-    state = {"w": np.arange(4, dtype=np.float32)}
+    state = {"w": jnp.arange(4, dtype=jnp.float32)}
     meta = {"history": {"val_loss": [1.0]}}
     with checkpoint.CheckpointWriter(background=background) as writer:
-        writer.save(tmp_path / "run", "last", 0, state, meta)
+        writer.save(tmp_path / "run", ["last", "best"], 0, state, meta)
         meta["history"]["val_loss"].append(0.5)  # the caller goes on updating both
-        state["w"] += 1
-    restored, restored_meta = checkpoint.restore(tmp_path / "run", "last")
-    np.testing.assert_array_equal(restored["w"], np.arange(4, dtype=np.float32))
-    assert restored_meta["history"]["val_loss"] == [1.0]
+        state["w"] = state["w"] + 1
+    for kind in ("last", "best"):  # one snapshot, saved as each kind
+        restored, restored_meta = checkpoint.restore(tmp_path / "run", kind)
+        np.testing.assert_array_equal(restored["w"], np.arange(4, dtype=np.float32))
+        assert restored_meta["history"]["val_loss"] == [1.0]
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(NotADirectoryError):
         with checkpoint.CheckpointWriter(background=background) as writer:
-            writer.save(blocker / "run", "last", 0, state, meta)  # fails on the worker thread
+            writer.save(blocker / "run", ["last"], 0, state, meta)  # fails on the worker thread

@@ -123,8 +123,15 @@ def _stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+# Members' train states stacked by one program: op by op, each distinct leaf shape compiled its
+# own stack (K=4 full-size members on the 2-core CPU: 4.7 s eager, 3.7 s jitted).
+_stack_states = jax.jit(_stack)
+
+
 def _member_slice(tree, k: int):
-    return jax.tree.map(lambda x: np.asarray(x[k]), tree)
+    """Member ``k``'s part of a member-stacked tree: views of host arrays, device arrays of
+    device arrays."""
+    return jax.tree.map(lambda x: x[k], tree)
 
 
 class Progress:
@@ -207,7 +214,7 @@ def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
     the full-size model on the CPU. Parameters are plain nested dicts (see :class:`Engine`)."""
     model_cfg = configs[0].model
     init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])))
-    state = _stack([init(jax.random.key(c.train.seed)) for c in configs])
+    state = _stack_states([init(jax.random.key(c.train.seed)) for c in configs])
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
     return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
 
@@ -270,7 +277,7 @@ def train_members(
                 m.history, m.best_val = meta["history"], meta["best_val"]
                 m.schedule.load(meta["schedule"])
                 restored.append(member_state)
-            state = _stack(restored)
+            state = _stack_states(restored)
             start_epoch = done[0] + 1
     state = jax.block_until_ready(placement.put(state))
     for m in members:
@@ -314,16 +321,18 @@ def train_members(
             val_loss, stitched = np.asarray(val_loss), np.asarray(stitched)
             seconds = time.perf_counter() - t0
 
+            host_state = jax.device_get(state)  # one transfer; each member's checkpoint is a view
             for k, m in enumerate(members):
                 if m.stopped:
                     continue
                 _record_epoch(m, k, epoch, logs, float(val_loss[k]), float(lrs[k]), diagnostics,
                               stitched[k], ground_truth, (seconds, train_seconds))
                 write_json(m.run_dir / "history.json", m.history)
-                writer.save(m.run_dir, "last", epoch, _member_slice(state, k), m.meta(epoch))
+                kinds = ["last"]
                 if m.history["val_loss"][-1] < m.best_val:
                     m.best_val = m.history["val_loss"][-1]
-                    writer.save(m.run_dir, "best", epoch, _member_slice(state, k), m.meta(epoch))
+                    kinds.append("best")
+                writer.save(m.run_dir, kinds, epoch, _member_slice(host_state, k), m.meta(epoch))
                 m.schedule.observe(epoch, m.history["val_loss"][-1])
             progress.update(
                 f"epoch {epoch + 1}/{epochs} train {members[0].history['train_loss'][-1]:.4f} "
