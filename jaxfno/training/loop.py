@@ -211,9 +211,17 @@ def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
     """Stacked state of K members: per-member initialisation and clip threshold. One compiled
     initialiser serves every member (its seed is an argument) and is kept by the persistent
     compilation cache: initialising op by op compiled each small op anew, 16 s per process for
-    the full-size model on the CPU. Parameters are plain nested dicts (see :class:`Engine`)."""
+    the full-size model on the CPU. On the CPU it is compiled at XLA's backend optimisation
+    level 0: at the default level XLA:CPU spent 16–19 s optimising the threefry code of every
+    parameter's draw, for a program that runs once per member (measured on 2 cores: 3.2 s to
+    compile at level 0, and it runs in 3.1 s instead of 0.8 s at full size, in milliseconds at
+    the CI sizes; `tests/test_training.py` with a cold cache: 256 s instead of 309 s). Some
+    weights then differ from a level-2 build in their last bit.
+    Parameters are plain nested dicts (see :class:`Engine`)."""
     model_cfg = configs[0].model
-    init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])))
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])),
+                   compiler_options=options)
     state = _stack_states([init(jax.random.key(c.train.seed)) for c in configs])
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
     return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
