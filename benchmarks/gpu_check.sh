@@ -119,6 +119,7 @@ for run in sorted(p for p in out.glob("arm_*") if p.is_dir()):
         lines.append(f"- {history_file.parent.parent.name}/{history_file.parent.name}: "
                      f"{len(epochs)} epochs; setup {timing.get('setup_seconds', float('nan')):.1f} s, "
                      f"epoch 1 {epochs[0]:.1f} s, later epochs {sum(epochs[1:]) / max(len(epochs) - 1, 1):.2f} s each, "
+                     f"per-epoch bookkeeping {timing.get('bookkeeping_seconds', float('nan')):.1f} s in all, "
                      f"checkpoint wait {timing.get('checkpoint_wait_seconds', float('nan')):.1f} s, "
                      f"final prediction {timing.get('final_prediction_seconds', float('nan')):.1f} s")
     summary = run / "report" / "summary.md"

@@ -105,6 +105,10 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
                               "member_axis": default_member_axis(), "update": "reachable",
                               **execution_choices()}
+    # Where the wall time went, beyond the epochs' own seconds.
+    assert set(h["timing"]) == {"setup_seconds", "bookkeeping_seconds", "checkpoint_wait_seconds",
+                                "final_prediction_seconds"}
+    assert all(seconds > 0 for seconds in h["timing"].values())
 
 
 # --- optimisers, learning rate, seeds -----------------------------------------------------

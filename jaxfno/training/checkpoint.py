@@ -8,7 +8,6 @@ one worker thread on accelerators, so that training overlaps the disk writes.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence

@@ -329,6 +329,7 @@ def train_members(
             val_loss, stitched = np.asarray(val_loss), np.asarray(stitched)
             seconds = time.perf_counter() - t0
 
+            bookkeeping_start = time.perf_counter()
             host_state = jax.device_get(state)  # one transfer; each member's checkpoint is a view
             for k, m in enumerate(members):
                 if m.stopped:
@@ -342,6 +343,10 @@ def train_members(
                     kinds.append("best")
                 writer.save(m.run_dir, kinds, epoch, _member_slice(host_state, k), m.meta(epoch))
                 m.schedule.observe(epoch, m.history["val_loss"][-1])
+            bookkeeping = time.perf_counter() - bookkeeping_start  # history, checkpoints, schedule
+            for m in members:
+                timing = m.history["timing"]
+                timing["bookkeeping_seconds"] = timing.get("bookkeeping_seconds", 0.0) + bookkeeping
             progress.update(
                 f"epoch {epoch + 1}/{epochs} train {members[0].history['train_loss'][-1]:.4f} "
                 f"val {members[0].history['val_loss'][-1]:.4f} ({seconds:.1f} s)"
