@@ -16,7 +16,7 @@ from jaxfno.models.layers import execution_choices
 from jaxfno.pipeline import RunDirError, run_members, run_one
 from jaxfno.training import checkpoint
 from jaxfno.training.engine import default_member_axis
-from jaxfno.training.loop import build_engine, epoch_batches, init_params, initial_state
+from jaxfno.training.loop import build_engine, epoch_batches, init_params, initial_state, train_members
 from jaxfno.training.optim import scheduled_lr, with_hyperparam
 
 
@@ -199,13 +199,15 @@ def separate_runs(grid_lines_dataset, tmp_path_factory):
 @pytest.mark.parametrize("member_axis", ["vmap", pytest.param("unroll", marks=pytest.mark.slow)])
 def test_seeds_in_one_program_match_separate_runs(grid_lines_dataset, separate_runs, tmp_path,
                                                    member_axis):
+    # Training only: the final prediction of 3 vmapped members took ~40 s on the 2-core CPU
+    # (grouped convolutions); the last epoch's validation (val_loss, val_amp_ssim) already
+    # evaluates the final parameters on the whole test split.
     configs = [run.config for run in separate_runs]
-    together = run_members(configs, [tmp_path / f"k{s}" for s in SEEDS], grid_lines_dataset,
-                           member_axis=member_axis)
-    for joint, alone in zip(together, separate_runs):
-        for key in ("train_loss", "val_loss"):
+    together = train_members(configs, [tmp_path / f"k{s}" for s in SEEDS], grid_lines_dataset,
+                             member_axis=member_axis)
+    for joint, alone in zip(together.members, separate_runs):
+        for key in ("train_loss", "val_loss", "grad_norm", "val_amp_ssim"):
             np.testing.assert_allclose(joint.history[key], alone.history[key], rtol=1e-5)
-        assert joint.verdict["collapsed"] == alone.verdict["collapsed"]
 
 
 def test_resume_after_interruption_matches_uninterrupted(reference_run, grid_lines_dataset, tmp_path):
