@@ -16,7 +16,7 @@
 # arguments (the K-member profile, im2col seed throughput, the multi-seed arm). With
 # GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints and raw traces) is packed into that
 # file after every stage, so that a run cut short still hands back what it finished.
-# JAXFNO_CONV3X3 (xla|im2col) applies to every stage that does not set it.
+# JAXFNO_CONV3X3 (auto|xla|im2col|taps) applies to every stage that does not set it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0

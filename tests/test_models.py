@@ -272,8 +272,9 @@ def _assert_trees_close(a, b, rtol, atol):
 
 @pytest.mark.parametrize("members", [None, 3])
 def test_conv3x3_implementations_agree(members, monkeypatch):
-    """``im2col`` computes the same convolution (values and gradients) as ``xla``, alone and
-    vmapped over members with their own kernels."""
+    """``im2col`` and ``taps`` compute the same convolution (values and gradients) as ``xla``,
+    alone and vmapped over members with their own kernels; ``auto`` picks ``taps`` for a small
+    convolution on the CPU."""
     from jaxfno.models.layers import Conv3x3
 
     graphdef, params = nnx.split(Conv3x3(5, 6, rngs=nnx.Rngs(0)))
@@ -286,11 +287,14 @@ def test_conv3x3_implementations_agree(members, monkeypatch):
         monkeypatch.setenv("JAXFNO_CONV3X3", impl)
         value_and_grads = _sin_sum_value_and_grads(graphdef)
         fn = jax.vmap(value_and_grads, in_axes=(0, None)) if members else value_and_grads
-        return jax.make_jaxpr(fn)(params, x), jax.jit(fn)(params, x)
+        return str(jax.make_jaxpr(fn)(params, x)), jax.jit(fn)(params, x)
 
-    (xla_jaxpr, xla), (im2col_jaxpr, im2col) = traced("xla"), traced("im2col")
-    assert "conv_general_dilated" in str(xla_jaxpr) and "conv_general_dilated" not in str(im2col_jaxpr)
+    (xla_jaxpr, xla), (im2col_jaxpr, im2col), (taps_jaxpr, taps) = map(traced, ("xla", "im2col", "taps"))
+    assert "conv_general_dilated" in xla_jaxpr and "conv_general_dilated" not in im2col_jaxpr
+    assert "custom_vjp_call" in taps_jaxpr and "custom_vjp_call" not in xla_jaxpr
     _assert_trees_close(xla, im2col, rtol=1e-4, atol=1e-5)
+    _assert_trees_close(xla, taps, rtol=1e-4, atol=1e-5)
+    assert ("custom_vjp_call" in traced("auto")[0]) == (jax.default_backend() == "cpu")  # 5×6 ≤ 64
     with pytest.raises(ValueError, match="JAXFNO_CONV3X3='winograd'"):
         traced("winograd")
 

@@ -19,7 +19,7 @@ SPECTRAL_VARIANTS = ("upstream", "symmetric")
 
 # Execution choices: how a function is computed, not which function (all choices agree up to
 # float rounding; tests check it). Each is read from the environment when a function is traced.
-CONV3X3_IMPLS = ("xla", "im2col")
+CONV3X3_IMPLS = ("auto", "xla", "im2col", "taps")
 CPU_CONV_ENGINES = ("eigen", "ynnpack")
 SPECTRAL_MIXINGS = ("complex", "real")
 
@@ -36,8 +36,50 @@ def conv3x3_impl() -> str:
     """How :class:`Conv3x3` is computed. ``xla``: ``lax.conv_general_dilated``, which XLA turns
     into a grouped convolution when the member axis is vmapped. ``im2col``: the nine shifted
     copies of the input side by side on the channel axis and one matmul, which stays a
-    (batched) matmul under vmap. ``$JAXFNO_CONV3X3`` chooses (default ``xla``)."""
-    return env_choice("JAXFNO_CONV3X3", CONV3X3_IMPLS, "xla")
+    (batched) matmul under vmap. ``taps``: the nine shifted copies multiplied by their kernel
+    taps and summed over the broadcast input channels, one fused elementwise loop, with
+    ``xla``'s gradients (custom VJP). ``auto`` (the default): ``taps`` on the CPU for
+    convolutions of at most :data:`SMALL_CONV3X3` input × output channels, ``xla`` otherwise.
+    ``$JAXFNO_CONV3X3`` chooses."""
+    return env_choice("JAXFNO_CONV3X3", CONV3X3_IMPLS, "auto")
+
+
+# XLA:CPU's convolution runs at ~4 GFLOP/s with a handful of channels. Forward, batch 16 on the
+# 2-core CPU: 64×64, 4→4 channels 4.2 ms (taps 0.84 ms), 1→4 2.9 ms (0.13), 8→4 5.9 ms (1.8),
+# 8→8 3.0 ms (1.7); at 32→32 taps loses (34 ms against 6.9). This is the CI/smoke model's size
+# and the reduced study's (width 8), whose full validation passes are mostly convolutions.
+SMALL_CONV3X3 = 64
+
+
+def _conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _shifted(x: jax.Array) -> list[jax.Array]:
+    """The nine zero-padded shifts of ``x`` that a 3×3 kernel's taps (dy, dx) read."""
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+
+
+@jax.custom_vjp
+def _conv3x3_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    taps = kernel.reshape(9, *kernel.shape[2:])
+    return sum(jnp.sum(shift[..., None] * tap, axis=-2) for shift, tap in zip(_shifted(x), taps))
+
+
+def _conv3x3_taps_fwd(x, kernel):
+    return _conv3x3_taps(x, kernel), (x, kernel)
+
+
+def _conv3x3_taps_bwd(residuals, grad):
+    # Autodiff of the broadcast form builds (…, in, out) intermediates: 46 ms against XLA's
+    # 5 ms for the 4→4 case above.
+    return jax.vjp(_conv3x3_xla, *residuals)[1](grad)
+
+
+_conv3x3_taps.defvjp(_conv3x3_taps_fwd, _conv3x3_taps_bwd)
 
 
 def spectral_mixing() -> str:
@@ -193,14 +235,16 @@ class Conv3x3(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...]
-        if conv3x3_impl() == "im2col":
-            _, h, w, c = x.shape
-            padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            taps = [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
-            y = jnp.concatenate(taps, axis=-1) @ kernel.reshape(9 * c, -1)  # (dy, dx, c) order
+        impl = conv3x3_impl()
+        if impl == "auto":
+            small = kernel.shape[2] * kernel.shape[3] <= SMALL_CONV3X3
+            impl = "taps" if small and jax.default_backend() == "cpu" else "xla"
+        if impl == "im2col":
+            y = jnp.concatenate(_shifted(x), axis=-1) @ kernel.reshape(-1, kernel.shape[3])  # (dy, dx, c)
+        elif impl == "taps":
+            y = _conv3x3_taps(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = _conv3x3_xla(x, kernel)
         return y + self.bias[...]
 
 
