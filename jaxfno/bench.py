@@ -129,7 +129,8 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
     graphdef, params, rest = nnx.split(flax_model, nnx.Param, ...)
     engine, _ = build_engine(cfg, dataset, graphdef, rest)
     result["update"] = engine.update_scope
-    state = jax.tree.map(lambda a: a[None], engine.init_state(nnx.to_pure_dict(params)))
+    whole = jax.device_get(jax.tree.map(lambda a: a[None], engine.init_state(nnx.to_pure_dict(params))))
+    state = jax.device_put(engine.step_layout(whole))
     train_x = jax.numpy.asarray(x_np)
     idx = np.arange(batch, dtype=np.int32)[None]
     mask = np.ones((1, batch), np.float32)
@@ -208,7 +209,7 @@ def _members_step(dataset: Dataset, model: ModelConfig, members: int, batch: int
                for s in range(members)]
     graphdef, _, rest = nnx.eval_shape(lambda: init_params(model, jax.random.key(0)))
     engine, _ = build_engine(configs[0], dataset, graphdef, rest)
-    state = initial_state(engine, configs)
+    state = jax.device_put(engine.step_layout(initial_state(engine, configs)))
     idx = np.tile(np.arange(batch, dtype=np.int32), (members, 1))
     mask = np.ones((members, batch), np.float32)
 

@@ -36,7 +36,7 @@ def leaves(tree):
 def engine_state(configs, dataset):
     graphdef, _, rest = nnx.eval_shape(lambda: init_params(configs[0].model, jax.random.key(0)))
     engine, _ = build_engine(configs[0], dataset, graphdef, rest)
-    return engine, initial_state(engine, configs)
+    return engine, jax.device_put(engine.step_layout(initial_state(engine, configs)))
 
 
 def run_steps(engine, state, dataset, steps: int, lrs=None):
@@ -145,8 +145,14 @@ def test_reachable_update_trains_like_the_full_update(grid_lines_dataset, monkey
         monkeypatch.setenv("JAXFNO_UPDATE", scope)
         engine, state = engine_state([cfg], grid_lines_dataset)
         assert engine.update_scope == scope
+        trained_shape = (1, 40, 33, 4, 4) if scope == "reachable" else (1, 40, 40, 4, 4)
+        assert state.params["enc"][0]["spectral"]["weight_im"].shape == trained_shape
+        moment_shapes = {x.shape for x in jax.tree.leaves(state.opt_state)}  # Adam's or momentum's
+        assert trained_shape in moment_shapes
+        assert ((1, 40, 40, 4, 4) in moment_shapes) == (scope == "full")
         state, losses = run_steps(engine, state, grid_lines_dataset, 3)
-        trained[scope] = losses, leaves(state)
+        whole = engine.checkpoint_layout(initial_state(engine, [cfg]), jax.device_get(state))
+        trained[scope] = losses, leaves(whole)
     np.testing.assert_allclose(trained["reachable"][0], trained["full"][0], rtol=1e-6)
     for reachable, full in zip(trained["reachable"][1], trained["full"][1], strict=True):
         np.testing.assert_allclose(reachable, full, rtol=1e-5, atol=1e-8)
@@ -176,7 +182,9 @@ def test_seed_reaches_initialisation_and_batch_order(grid_lines_dataset):
 
 @pytest.fixture(scope="module")
 def reference_run(grid_lines_dataset, tmp_path_factory):
-    return run_one(tiny(), tmp_path_factory.mktemp("ref") / "run", grid_lines_dataset)
+    # 40 modes: the 64×64 level's spectral weights have columns no input reaches, so resuming
+    # goes through the step's block layout and the whole-array checkpoints.
+    return run_one(tiny(model=dict(modes=40)), tmp_path_factory.mktemp("ref") / "run", grid_lines_dataset)
 
 
 def test_same_seed_gives_identical_history(reference_run, grid_lines_dataset, tmp_path):
@@ -222,6 +230,17 @@ def test_resume_after_interruption_matches_uninterrupted(reference_run, grid_lin
     with pytest.raises(Interrupt):
         run_one(reference_run.config, run_dir, grid_lines_dataset, on_epoch_end=interrupt_after_first_epoch)
     assert checkpoint.latest_epoch(run_dir) == 0 and not (run_dir / "verdict.json").exists()
+    # The checkpoint holds whole arrays: trained inside the reachable block (columns < 33),
+    # initial values and zero Adam moments outside it.
+    saved, _ = checkpoint.restore(run_dir, "last")
+    engine, _ = engine_state([reference_run.config], grid_lines_dataset)
+    start = initial_state(engine, [reference_run.config]).params["enc"][0]["spectral"]["weight_im"][0]
+    weight = saved["params"]["enc"]["0"]["spectral"]["weight_im"]
+    assert weight.shape == start.shape == (40, 40, 4, 4)
+    np.testing.assert_array_equal(weight[:, 33:], start[:, 33:])
+    assert not np.allclose(weight[:, :33], start[:, :33], rtol=1e-3)
+    moment = saved["opt_state"]["inner_state"]["0"]["nu"]["enc"]["0"]["spectral"]["weight_im"]
+    assert moment.shape == (40, 40, 4, 4) and not moment[:, 33:].any() and moment[:, :33].any()
     resumed = run_one(reference_run.config, run_dir, grid_lines_dataset)
     for key in ("train_loss", "val_loss", "grad_norm", "lr"):
         np.testing.assert_allclose(resumed.history[key], reference_run.history[key], rtol=1e-6)

@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -78,23 +79,37 @@ def update_scope(transforms: Transforms) -> str:
     leading block of each parameter that can receive a gradient (``reachable_shapes``), which
     gives the same training as ``full`` when the update rule is zero-gradient invariant
     (``Transforms``); other rules always run ``full``. At the default full-size model 7.8 M of
-    the 17.2 M complex-counted weights are spectral entries no input reaches; on the 2-core CPU
-    the step took 0.85 s against 0.91 s with their zero gradients, Adam moments and norms
-    (``results/cpu/update_scope_ab.json``). ``$JAXFNO_UPDATE=full`` forces the whole tensors."""
+    the 17.2 M complex-counted weights are spectral entries no input reaches. The step's state
+    then holds only the blocks (:meth:`Engine.step_layout`): cutting them out of whole arrays
+    inside the step cost ≈ 100 ms of slice copies and 35 ms of write-backs per step on the 2-core
+    CPU (step 0.62–0.67 s against 0.56–0.57 s), and the ``full`` scope's zero gradients, Adam
+    moments and norms of the unreachable entries cost more (``results/cpu/update_scope_ab.json``).
+    ``$JAXFNO_UPDATE=full`` forces the whole tensors."""
     scope = env_choice("JAXFNO_UPDATE", UPDATE_SCOPES, "reachable")
     return scope if transforms.zero_gradient_invariant else "full"
 
 
-def _restrict(tree, shapes):
-    """Each array's leading block of the shape given in ``shapes`` (same tree, tuple leaves)."""
-    return jax.tree.map(lambda x, shape: x[tuple(map(slice, shape))], tree, shapes)
+def _leading_blocks(tree, shapes):
+    """Each array's leading block of the shape given in ``shapes`` (``tree``'s structure with
+    tuple leaves), after any leading member axes the shape does not name."""
+    def block(x, shape):
+        return x[(slice(None),) * (x.ndim - len(shape)) + tuple(map(slice, shape))]
+
+    return jax.tree.map(block, tree, shapes)
 
 
-def _embed(full, block):
-    """``full`` with each array's leading block replaced by ``block``'s array (whole arrays where
-    the shapes agree; in place when ``full`` is donated). ``block`` has ``full``'s tree."""
-    return jax.tree.map(lambda f, b: b if f.shape == b.shape
-                        else jax.lax.dynamic_update_slice(f, b, (0,) * f.ndim), full, block)
+def _embedded(template, blocks):
+    """Copies of ``template``'s host arrays with their leading blocks replaced by ``blocks``'
+    (same tree); where the shapes agree, ``blocks``' array itself."""
+    def embed(whole, block):
+        block = np.asarray(block)
+        if whole.shape == block.shape:
+            return block
+        whole = np.array(whole)
+        whole[tuple(map(slice, block.shape))] = block
+        return whole
+
+    return jax.tree.map(embed, template, blocks)
 
 
 class Engine:
@@ -132,6 +147,31 @@ class Engine:
             opt_state=self.transforms.optimizer.init(params),
         )
 
+    def step_layout(self, state: TrainState) -> TrainState:
+        """A whole-array state (the checkpoint layout; host arrays, any leading member axes) in
+        the layout the step trains: for the ``reachable`` scope, every parameter and each of
+        its optimiser moments cut to its gradient-receiving block (views). The step and
+        everything that only runs the model (validation, prediction, diagnostics) take this
+        layout: the model reads no weight entry outside the blocks."""
+        if self.update_scope == "full":
+            return state
+        shapes = self.reachable_shapes
+
+        def cut(part, transform):
+            return optax.tree_map_params(transform, _leading_blocks, part, shapes)
+
+        return TrainState(_leading_blocks(state.params, shapes),
+                          cut(state.clip_state, self.transforms.clip),
+                          cut(state.opt_state, self.transforms.optimizer))
+
+    def checkpoint_layout(self, template: TrainState, state: TrainState) -> TrainState:
+        """Inverse of :meth:`step_layout` (host arrays): ``state``'s blocks written into copies
+        of ``template``, a whole-array state of the same members whose entries outside the
+        blocks are the ones the run started with (they never change: zero-gradient invariance)."""
+        if self.update_scope == "full":
+            return state
+        return _embedded(template, state)
+
     def _model(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
 
@@ -142,26 +182,18 @@ class Engine:
 
     # --- training ------------------------------------------------------------------------
 
-    def _trained_part(self, state: TrainState) -> tuple[Any, Any]:
-        """(params, optimiser state) as the update scope sees them."""
-        if self.update_scope == "full":
-            return state.params, state.opt_state
-        shapes = self.reachable_shapes
-        return (_restrict(state.params, shapes),
-                optax.tree_map_params(self.transforms.optimizer, _restrict, state.opt_state, shapes))
-
     def _step(self, state: TrainState, train_x, idx, mask):
+        """One step on a state in :meth:`step_layout`."""
         x = train_x[idx]
-        params, opt_state = self._trained_part(state)
+        params = state.params
         (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(params, x, mask)
         grad_norm = optax.tree.norm(grads)
         clipped, clip_state = self.transforms.clip.update(grads, state.clip_state, params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply(state: TrainState) -> TrainState:
-            updates, new_opt_state = self.transforms.optimizer.update(clipped, opt_state, params)
-            return TrainState(_embed(state.params, optax.apply_updates(params, updates)), clip_state,
-                              _embed(state.opt_state, new_opt_state))
+            updates, opt_state = self.transforms.optimizer.update(clipped, state.opt_state, state.params)
+            return TrainState(optax.apply_updates(state.params, updates), clip_state, opt_state)
 
         # A diverged member keeps its last finite state: the run stops with inspectable weights.
         # A conditional, not a select of new against old state: on the CPU (members unrolled)

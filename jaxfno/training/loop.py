@@ -129,8 +129,7 @@ _stack_states = jax.jit(_stack)
 
 
 def _member_slice(tree, k: int):
-    """Member ``k``'s part of a member-stacked tree: views of host arrays, device arrays of
-    device arrays."""
+    """Member ``k``'s part of a member-stacked tree of host arrays (views)."""
     return jax.tree.map(lambda x: x[k], tree)
 
 
@@ -183,8 +182,9 @@ class MemberPlacement:
         return cls(None)
 
     def put(self, tree):
+        """``tree`` on the device(s), member axis sharded where there is a mesh."""
         if self.mesh is None:
-            return tree
+            return jax.device_put(tree)
         sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("members"))
         return jax.device_put(tree, sharding)
 
@@ -208,21 +208,22 @@ def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest, member_axis: 
 
 
 def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
-    """Stacked state of K members: per-member initialisation and clip threshold. One compiled
-    initialiser serves every member (its seed is an argument) and is kept by the persistent
-    compilation cache: initialising op by op compiled each small op anew, 16 s per process for
-    the full-size model on the CPU. On the CPU it is compiled at XLA's backend optimisation
-    level 0: at the default level XLA:CPU spent 16–19 s optimising the threefry code of every
-    parameter's draw, for a program that runs once per member (measured on 2 cores: 3.2 s to
-    compile at level 0, and it runs in 3.1 s instead of 0.8 s at full size, in milliseconds at
-    the CI sizes; `tests/test_training.py` with a cold cache: 256 s instead of 309 s). Some
-    weights then differ from a level-2 build in their last bit.
+    """Stacked state of K members, whole arrays on the host (the checkpoint layout; the step
+    takes ``engine.step_layout`` of it): per-member initialisation and clip threshold. One
+    compiled initialiser serves every member (its seed is an argument) and is kept by the
+    persistent compilation cache: initialising op by op compiled each small op anew, 16 s per
+    process for the full-size model on the CPU. On the CPU it is compiled at XLA's backend
+    optimisation level 0: at the default level XLA:CPU spent 16–19 s optimising the threefry
+    code of every parameter's draw, for a program that runs once per member (measured on 2
+    cores: 3.2 s to compile at level 0, and it runs in 3.1 s instead of 0.8 s at full size, in
+    milliseconds at the CI sizes; `tests/test_training.py` with a cold cache: 256 s instead of
+    309 s). Some weights then differ from a level-2 build in their last bit.
     Parameters are plain nested dicts (see :class:`Engine`)."""
     model_cfg = configs[0].model
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])),
                    compiler_options=options)
-    state = _stack_states([init(jax.random.key(c.train.seed)) for c in configs])
+    state = jax.device_get(_stack_states([init(jax.random.key(c.train.seed)) for c in configs]))
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
     return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
 
@@ -268,7 +269,9 @@ def train_members(
     engine, test_x = build_engine(cfg0, dataset, graphdef, rest, member_axis, placement.mesh)
     val_idx, val_mask = sequential_batches(test_x.shape[0], cfg0.train.batch_size)
     probe_x = test_x[: cfg0.train.batch_size]  # fixed batch for activation diagnostics
-    state = initial_state(engine, configs)
+    # Whole-array member states on the host: what checkpoints hold. Outside the blocks the
+    # step trains (``engine.step_layout``) their entries keep these values all run.
+    template = initial_state(engine, configs)
 
     # --- resume ---------------------------------------------------------------------------
     start_epoch = 0
@@ -279,15 +282,15 @@ def train_members(
                 raise RuntimeError(f"cannot resume members stopped at different epochs: {done}")
             restored = []
             for k, m in enumerate(members):
-                member_state, meta = checkpoint.restore(m.run_dir, "last", _member_slice(state, k))
+                member_state, meta = checkpoint.restore(m.run_dir, "last", _member_slice(template, k))
                 if meta["config_hash"] != m.config.config_hash():
                     raise RuntimeError(f"{m.run_dir}: checkpoint belongs to another config")
                 m.history, m.best_val = meta["history"], meta["best_val"]
                 m.schedule.load(meta["schedule"])
                 restored.append(member_state)
-            state = _stack_states(restored)
+            template = jax.tree.map(lambda *xs: np.stack(xs), *restored)
             start_epoch = done[0] + 1
-    state = jax.block_until_ready(placement.put(state))
+    state = jax.block_until_ready(placement.put(engine.step_layout(template)))
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
@@ -330,7 +333,8 @@ def train_members(
             seconds = time.perf_counter() - t0
 
             bookkeeping_start = time.perf_counter()
-            host_state = jax.device_get(state)  # one transfer; each member's checkpoint is a view
+            # One transfer; each member's checkpoint is a view of the whole-array snapshot.
+            host_state = engine.checkpoint_layout(template, jax.device_get(state))
             for k, m in enumerate(members):
                 if m.stopped:
                     continue
