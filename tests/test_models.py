@@ -309,6 +309,8 @@ def test_spectral_mixings_agree(variant, monkeypatch):
     graphdef, params = nnx.split(SpectralConv2d(4, 5, 6, variant, rngs=nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(2), (2, 8, 6, 4))
 
+    monkeypatch.setenv("JAXFNO_SPECTRAL_TRANSFORM", "fft")  # the dft path always mixes in reals
+
     def traced(mixing):  # a new function per choice: the choice is read when tracing
         monkeypatch.setenv("JAXFNO_SPECTRAL_MIX", mixing)
         forward = str(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
@@ -319,6 +321,29 @@ def test_spectral_mixings_agree(variant, monkeypatch):
     _assert_trees_close(complex_, real, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="JAXFNO_SPECTRAL_MIX='gauss'"):
         traced("gauss")
+
+
+@pytest.mark.parametrize("variant", ["upstream", "symmetric"])
+@pytest.mark.parametrize("shape", [(8, 8), (9, 7), (64, 64)], ids=["nyquist", "odd", "uncapped"])
+def test_spectral_transforms_agree(variant, shape, monkeypatch):
+    """The ``dft`` transform (matmuls with the kept modes' cosine and sine tables) computes the
+    same layer, values and gradients, as rfft2/irfft2: with modes capped by the map and the
+    Nyquist column kept (8×8), on an odd map (9×7), and with modes below the map's (64×64)."""
+    from jaxfno.models.layers import SpectralConv2d
+
+    graphdef, params = nnx.split(SpectralConv2d(4, 5, 12, variant, rngs=nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(2), (2, *shape, 4))
+
+    def traced(transform):  # a new function per choice: the choice is read when tracing
+        monkeypatch.setenv("JAXFNO_SPECTRAL_TRANSFORM", transform)
+        forward = str(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
+        return "fft" in forward, jax.jit(_sin_sum_value_and_grads(graphdef))(params, x)
+
+    (fft_used, fft), (dft_fft_used, dft) = traced("fft"), traced("dft")
+    assert fft_used and not dft_fft_used
+    _assert_trees_close(fft, dft, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="JAXFNO_SPECTRAL_TRANSFORM='fftw'"):
+        traced("fftw")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",

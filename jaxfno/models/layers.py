@@ -13,6 +13,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 SPECTRAL_VARIANTS = ("upstream", "symmetric")
@@ -22,6 +23,7 @@ SPECTRAL_VARIANTS = ("upstream", "symmetric")
 CONV3X3_IMPLS = ("auto", "xla", "im2col", "taps")
 CPU_CONV_ENGINES = ("eigen", "ynnpack")
 SPECTRAL_MIXINGS = ("complex", "real")
+SPECTRAL_TRANSFORMS = ("fft", "dft")
 
 
 def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
@@ -93,6 +95,20 @@ def spectral_mixing() -> str:
                    "real" if jax.default_backend() == "cpu" else "complex")
 
 
+def spectral_transform() -> str:
+    """How :class:`SpectralConv2d` goes to its kept Fourier modes and back. ``fft``: rfft2 of
+    the whole map, the kept block cut out, zero-padded back, irfft2. ``dft``: the kept modes
+    only, as matmuls with their cosine and sine tables (separable: along W, then H; and back),
+    mixed by four real matmuls whatever :func:`spectral_mixing` says. Measured forward +
+    backward on the 2-core CPU, batch 16: 64×64×32 with 12×12 modes 30.5 ms fft against 13.5
+    ms dft, 8×8×256 with 6×5 modes 16.4 against 12.8 ms, equal (±2 ms) at the levels between;
+    the two agree to 3e-7 relative. ``$JAXFNO_SPECTRAL_TRANSFORM`` chooses; default ``dft`` on
+    the CPU, ``fft`` elsewhere (cuFFT is fast, and GPU matmuls would need full float32
+    precision, which the dft tables request)."""
+    return env_choice("JAXFNO_SPECTRAL_TRANSFORM", SPECTRAL_TRANSFORMS,
+                      "dft" if jax.default_backend() == "cpu" else "fft")
+
+
 def compiler_options() -> dict[str, str] | None:
     """XLA options for every program that runs the generator. On the CPU, jaxlib 0.10 hands
     convolutions to YNNPACK, which runs each one on a single thread; measured on the 2-core CPU
@@ -112,8 +128,17 @@ def compiler_options() -> dict[str, str] | None:
 
 def execution_choices() -> dict:
     """The execution choices in effect, for run histories and benchmark results."""
-    return {"conv3x3": conv3x3_impl(), "spectral_mixing": spectral_mixing(),
-            "xla_options": compiler_options()}
+    return {"conv3x3": conv3x3_impl(), "spectral_transform": spectral_transform(),
+            "spectral_mixing": spectral_mixing(), "xla_options": compiler_options()}
+
+
+def _mix_parts(x_re, x_im, weight_re, weight_im) -> tuple[jax.Array, jax.Array]:
+    """Real and imaginary parts of ``Σ_i x[x, y, b, i] · w[x, y, i, o]``, modes-major."""
+    def matmul(a, b):
+        return jnp.einsum("xybi,xyio->xybo", a, b)
+
+    return (matmul(x_re, weight_re) - matmul(x_im, weight_im),
+            matmul(x_re, weight_im) + matmul(x_im, weight_re))
 
 
 def mix_modes(x_ft: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> jax.Array:
@@ -122,13 +147,46 @@ def mix_modes(x_ft: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> ja
     if spectral_mixing() == "complex":
         return jnp.einsum("bxyi,xyio->bxyo", x_ft, jax.lax.complex(weight_re, weight_im))
     x_re, x_im = (jnp.transpose(part, (1, 2, 0, 3)) for part in (x_ft.real, x_ft.imag))
-
-    def matmul(a, b):
-        return jnp.einsum("xybi,xyio->xybo", a, b)
-
-    y = jax.lax.complex(matmul(x_re, weight_re) - matmul(x_im, weight_im),
-                        matmul(x_re, weight_im) + matmul(x_im, weight_re))
+    y = jax.lax.complex(*_mix_parts(x_re, x_im, weight_re, weight_im))
     return jnp.transpose(y, (2, 0, 1, 3))
+
+
+def _dft_tables(n: int, freqs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of 2π·f·t/n, shape (len(freqs), n), float32; f·t is reduced mod n exactly."""
+    angle = 2 * np.pi * ((np.asarray(freqs)[:, None] * np.arange(n)[None, :]) % n) / n
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def _einsum(spec: str, *operands) -> jax.Array:
+    return jnp.einsum(spec, *operands, precision=jax.lax.Precision.HIGHEST)
+
+
+def _forward_dft(x: jax.Array, rows: list[int], cols: int) -> tuple[jax.Array, jax.Array]:
+    """Real and imaginary parts of ``rfft2(x)[:, rows, :cols]``, modes-major (row, col, b, c)."""
+    _, height, width, _ = x.shape
+    cos_w, sin_w = _dft_tables(width, list(range(cols)))
+    cos_h, sin_h = _dft_tables(height, rows)
+    a = _einsum("bhwc,kw->hkbc", x, cos_w)  # Σ_w x·e^(−iφ) = a − i·s
+    s = _einsum("bhwc,kw->hkbc", x, sin_w)
+    re = _einsum("hkbc,rh->rkbc", a, cos_h) - _einsum("hkbc,rh->rkbc", s, sin_h)
+    im = -_einsum("hkbc,rh->rkbc", s, cos_h) - _einsum("hkbc,rh->rkbc", a, sin_h)
+    return re, im
+
+
+def _inverse_dft(y_re: jax.Array, y_im: jax.Array, rows: list[int], height: int,
+                 width: int) -> jax.Array:
+    """``irfft2`` (s = (height, width)) of the spectrum that holds ``y`` (modes-major, as from
+    :func:`_forward_dft`) at ``rows`` × the first columns and zeros elsewhere: an inverse DFT
+    along H, then the Hermitian half-spectrum sum along W, where columns other than 0 and
+    width/2 stand for their conjugates too and only the real part of those two is read."""
+    cols = y_re.shape[1]
+    cos_h, sin_h = _dft_tables(height, rows)
+    z_re = _einsum("rkbo,rh->hkbo", y_re, cos_h) - _einsum("rkbo,rh->hkbo", y_im, sin_h)
+    z_im = _einsum("rkbo,rh->hkbo", y_re, sin_h) + _einsum("rkbo,rh->hkbo", y_im, cos_h)
+    cos_w, sin_w = _dft_tables(width, list(range(cols)))
+    k = np.arange(cols)[:, None]
+    weight = np.where((k == 0) | (2 * k == width), 1.0, 2.0).astype(np.float32) / (height * width)
+    return _einsum("hkbo,kw->bhwo", z_re, cos_w * weight) - _einsum("hkbo,kw->bhwo", z_im, sin_w * weight)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -213,18 +271,22 @@ class SpectralConv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         _, height, width, _ = x.shape
         rows, cols = self.kept_modes(height, width)
-        x_ft = jnp.fft.rfft2(x, axes=(1, 2))
-        w_re, w_im = self.weight_re[...], self.weight_im[...]
+        w_re, w_im = self.weight_re[...][:, :cols], self.weight_im[...][:, :cols]
         if self.variant == "upstream":
-            y = mix_modes(x_ft[:, :rows, :cols], w_re[:rows, :cols], w_im[:rows, :cols])
-            y = jnp.pad(y, ((0, 0), (0, height - rows), (0, 0), (0, 0)))
-        else:
+            freq_rows = list(range(rows))
+            w_re, w_im = w_re[:rows], w_im[:rows]
+        else:  # the weight's first and last `rows` rows act on ky = 0…rows−1 and −rows…−1
+            freq_rows = list(range(rows)) + list(range(height - rows, height))
             n_w = w_re.shape[0]
-            pos = mix_modes(x_ft[:, :rows, :cols], w_re[:rows, :cols], w_im[:rows, :cols])
-            neg = mix_modes(x_ft[:, height - rows:, :cols], w_re[n_w - rows:, :cols],
-                            w_im[n_w - rows:, :cols])
-            y = jnp.pad(pos, ((0, 0), (0, height - 2 * rows), (0, 0), (0, 0)))
-            y = jnp.concatenate([y, neg], axis=1)
+            w_re, w_im = (jnp.concatenate([w[:rows], w[n_w - rows:]]) for w in (w_re, w_im))
+        if spectral_transform() == "dft":
+            x_re, x_im = _forward_dft(x, freq_rows, cols)
+            return _inverse_dft(*_mix_parts(x_re, x_im, w_re, w_im), freq_rows, height, width)
+        x_ft = jnp.fft.rfft2(x, axes=(1, 2))[:, :, :cols]
+        tail = len(freq_rows) - rows  # rows taken from the end of the spectrum
+        y = mix_modes(jnp.concatenate([x_ft[:, :rows], x_ft[:, height - tail:]], axis=1), w_re, w_im)
+        gap = jnp.zeros((y.shape[0], height - rows - tail) + y.shape[2:], y.dtype)
+        y = jnp.concatenate([y[:, :rows], gap, y[:, rows:]], axis=1)
         y = jnp.pad(y, ((0, 0), (0, 0), (0, width // 2 + 1 - cols), (0, 0)))
         return jnp.fft.irfft2(y, s=(height, width), axes=(1, 2))
 
