@@ -45,12 +45,15 @@ from jaxfno.training.loop import build_engine, initial_state, init_params, seque
 NOMINAL_FP32_PEAK = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, list[float]]]:
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int,
+                 settle_s: float = 0.0) -> dict[str, tuple[float, list[float]]]:
     """(median seconds, all seconds) of each function, timed in turn within every repeat, so
-    that a load change on the machine affects all of them alike."""
+    that a load change on the machine affects all of them alike. ``settle_s``: an untimed pause
+    before each call, so that the previous one's worker threads have gone idle."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle_s)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -161,7 +164,12 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
         x_t = torch.from_numpy(x_np).to(device)
         result["torch_first_loss"] = step(x_t)
         steps["torch"] = lambda: step(x_t)
-    for name, (median, times) in _interleaved(steps, repeats).items():  # side by side
+    # Side by side, with a pause before each step: PyTorch's OpenMP threads spin on after its
+    # step and took the 2-core CPU from the next JAX step (JAX 0.58–0.64 s against 0.54 s
+    # alone or after a pause; PyTorch unchanged at 0.68 s), and OMP_WAIT_POLICY=PASSIVE slowed
+    # PyTorch itself (0.97 s).
+    settle_s = result["settle_s"] = 0.5 if result.get("torch_device") == "cpu" else 0.0
+    for name, (median, times) in _interleaved(steps, repeats, settle_s).items():
         result[f"{name}_step_s"], result[f"{name}_step_all_s"] = median, times
     result["jax_compile_s"] = result["jax_first_call_s"] - result["jax_step_s"]
     _throughput(result, _flops(engine, state, train_x, idx, mask), result["jax_step_s"])
