@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import platform
 import sys
 
 from jaxfno.data.errors import DatasetError
@@ -318,7 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def reexec_with_huge_pages() -> None:
+    """Run this command again, once, with glibc's malloc backing its large blocks with
+    transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; glibc reads tunables
+    only at process start, hence the re-exec). XLA:CPU takes each step's temporaries as fresh
+    memory: in 4 KiB pages the full-size training step cost 55 k page faults and ran in
+    0.50–0.56 s on the 2-core CPU, in huge pages 450 faults and 0.45–0.46 s. Nothing happens
+    when ``GLIBC_TUNABLES`` already sets ``hugetlb``, with ``JAXFNO_HUGEPAGES=0``, or off
+    Linux/glibc (the kernel's THP mode "never" makes the tunable a no-op)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if (os.environ.get("JAXFNO_HUGEPAGES") == "0" or "glibc.malloc.hugetlb" in tunables
+            or sys.platform != "linux" or platform.libc_ver()[0] != "glibc"):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE])))
+    os.execve(sys.executable, [sys.executable, "-m", "jaxfno", *sys.argv[1:]], env)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; ``argv`` None means this process's own arguments (then the process
+    may first re-execute itself, see :func:`reexec_with_huge_pages`)."""
+    if argv is None:
+        reexec_with_huge_pages()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

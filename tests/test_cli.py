@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,6 +77,37 @@ def test_model_summary_counts(capsys):
     assert cli.main(["model", "summary", "--arch", "stable_hybrid", "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)["counts"]
     assert counts["torch_numel"] == 17_204_610
+
+
+@pytest.mark.parametrize("tunables, opt_out, reexec", [
+    (None, None, True), ("glibc.malloc.arena_max=2", None, True),
+    ("glibc.malloc.hugetlb=0", None, False), (None, "0", False),
+])
+def test_command_reexecutes_once_with_huge_pages(tunables, opt_out, reexec, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda path, args, env: calls.append((args, env)))
+    monkeypatch.setattr(cli.sys, "argv", ["jaxfno", "model", "summary"])
+    for name, value in (("GLIBC_TUNABLES", tunables), ("JAXFNO_HUGEPAGES", opt_out)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    cli.reexec_with_huge_pages()
+    if not reexec or cli.platform.libc_ver()[0] != "glibc":
+        assert calls == []
+        return
+    (args, env), = calls
+    assert args[1:] == ["-m", "jaxfno", "model", "summary"]
+    assert env["GLIBC_TUNABLES"] == ":".join(filter(None, [tunables, "glibc.malloc.hugetlb=1"]))
+
+
+def test_command_runs_after_reexecuting(tmp_path):
+    """End to end: the console entry re-executes itself and still does its job."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-m", "jaxfno", "model", "summary", "--arch", "hybrid", "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)
 
 
 def test_wilson_interval():

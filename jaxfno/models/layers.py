@@ -130,7 +130,8 @@ def compiler_options() -> dict[str, str] | None:
 def execution_choices() -> dict:
     """The execution choices in effect, for run histories and benchmark results."""
     return {"conv3x3": conv3x3_impl(), "spectral_transform": spectral_transform(),
-            "spectral_mixing": spectral_mixing(), "xla_options": compiler_options()}
+            "spectral_mixing": spectral_mixing(), "xla_options": compiler_options(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
 def _mix_parts(x_re, x_im, weight_re, weight_im) -> tuple[jax.Array, jax.Array]:
