@@ -223,9 +223,10 @@ def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])),
                    compiler_options=options)
-    state = jax.device_get(_stack_states([init(jax.random.key(c.train.seed)) for c in configs]))
+    state = _stack_states([init(jax.random.key(c.train.seed)) for c in configs])
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
-    return state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
+    state = state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
+    return jax.device_get(state)
 
 
 def init_params(model_cfg: ModelConfig, key: jax.Array):
