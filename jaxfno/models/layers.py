@@ -103,9 +103,10 @@ def spectral_transform() -> str:
     backward on the 2-core CPU, batch 16: 64×64×32 with 12×12 modes 30.5 ms fft against 13.5
     ms dft, 8×8×256 with 6×5 modes 16.4 against 12.8 ms, equal (±2 ms) at the levels between;
     the two agree to 3e-7 relative. Stacking the cosine and sine tables (two matmuls per
-    direction instead of six) took the five layers' forward + backward from 59–65 to 52–58 ms. ``$JAXFNO_SPECTRAL_TRANSFORM`` chooses; default ``dft`` on
-    the CPU, ``fft`` elsewhere (cuFFT is fast, and GPU matmuls would need full float32
-    precision, which the dft tables request)."""
+    direction instead of six) took the five layers' forward + backward from 59–65 to 52–58 ms.
+    ``$JAXFNO_SPECTRAL_TRANSFORM`` chooses; default ``dft`` on the CPU, ``fft`` elsewhere
+    (cuFFT is fast, and GPU matmuls would need full float32 precision, which the dft tables
+    request)."""
     return env_choice("JAXFNO_SPECTRAL_TRANSFORM", SPECTRAL_TRANSFORMS,
                       "dft" if jax.default_backend() == "cpu" else "fft")
 
@@ -274,19 +275,15 @@ class SpectralConv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         _, height, width, _ = x.shape
         rows, cols = self.kept_modes(height, width)
-        w_re, w_im = self.weight_re[...][:, :cols], self.weight_im[...][:, :cols]
-        if self.variant == "upstream":
-            freq_rows = list(range(rows))
-            w_re, w_im = w_re[:rows], w_im[:rows]
-        else:  # the weight's first and last `rows` rows act on ky = 0…rows−1 and −rows…−1
-            freq_rows = list(range(rows)) + list(range(height - rows, height))
-            n_w = w_re.shape[0]
-            w_re, w_im = (jnp.concatenate([w[:rows], w[n_w - rows:]]) for w in (w_re, w_im))
+        # symmetric: the weight's last `tail` rows act on ky = −tail…−1, the end of the spectrum
+        tail = rows if self.variant == "symmetric" else 0
+        freq_rows = list(range(rows)) + list(range(height - tail, height))
+        w_re, w_im = (jnp.concatenate([w[:rows, :cols], w[w.shape[0] - tail:, :cols]])
+                      for w in (self.weight_re[...], self.weight_im[...]))
         if spectral_transform() == "dft":
             x_re, x_im = _forward_dft(x, freq_rows, cols)
             return _inverse_dft(*_mix_parts(x_re, x_im, w_re, w_im), freq_rows, height, width)
         x_ft = jnp.fft.rfft2(x, axes=(1, 2))[:, :, :cols]
-        tail = len(freq_rows) - rows  # rows taken from the end of the spectrum
         y = mix_modes(jnp.concatenate([x_ft[:, :rows], x_ft[:, height - tail:]], axis=1), w_re, w_im)
         gap = jnp.zeros((y.shape[0], height - rows - tail) + y.shape[2:], y.dtype)
         y = jnp.concatenate([y[:, :rows], gap, y[:, rows:]], axis=1)
