@@ -90,8 +90,8 @@ def cmd_model_summary(a) -> int:
     if a.json:
         print(json.dumps({"config": cfg.to_dict(), "counts": counts, "layers": rows}, indent=2))
         return 0
-    for row in rows:
-        print(f"{row['path']:<60} {str(tuple(row['shape'])):<22} {row['count']:>12,}")
+    for path, shape, count in rows:
+        print(f"{path:<60} {str(shape):<22} {count:>12,}")
     for name, value in counts.items():
         print(f"{name:<20} {value:>14,}")
     return 0

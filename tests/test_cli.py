@@ -79,6 +79,14 @@ def test_model_summary_counts(capsys):
     assert counts["torch_numel"] == 17_204_610
 
 
+def test_model_summary_table(capsys):
+    assert cli.main(["model", "summary", "--arch", "hybrid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kernel = next(line for line in lines if line.startswith("lifter.conv1.kernel"))
+    assert kernel.split()[1:] == ["(3,", "3,", "1,", "32)", "288"]
+    assert any(line.split()[0] == "torch_numel" for line in lines)
+
+
 @pytest.mark.parametrize("tunables, opt_out, reexec", [
     (None, None, True), ("glibc.malloc.arena_max=2", None, True),
     ("glibc.malloc.hugetlb=0", None, False), (None, "0", False),
