@@ -4,6 +4,7 @@ accelerators, and the study options."""
 import jax
 
 from jaxfno.io import enable_compilation_cache
+from jaxfno.study.stage_a import SCALES
 
 enable_compilation_cache()
 # The tests check float32 numerics (PyTorch parity, DFT references, 1e-5 equivalences). On GPUs
@@ -14,7 +15,7 @@ if jax.default_backend() != "cpu":
 
 def pytest_addoption(parser):
     group = parser.getgroup("jaxfno study")
-    group.addoption("--scale", default="smoke", choices=("smoke", "reduced", "full"),
+    group.addoption("--scale", default="smoke", choices=tuple(SCALES),
                     help="study scale for studies/ tests (default: smoke)")
     group.addoption("--seeds", type=int, default=None,
                     help="seeds per arm (default: the scale's own)")

@@ -37,7 +37,7 @@ from jaxfno.config import ModelConfig, RunConfig
 from jaxfno.data import Dataset, benchmark_build
 from jaxfno.evaluation import score
 from jaxfno.models import benchmark_forward_backward, build_model
-from jaxfno.models.bench import benchmark_layers, format_layers
+from jaxfno.models.bench import benchmark_layers, format_layers, median_seconds
 from jaxfno.models.layers import execution_choices
 from jaxfno.training.loop import build_engine, initial_state, init_params, sequential_batches
 
@@ -58,10 +58,6 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int,
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: (statistics.median(ts), ts) for name, ts in times.items()}
-
-
-def _median(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    return _interleaved({"fn": fn}, repeats)["fn"]
 
 
 def device_name() -> str:
@@ -180,10 +176,10 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
     return result
 
 
-def bench_data_and_eval(dataset: Dataset, repeats: int = 3) -> dict:
+def bench_data_and_eval(dataset: Dataset, model: ModelConfig = ModelConfig(), repeats: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = {"dataset_build": benchmark_build(tmp)}
-    cfg = RunConfig()
+    cfg = RunConfig(model=model)
     graphdef, params, rest = nnx.split(build_model(cfg.model, nnx.Rngs(params=jax.random.key(0))), nnx.Param, ...)
     engine, test_x = build_engine(cfg, dataset, graphdef, rest)
     stacked = jax.tree.map(lambda a: a[None], params)
@@ -196,9 +192,10 @@ def bench_data_and_eval(dataset: Dataset, repeats: int = 3) -> dict:
     start = time.perf_counter()
     evaluate()
     result["evaluation_first_call_s"] = time.perf_counter() - start
-    result["evaluation_s"], _ = _median(evaluate, repeats)
-    result["evaluation_note"] = "full-size hybrid: predict 1089 test patches (batch 8), stitch, score"
-    result["device"] = device_name()
+    result["evaluation_s"] = median_seconds(evaluate, repeats)
+    result["evaluation_note"] = (f"predict the {test_x.shape[0]} test patches "
+                                 f"(batch {cfg.train.infer_batch_size}), stitch, score")
+    result["device"], result["model"] = device_name(), model.to_dict()
     return result
 
 
@@ -237,7 +234,7 @@ def bench_seeds(dataset: Dataset, model: ModelConfig, members: int = 8, batch: i
               **execution_choices()}
     for k in sorted({1, members}):
         engine, step = _members_step(dataset, model, k, batch)
-        result[f"step_s_k{k}"], _ = _median(step, repeats)
+        result[f"step_s_k{k}"] = median_seconds(step, repeats)
         result["member_axis"], result["update"] = engine.member_axis, engine.update_scope
     result["sequential_s"] = members * result["step_s_k1"]
     result["together_over_one"] = result[f"step_s_k{members}"] / result["step_s_k1"]
@@ -313,21 +310,22 @@ def format_profile(result: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_loop_overhead(dataset: Dataset, model: ModelConfig, steps: int = 20, repeats: int = 5) -> dict:
+def bench_loop_overhead(dataset: Dataset, model: ModelConfig, steps: int = 20, batch: int = 16,
+                        repeats: int = 5) -> dict:
     """Seconds per step inside ``train_members`` (median over epochs 2…repeats+1, after
     compilation) vs the bare jitted step of the same program: ``steps`` steps dispatched back to
     back on one batch, one sync at the end, as the loop does (median of ``repeats``)."""
     from jaxfno.training.loop import train_members
 
     cfg = RunConfig(model=model).replace(
-        train=RunConfig().train.replace(epochs=1 + repeats, train_subset=16 * steps))
+        train=RunConfig().train.replace(epochs=1 + repeats, batch_size=batch, train_subset=batch * steps))
     with tempfile.TemporaryDirectory() as tmp:
         program = train_members([cfg], [pathlib.Path(tmp) / "run"], dataset)
     loop_s = statistics.median(program.members[0].history["train_seconds"][1:]) / steps
     engine, state = program.engine, program.state
-    train_x = jax.numpy.asarray(dataset.train.diffraction[: 16 * steps])
-    idx = np.arange(16, dtype=np.int32)[None]
-    mask = np.ones((1, 16), np.float32)
+    train_x = jax.numpy.asarray(dataset.train.diffraction[: batch * steps])
+    idx = np.arange(batch, dtype=np.int32)[None]
+    mask = np.ones((1, batch), np.float32)
 
     def bare_steps():
         nonlocal state
@@ -335,9 +333,9 @@ def bench_loop_overhead(dataset: Dataset, model: ModelConfig, steps: int = 20, r
             state, out = engine.train_step(state, train_x, idx, mask)
         jax.block_until_ready(out["loss"])
 
-    bare_s = _median(bare_steps, repeats)[0] / steps
+    bare_s = median_seconds(bare_steps, repeats) / steps
     return {"loop_step_s": loop_s, "bare_step_s": bare_s, "overhead": loop_s / bare_s - 1,
-            "steps": steps, "device": device_name(), "model": model.to_dict()}
+            "steps": steps, "batch": batch, "device": device_name(), "model": model.to_dict()}
 
 
 _FIRST_STEP = """
@@ -349,12 +347,12 @@ from jaxfno import bench
 from jaxfno.config import ModelConfig
 from jaxfno.data import load_dataset
 model = ModelConfig.from_json(sys.argv[2])
-r = bench.bench_step(load_dataset(sys.argv[1]), batch=16, repeats=1, with_torch=False, model=model)
+r = bench.bench_step(load_dataset(sys.argv[1]), batch=int(sys.argv[3]), repeats=1, with_torch=False, model=model)
 print(json.dumps({"first_call_s": r["jax_first_call_s"], "process_s": time.perf_counter() - t0}))
 """
 
 
-def bench_compile_cache(dataset: Dataset, model: ModelConfig) -> dict:
+def bench_compile_cache(dataset: Dataset, model: ModelConfig, batch: int = 16) -> dict:
     """First-step time in a cold process vs a second process with the persistent cache filled."""
     import json
     import os
@@ -365,12 +363,12 @@ def bench_compile_cache(dataset: Dataset, model: ModelConfig) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "JAXFNO_CACHE": cache}
         for _ in range(2):
-            proc = subprocess.run([sys.executable, "-c", _FIRST_STEP, str(dataset.path), model.to_json()],
+            proc = subprocess.run([sys.executable, "-c", _FIRST_STEP, str(dataset.path), model.to_json(), str(batch)],
                                   env=env, capture_output=True, text=True, check=True)
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return {"cold_first_step_s": runs[0]["first_call_s"], "cached_first_step_s": runs[1]["first_call_s"],
-            "speedup": runs[0]["first_call_s"] / runs[1]["first_call_s"], "device": device_name(),
-            "model": model.to_dict()}
+            "speedup": runs[0]["first_call_s"] / runs[1]["first_call_s"], "batch": batch,
+            "device": device_name(), "model": model.to_dict()}
 
 
 def format_table(result: dict) -> str:

@@ -14,6 +14,7 @@ from jaxfno.io import cache_root, enable_compilation_cache
 from jaxfno.config import (
     ConfigError, DataConfig, ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig,
 )
+from jaxfno.study.stage_a import SCALES
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -119,8 +120,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, default=o.grad_clip, help="0 = no clipping")
     p.add_argument("--grad-clip-algorithm", default=o.grad_clip_algorithm, choices=OptimConfig.CLIPS)
     p.add_argument("--loss", default="mae", choices=PhysicsConfig.LOSSES)
-    p.add_argument("--batch-gain", default="none", choices=("none", "upstream"))
-    p.add_argument("--object-support", default="full", choices=("full", "central"))
+    p.add_argument("--batch-gain", default="none", choices=PhysicsConfig.BATCH_GAINS)
+    p.add_argument("--object-support", default="full", choices=PhysicsConfig.OBJECT_SUPPORTS)
     p.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
     p.add_argument("--overwrite", action="store_true")
 
@@ -215,11 +216,11 @@ def cmd_bench(a) -> int:
             result = bench.bench_profile(dataset, model, pathlib.Path(a.trace_dir), a.members, a.batch,
                                          a.repeats)
         elif a.what == "loop":
-            result = bench.bench_loop_overhead(dataset, model, repeats=a.repeats)
+            result = bench.bench_loop_overhead(dataset, model, batch=a.batch, repeats=a.repeats)
         elif a.what == "compile":
-            result = bench.bench_compile_cache(dataset, model)
+            result = bench.bench_compile_cache(dataset, model, a.batch)
         else:
-            result = bench.bench_data_and_eval(dataset, a.repeats)
+            result = bench.bench_data_and_eval(dataset, model, a.repeats)
     formats = {"layers": bench.format_layers, "profile": bench.format_profile}
     print(formats.get(a.what, bench.format_table)(result))
     if a.json_out:
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a study and write its report").add_subparsers(
         dest="study_name", required=True)
     stage_a = study.add_parser("stage-a", help="the grid_lines Stage A stability study")
-    stage_a.add_argument("--scale", default="smoke", choices=("smoke", "reduced", "full"))
+    stage_a.add_argument("--scale", default="smoke", choices=tuple(SCALES))
     stage_a.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's)")
     stage_a.add_argument("--arms", nargs="+", default=None, help="arm names (default: all)")
     stage_a.add_argument("--out", required=True)
@@ -302,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(bench)
     bench.add_argument("--members", type=int, default=8, help="K for 'seeds' and 'profile'")
     bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
-    bench.add_argument("--batch", type=int, default=16)
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--batch", type=int, default=16,
+                       help="training batch ('data': the evaluation keeps the inference batch, 8)")
+    bench.add_argument("--repeats", type=int, default=5,
+                       help="timed repeats; for 'profile' the traced steps, for 'loop' the timed epochs; "
+                            "'compile' times one cold and one cached process")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")
     bench.add_argument("--json-out", default=None, help="also write the result as JSON here")
     bench.set_defaults(func=cmd_bench)

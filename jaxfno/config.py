@@ -90,6 +90,8 @@ class DataConfig(_Config):
             f"nphotons={self.nphotons} must be a positive finite number",
         )
         _check(self.train_stride >= 1 and self.test_stride >= 1, "strides must be >= 1")
+        _check(self.test_stride <= self.n,
+               f"test_stride={self.test_stride} must be <= n={self.n}: stitching keeps a stride-wide core of each patch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +129,8 @@ class PhysicsConfig(_Config):
     """Loss and forward-model switches (SPEC §2). The upstream artefacts are off by default."""
 
     LOSSES: ClassVar[tuple[str, ...]] = ("mae", "poisson")
+    BATCH_GAINS: ClassVar[tuple[str, ...]] = ("none", "upstream")
+    OBJECT_SUPPORTS: ClassVar[tuple[str, ...]] = ("full", "central")
 
     loss: str = "mae"
     batch_gain: str = "none"
@@ -134,8 +138,8 @@ class PhysicsConfig(_Config):
 
     def __post_init__(self):
         _choice("loss", self.loss, self.LOSSES)
-        _choice("batch_gain", self.batch_gain, ("none", "upstream"))
-        _choice("object_support", self.object_support, ("full", "central"))
+        _choice("batch_gain", self.batch_gain, self.BATCH_GAINS)
+        _choice("object_support", self.object_support, self.OBJECT_SUPPORTS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,7 @@ def predicted_amplitude(obj: jax.Array, probe: jax.Array, gain=1.0,
     if object_support == "central":
         obj = obj * central_support()
     elif object_support != "full":
-        raise ValueError(f"object_support={object_support!r} is not one of full, central")
+        raise ValueError(f"object_support={object_support!r} is not one of {PhysicsConfig.OBJECT_SUPPORTS}")
     return gain * jnp.abs(far_field(obj * probe))
 
 
@@ -64,7 +64,7 @@ def loss_terms(pred_amp: jax.Array, measured: jax.Array, mask: jax.Array, mode: 
         rate, counts = pred_amp**2, measured**2
         nll = rate - counts * jnp.log(rate + POISSON_EPS)
         return jnp.sum(jnp.where(valid, nll, 0.0)) / n_valid
-    raise ValueError(f"loss mode {mode!r} is not one of mae, poisson")
+    raise ValueError(f"loss mode {mode!r} is not one of {PhysicsConfig.LOSSES}")
 
 
 def batch_gain(mask: jax.Array, mode: str) -> jax.Array:
@@ -73,7 +73,7 @@ def batch_gain(mask: jax.Array, mode: str) -> jax.Array:
         return jnp.float32(1.0)
     if mode == "upstream":
         return jnp.sum(mask.astype(jnp.float32))
-    raise ValueError(f"batch_gain={mode!r} is not one of none, upstream")
+    raise ValueError(f"batch_gain={mode!r} is not one of {PhysicsConfig.BATCH_GAINS}")
 
 
 def physics_loss(model_output: jax.Array, measured: jax.Array, mask: jax.Array,

@@ -18,9 +18,9 @@ import numpy as np
 
 from jaxfno.config import RunConfig
 from jaxfno.data import Dataset
-from jaxfno.evaluation import collapse_verdict, constant_floor, score
+from jaxfno.evaluation import collapse_verdict, constant_floor, meets_success, score
 from jaxfno.io import read_json, write_json, write_npz
-from jaxfno.report.figures import reconstruction_figure, save_figure
+from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
 from jaxfno.training.loop import Member, Progress, train_members
 
 ARTIFACTS = ("config.json", "history.json", "metrics.json", "stats.json", "verdict.json")
@@ -116,18 +116,17 @@ def _write_artifacts(member: Member, stitched: np.ndarray, dataset: Dataset, flo
     verdict = collapse_verdict(history, stitched, ground_truth, floor, metrics)
     d = member.run_dir
     write_npz(d / "recon.npz", prediction=stitched, ground_truth=ground_truth)
-    amp_ssim = metrics["ssim"][0]
-    title = f"{d.parent.name}/{d.name}: amp SSIM " + ("n/a" if amp_ssim is None else f"{amp_ssim:.3f}")
+    title = f"{d.parent.name}/{d.name}: amp SSIM {format_value(metrics['ssim'][0], 3)}"
     title += f" (collapsed: {', '.join(verdict['rules'])})" if verdict["collapsed"] else ""
     save_figure(reconstruction_figure(stitched, ground_truth, title), d / "recon.png")
     write_json(d / "history.json", history)
     write_json(d / "metrics.json", metrics)
-    write_json(d / "stats.json", run_stats(member.config, history, metrics, floor))
+    write_json(d / "stats.json", run_stats(member.config, history, metrics, floor, verdict))
     write_json(d / "verdict.json", verdict)  # written last: its presence marks a finished run
 
 
-def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict) -> dict:
-    """The per-run summary of SPEC §7."""
+def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict, verdict: dict) -> dict:
+    """The per-run summary of SPEC §7, with SPEC §6's success criterion."""
     val = np.asarray(history["val_loss"], float)
     grad = np.asarray(history["grad_norm"], float)
     grad = grad[np.isfinite(grad)]
@@ -153,6 +152,7 @@ def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict) -> dict
         "amp_ssim": metrics["ssim"][0], "phase_ssim": metrics["ssim"][1],
         "amp_psnr255": metrics["psnr255"][0], "phase_psnr255": metrics["psnr255"][1],
         "floor_amp_ssim": floor["ssim"][0],
+        "meets_success": meets_success(metrics, verdict),
         "blocks": blocks,
         "any_norm_scale_near_zero": any(b["norm_scale_near_zero"] for b in blocks.values()),
     }

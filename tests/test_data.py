@@ -187,6 +187,8 @@ def test_config_rejects_bad_values():
         DataConfig(nimgs_train=0)
     with pytest.raises(ConfigError, match="nimgs_test"):
         DataConfig(nimgs_test=0)
+    with pytest.raises(ConfigError, match="test_stride=65"):
+        DataConfig(test_stride=65)
 
 
 def test_set_phi_off_gives_zero_phase(tmp_path, small_path):

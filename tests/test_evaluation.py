@@ -55,14 +55,14 @@ def test_stitch_recovers_ground_truth_window():
     image = np.random.default_rng(0).normal(size=(392, 392)) + 1j
     patches = _patches(image)
     assert patches.shape == (1089, 64, 64)
-    np.testing.assert_array_equal(stitch(patches), image[27:357, 27:357])
-    stitched = jax.jit(stitch)(patches.real.astype(np.float32))
+    np.testing.assert_array_equal(stitch(patches, 33, 27, 10), image[27:357, 27:357])
+    stitched = jax.jit(stitch, static_argnums=(1, 2, 3))(patches.real.astype(np.float32), 33, 27, 10)
     np.testing.assert_array_equal(np.asarray(stitched), image.real[27:357, 27:357].astype(np.float32))
 
 
 def test_stitch_rejects_wrong_patch_count():
     with pytest.raises(ValueError):
-        stitch(np.zeros((1088, 64, 64)))
+        stitch(np.zeros((1088, 64, 64)), 33, 27, 10)
 
 
 def test_ground_truth_normalisation_constant(test_object):

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxfno.config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+from jaxfno.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
 from jaxfno.models.layers import execution_choices
 from jaxfno.pipeline import RunDirError, run_members, run_one
+from jaxfno.report.study import PLOTS, write_report
+from jaxfno.study.runner import RunKey
 from jaxfno.training import checkpoint
 from jaxfno.training.engine import default_member_axis
 from jaxfno.training.loop import build_engine, epoch_batches, init_params, initial_state, train_members
@@ -33,9 +36,9 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def engine_state(configs, dataset):
+def engine_state(configs, dataset, member_axis=None):
     graphdef, _, rest = nnx.eval_shape(lambda: init_params(configs[0].model, jax.random.key(0)))
-    engine, _ = build_engine(configs[0], dataset, graphdef, rest)
+    engine, _ = build_engine(configs[0], dataset, graphdef, rest, member_axis=member_axis)
     return engine, jax.device_put(engine.step_layout(initial_state(engine, configs)))
 
 
@@ -71,13 +74,16 @@ def schedule_runs(grid_lines_dataset, tmp_path_factory):
 
 
 def test_applied_lr_equals_schedule(schedule_runs):
-    result = schedule_runs[0]
-    steps = result.history["steps_per_epoch"]
-    assert steps == 3  # 16 + 16 + 8: the partial batch is kept
-    expected = [scheduled_lr(result.config.optim, EPOCHS, e) for e in range(EPOCHS)]
-    assert expected[0] < expected[1] < expected[2] > expected[3]  # warmup, then cosine decay
-    np.testing.assert_allclose(result.history["lr_epoch"], expected, rtol=1e-6)
-    np.testing.assert_allclose(result.history["lr"], np.repeat(expected, steps), rtol=1e-6)
+    """Each member's configured schedule is the rate its optimiser applied (read back per step)."""
+    for result in schedule_runs:
+        steps = result.history["steps_per_epoch"]
+        assert steps == 3  # 16 + 16 + 8: the partial batch is kept
+        expected = [scheduled_lr(result.config.optim, EPOCHS, e) for e in range(EPOCHS)]
+        np.testing.assert_allclose(result.history["lr_epoch"], expected, rtol=1e-6)
+        np.testing.assert_allclose(result.history["lr"], np.repeat(expected, steps), rtol=1e-6)
+    warm, clipped = ([scheduled_lr(r.config.optim, EPOCHS, e) for e in range(EPOCHS)] for r in schedule_runs)
+    assert warm[0] < warm[1] < warm[2] > warm[3]  # warmup, then cosine decay
+    assert clipped == [1e-3] * EPOCHS
 
 
 def test_clipping_respects_threshold_and_no_clip_is_identity(schedule_runs):
@@ -161,9 +167,25 @@ def test_reachable_update_trains_like_the_full_update(grid_lines_dataset, monkey
 def test_learning_rate_changes_the_losses(grid_lines_dataset):
     configs = [tiny(optim=dict(lr=1e-3)), tiny(optim=dict(lr=2.5e-4))]
     engine, state = engine_state(configs, grid_lines_dataset)
-    _, losses = run_steps(engine, state, grid_lines_dataset, 3, lrs=np.array([1e-3, 2.5e-4], np.float32))
+    lrs = np.array([scheduled_lr(c.optim, c.train.epochs, 0) for c in configs], np.float32)  # as the loop injects
+    _, losses = run_steps(engine, state, grid_lines_dataset, 3, lrs=lrs)
     assert losses[0, 0] == losses[0, 1]  # same seed: same start
     assert not np.allclose(losses[1:, 0], losses[1:, 1], rtol=1e-6)
+
+
+def test_test_stride_reaches_the_stitching(tmp_path):
+    """Validation and the final score stitch the test patches at the dataset's own stride."""
+    data_cfg = DataConfig(train_stride=32, test_stride=32)  # 11 × 11 patches, cores 32 × 32
+    dataset = load_dataset(build_dataset(data_cfg, tmp_path / "data"), expected=data_cfg)
+    result = run_one(tiny(data=data_cfg.to_dict(), train=dict(epochs=1)), tmp_path / "run", dataset)
+    with np.load(result.run_dir / "recon.npz") as f:
+        assert f["prediction"].shape == f["ground_truth"].shape == (352, 352)
+    assert result.metrics["ssim"][0] is not None and len(result.history["val_amp_ssim"]) == 1
+
+
+def test_drop_last_without_a_full_batch_is_refused(grid_lines_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="not one full batch"):
+        train_members([tiny(train=dict(drop_last=True, train_subset=8))], [tmp_path / "r"], grid_lines_dataset)
 
 
 def test_seed_reaches_initialisation_and_batch_order(grid_lines_dataset):
@@ -203,7 +225,23 @@ def separate_runs(grid_lines_dataset, tmp_path_factory):
     return [run_one(tiny(train=dict(seed=s)), out / f"s{s}", grid_lines_dataset) for s in SEEDS]
 
 
-# The CPU default ("unroll") also runs in every multi-member test; its equivalence check is slow.
+def test_liftings_train_members_alike(grid_lines_dataset):
+    """``vmap`` and ``unroll`` (the CPU default) give the same steps; whole runs: below."""
+    configs = [tiny(train=dict(seed=s), optim=dict(lr=lr)) for s, lr in ((1, 1e-3), (2, 5e-4))]
+    trained = {}
+    for axis in ("vmap", "unroll"):
+        engine, state = engine_state(configs, grid_lines_dataset, member_axis=axis)
+        assert engine.member_axis == axis
+        state, losses = run_steps(engine, state, grid_lines_dataset, 3, lrs=np.array([1e-3, 5e-4], np.float32))
+        trained[axis] = losses, leaves(state.params)
+    np.testing.assert_allclose(trained["unroll"][0], trained["vmap"][0], rtol=1e-5)
+    assert not np.allclose(trained["unroll"][0][:, 0], trained["unroll"][0][:, 1])  # members differ
+    for unrolled, vmapped in zip(trained["unroll"][1], trained["vmap"][1], strict=True):
+        np.testing.assert_allclose(unrolled, vmapped, rtol=1e-4, atol=1e-6)
+
+
+# Whole runs: the CPU default ("unroll") also runs in every multi-member test, and its step
+# equivalence is checked above; the whole-run check of it is slow.
 @pytest.mark.parametrize("member_axis", ["vmap", pytest.param("unroll", marks=pytest.mark.slow)])
 def test_seeds_in_one_program_match_separate_runs(grid_lines_dataset, separate_runs, tmp_path,
                                                    member_axis):
@@ -248,6 +286,15 @@ def test_resume_after_interruption_matches_uninterrupted(reference_run, grid_lin
         np.testing.assert_allclose(resumed.metrics[key], reference_run.metrics[key], rtol=1e-5)
 
 
+def test_checkpoint_holds_the_schedule_after_its_epoch(grid_lines_dataset, tmp_path):
+    """The plateau schedule has seen the epoch's validation loss when the epoch is saved, so a
+    run resumed from it continues with the schedule state of an uninterrupted run."""
+    result = run_one(tiny(optim=dict(scheduler="plateau"), train=dict(epochs=1)), tmp_path / "p",
+                     grid_lines_dataset)
+    _, meta = checkpoint.restore(result.run_dir, "last")
+    assert meta["schedule"]["plateau_best"] == result.history["val_loss"][0]
+
+
 def test_finished_run_is_reused_and_foreign_dir_refused(reference_run, grid_lines_dataset):
     mtime = (reference_run.run_dir / "verdict.json").stat().st_mtime
     again = run_one(reference_run.config, reference_run.run_dir, grid_lines_dataset)
@@ -260,16 +307,87 @@ def test_finished_run_is_reused_and_foreign_dir_refused(reference_run, grid_line
 # --- divergence and learning --------------------------------------------------------------
 
 
-def test_non_finite_stops_run_with_verdict_and_artifacts(grid_lines_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def diverged_run(grid_lines_dataset, tmp_path_factory):
     cfg = tiny(optim=dict(optimizer="sgd", momentum=0.0, lr=1e12), train=dict(epochs=3))
-    result = run_one(cfg, tmp_path / "nan", grid_lines_dataset)
+    return run_one(cfg, tmp_path_factory.mktemp("nan") / "run", grid_lines_dataset)
+
+
+def test_non_finite_stops_run_with_verdict_and_artifacts(diverged_run):
+    result = diverged_run
     assert result.verdict["collapsed"] and "non_finite" in result.verdict["rules"]
     step = result.history["nonfinite_step"]
     assert step is not None
     assert f"step {step}" in json.dumps(result.verdict["details"])
     assert result.stats["nan"] is True
-    assert len(result.history["val_loss"]) < 3 or step < 9  # stopped at the diverging epoch
+    assert len(result.history["val_loss"]) == step // result.history["steps_per_epoch"] + 1  # stopped there
     assert (result.run_dir / "recon.png").exists()
+
+
+def test_study_report_of_a_run_without_scores(diverged_run, grid_lines_dataset, tmp_path):
+    """Its weights predict non-finite values, which score None: the report says n/a."""
+    assert diverged_run.stats["amp_ssim"] is None
+    write_report({RunKey("diverged", 0): diverged_run}, tmp_path, title="t", command="c",
+                 dataset=grid_lines_dataset, scale="smoke")
+    assert all((tmp_path / name).stat().st_size > 0 for name in PLOTS)
+    assert "| diverged |" in (tmp_path / "summary.md").read_text()
+
+
+def test_stopped_member_of_a_shared_program_trains_no_further(grid_lines_dataset, tmp_path, monkeypatch):
+    """A member that diverges while the other trains on gets no valid sample after its epoch,
+    and the state it is scored with is the one its last checkpoint holds."""
+    masks = []
+
+    def recording_build_engine(*args, **kwargs):
+        engine, test_x = build_engine(*args, **kwargs)
+        step = engine.train_step
+
+        def train_step(state, train_x, idx, mask):
+            masks.append(np.asarray(mask))
+            return step(state, train_x, idx, mask)
+
+        engine.train_step = train_step
+        return engine, test_x
+
+    monkeypatch.setattr("jaxfno.training.loop.build_engine", recording_build_engine)
+    diverging = tiny(optim=dict(optimizer="sgd", momentum=0.0, lr=1e12), train=dict(epochs=3))
+    healthy = diverging.replace(optim=diverging.optim.replace(lr=1e-3))
+    program = train_members([diverging, healthy], [tmp_path / "bad", tmp_path / "good"], grid_lines_dataset)
+    bad, good = program.members
+    assert bad.stopped and not good.stopped and len(good.history["val_loss"]) == 3
+    stop_epoch = len(bad.history["val_loss"]) - 1
+    masks = np.array(masks).reshape(3, -1, 2, 16)  # (epoch, step, member, batch)
+    assert stop_epoch < 2 and masks[:stop_epoch + 1, :, 0].any()
+    assert not masks[stop_epoch + 1:, :, 0].any() and masks[:, :, 1].any(axis=(1, 2)).all()
+    saved, _ = checkpoint.restore(bad.run_dir, "last")
+    final = checkpoint.to_plain(jax.tree.map(lambda a: np.asarray(a)[0], program.state.params))
+    jax.tree.map(np.testing.assert_array_equal, final, saved["params"])  # modes 4: blocks are whole
+
+
+def test_step_without_valid_samples_leaves_the_state_unchanged(grid_lines_dataset):
+    """Adam's momentum would move the weights on a zero gradient; an all-masked step must not."""
+    engine, state = engine_state([tiny()], grid_lines_dataset)
+    state, _ = run_steps(engine, state, grid_lines_dataset, 1)  # non-zero moments
+    before = leaves(state)
+    state, logs = engine.train_step(state, jnp.asarray(grid_lines_dataset.train.diffraction[:16]),
+                                    np.arange(16, dtype=np.int32)[None], np.zeros((1, 16), np.float32))
+    assert logs["n_valid"][0] == 0
+    for a, b in zip(before, leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_update_that_overflows_the_weights_is_skipped(grid_lines_dataset):
+    """A finite loss and gradient can still give non-finite weights (SGD with an infinite LR
+    injected): the step reports it as non-finite and keeps the previous state."""
+    engine, state = engine_state([tiny(optim=dict(optimizer="sgd", momentum=0.0))], grid_lines_dataset)
+    state = state._replace(opt_state=with_hyperparam(state.opt_state, "learning_rate", np.array([np.inf], np.float32)))
+    before = leaves(state.params)
+    state, logs = engine.train_step(state, jnp.asarray(grid_lines_dataset.train.diffraction[:16]),
+                                    np.arange(16, dtype=np.int32)[None], np.ones((1, 16), np.float32))
+    assert np.isfinite(logs["loss"]).all() and np.isfinite(logs["grad_norm"]).all()
+    assert not logs["finite"][0]
+    for a, b in zip(before, leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow

@@ -67,14 +67,21 @@ def noisy_diffraction(y_i, y_phi, probe_sim, scale: float, rng: np.random.Genera
     return out
 
 
+def stitch_geometry(stride: int, size: int = OBJECT_SIZE) -> tuple[int, int]:
+    """(grid, border) of the test patches of a size × size object at ``stride``: patches per
+    axis, and the offset of the central stride × stride core that stitching keeps of each
+    (33, 27 for the benchmark's stride 10)."""
+    return n_positions(stride, size), (PATCH - stride) // 2
+
+
 def ground_truth(obj: np.ndarray, stride: int) -> np.ndarray:
     """Region the stitched central stride × stride patch cores cover (SPEC §1.6).
 
     For stride 10: border (64 − 10)/2 = 27, 33 patches × 10 → rows/cols 27…356, 330 × 330 (the
     same as dropping the last 8 rows/cols and clipping 27 on each side).
     """
-    border = (PATCH - stride) // 2
-    end = border + n_positions(stride, obj.shape[-1]) * stride
+    grid, border = stitch_geometry(stride, obj.shape[-1])
+    end = border + grid * stride
     return obj[border:end, border:end]
 
 

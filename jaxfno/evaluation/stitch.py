@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-TEST_GRID = 33
-TEST_STRIDE = 10
-BORDER = 27
 
-
-def stitch(patches, grid: int = TEST_GRID, border: int = BORDER, stride: int = TEST_STRIDE):
+def stitch(patches, grid: int, border: int, stride: int):
     """Tile the central ``stride × stride`` of each patch, row-major, without overlap.
 
     ``patches``: (grid², N, N) array (NumPy or JAX, any dtype) in the row-major order of the
     test grid, whose patch ``(i, j)`` starts at object pixel ``(stride·i, stride·j)``. Keeps
-    rows/cols ``border : border + stride`` of each patch, so the result (grid·stride square,
-    330 × 330 by default) covers object rows/cols ``border … border + grid·stride − 1``
-    (27 … 356), i.e. the ground truth of SPEC §1.6. Pure reshapes: jit-able.
+    rows/cols ``border : border + stride`` of each patch, so the result (grid·stride square)
+    covers object rows/cols ``border … border + grid·stride − 1``, i.e. the ground truth of SPEC
+    §1.6 (``jaxfno.data.stitch_geometry`` gives grid and border; 33 and 27 at the benchmark's
+    stride 10: 330 × 330, rows/cols 27 … 356). Pure reshapes: jit-able.
     """
     if patches.ndim != 3 or patches.shape[0] != grid * grid:
         raise ValueError(f"stitch: expected ({grid * grid}, N, N) patches, got {patches.shape}")

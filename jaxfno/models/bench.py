@@ -16,7 +16,8 @@ from jaxfno.config import ModelConfig
 from jaxfno.models.layers import compiler_options
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, each waited for."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -49,7 +50,7 @@ def benchmark_forward_backward(cfg: ModelConfig, batch: int = 16, repeats: int =
         compiled = jax.jit(fn, compiler_options=compiler_options()).lower(params, x).compile()
         result[f"{name}_compile_s"] = time.perf_counter() - start
         jax.block_until_ready(compiled(params, x))  # warm-up: first-run allocations
-        result[f"{name}_s"] = _median_seconds(lambda: compiled(params, x), repeats)
+        result[f"{name}_s"] = median_seconds(lambda: compiled(params, x), repeats)
     return result
 
 
@@ -113,7 +114,7 @@ def benchmark_layers(cfg: ModelConfig, batch: int = 16, repeats: int = 3, *,
                                 ("forward_backward", forward_backward, (params, x, cotangent))):
             compiled = jax.jit(fn, compiler_options=compiler_options()).lower(*args).compile()
             jax.block_until_ready(compiled(*args))
-            timings[f"{label}_s"] = _median_seconds(lambda: compiled(*args), repeats)
+            timings[f"{label}_s"] = median_seconds(lambda: compiled(*args), repeats)
         groups[key] = {"layer": name, "input_shape": list(shape), "count": 1, **timings}
 
     layers = list(groups.values())

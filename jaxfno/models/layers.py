@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-SPECTRAL_VARIANTS = ("upstream", "symmetric")
+from jaxfno.config import ModelConfig
 
 # Execution choices: how a function is computed, not which function (all choices agree up to
 # float rounding; tests check it). Each is read from the environment when a function is traced.
@@ -233,8 +233,8 @@ class SpectralConv2d(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, modes: int,
                  variant: str = "upstream", *, rngs: nnx.Rngs):
-        if variant not in SPECTRAL_VARIANTS:
-            raise ValueError(f"spectral variant {variant!r} is not one of {SPECTRAL_VARIANTS}")
+        if variant not in ModelConfig.SPECTRAL:
+            raise ValueError(f"spectral variant {variant!r} is not one of {ModelConfig.SPECTRAL}")
         min_modes = 1 if variant == "upstream" else 2
         if modes < min_modes:
             raise ValueError(f"{variant} spectral conv needs modes >= {min_modes}, got {modes}")

@@ -13,6 +13,12 @@ import numpy as np  # noqa: E402
 from jaxfno.io import atomic_path  # noqa: E402
 
 
+def format_value(value: float | None, digits: int = 4) -> str:
+    """A metric for a table or a title; "n/a" where it has no value (a non-finite prediction
+    scores None)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def save_figure(fig, path: pathlib.Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

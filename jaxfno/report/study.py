@@ -15,8 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxfno.evaluation import meets_success  # noqa: E402
+from jaxfno.evaluation.collapse import SUCCESS_AMP_MAE, SUCCESS_AMP_SSIM  # noqa: E402
 from jaxfno.io import atomic_path, write_json  # noqa: E402
-from jaxfno.report.figures import save_figure  # noqa: E402
+from jaxfno.report.figures import format_value, save_figure  # noqa: E402
 
 PLOTS = ("loss.png", "grad_norm.png", "lr.png", "blocks.png", "reconstructions.png")
 
@@ -60,6 +62,7 @@ def summarise(results: dict) -> dict:
             "p_collapse": collapsed / n,
             "p_collapse_wilson95": [low, high],
             "rules": dict(rules),
+            "succeeded": sum(meets_success(r.metrics, r.verdict) for _, r in runs),
             "best_val_loss": _mean_sd([r.stats["best_val_loss"] for _, r in runs]),
             "final_val_loss": _mean_sd([r.stats["final_val_loss"] for _, r in runs]),
             "amp_ssim": _mean_sd([r.stats["amp_ssim"] for _, r in runs]),
@@ -83,8 +86,8 @@ def summary_markdown(arms: dict, title: str) -> str:
     lines = [
         f"# {title}", "",
         "| arm | seeds | best val | final val | amp SSIM | phase SSIM | amp MAE | collapsed | "
-        "P(collapse) [95 % Wilson] | rules fired |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "P(collapse) [95 % Wilson] | rules fired | success |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, a in arms.items():
         low, high = a["p_collapse_wilson95"]
@@ -92,10 +95,13 @@ def summary_markdown(arms: dict, title: str) -> str:
         lines.append(
             f"| {name} | {a['n']} | {_fmt(a['best_val_loss'])} | {_fmt(a['final_val_loss'])} | "
             f"{_fmt(a['amp_ssim'], 3)} | {_fmt(a['phase_ssim'], 3)} | {_fmt(a['amp_mae'], 3)} | "
-            f"{a['collapsed']}/{a['n']} | {a['p_collapse']:.2f} [{low:.2f}, {high:.2f}] | {rules} |"
+            f"{a['collapsed']}/{a['n']} | {a['p_collapse']:.2f} [{low:.2f}, {high:.2f}] | {rules} | "
+            f"{a['succeeded']}/{a['n']} |"
         )
     lines += ["", "Values are mean ± sample SD over seeds. Collapse rules: SPEC §6 "
-              "(non_finite, constant_output, learns_then_collapses)."]
+              "(non_finite, constant_output, learns_then_collapses). Success: SPEC §6's criterion "
+              f"(amp SSIM ≥ {SUCCESS_AMP_SSIM}, amp MAE ≤ {SUCCESS_AMP_MAE}, no collapse verdict), "
+              "meant for full-scale runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +112,7 @@ def _by_arm(results: dict) -> dict:
     return grouped
 
 
-def _curves(results: dict, out: pathlib.Path, name: str, ylabel: str, series, log: bool = True):
+def _curves(results: dict, ylabel: str, series, log: bool = True):
     grouped = _by_arm(results)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = plt.cm.tab10(np.linspace(0, 1, max(len(grouped), 1)))
@@ -124,18 +130,19 @@ def _curves(results: dict, out: pathlib.Path, name: str, ylabel: str, series, lo
 
 
 def write_plots(results: dict, out: pathlib.Path) -> None:
-    loss = _curves(results, out, "loss", "relative L1 amplitude loss", lambda r: [
+    loss = _curves(results, "relative L1 amplitude loss", lambda r: [
         ("train", r.history["train_loss"], "--"), ("val", r.history["val_loss"], "-")])
     loss.axes[0].set_xlabel("epoch")
     save_figure(loss, out / "loss.png")
 
-    grad = _curves(results, out, "grad", "global grad norm (pre-clip)", lambda r: [
+    grad = _curves(results, "global grad norm (pre-clip)", lambda r: [
         ("", r.history["grad_norm"], "-")])
     grad.axes[0].set_xlabel("step")
     save_figure(grad, out / "grad_norm.png")
 
-    lr = _curves(results, out, "lr", "learning rate applied", lambda r: [("", r.history["lr_epoch"], "o-")])
-    lr.axes[0].set_xlabel("epoch")
+    # Read back from each step's optimiser state, not the schedule's value.
+    lr = _curves(results, "learning rate applied", lambda r: [("", r.history["lr"], "-")])
+    lr.axes[0].set_xlabel("step")
     save_figure(lr, out / "lr.png")
 
     save_figure(_block_figure(results), out / "blocks.png")
@@ -176,7 +183,7 @@ def _reconstruction_grid(results: dict):
     for arm, runs in grouped.items():
         _, r = runs[0]
         with np.load(r.run_dir / "recon.npz") as f:
-            panels.append((f"{arm}\nSSIM {r.stats['amp_ssim']:.3f}", f["prediction"]))
+            panels.append((f"{arm}\nSSIM {format_value(r.stats['amp_ssim'], 3)}", f["prediction"]))
     for col, (label, image) in enumerate(panels):
         axes[0, col].imshow(np.abs(image), cmap="gray")
         axes[1, col].imshow(np.angle(image), cmap="twilight")

@@ -58,10 +58,6 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
         "stable_hybrid", _adam(1e-3), spectral="symmetric"),
 )}
 
-SPEC_ARMS = ("control", "stable", "stable_warmup", "stable_lowlr", "stable_warmup_lowlr",
-             "stable_warmup_clip")
-
-
 @dataclasses.dataclass(frozen=True)
 class Scale:
     name: str

@@ -54,7 +54,7 @@ def _copy_containers(obj: Any) -> Any:
 
 
 def from_plain(template: Any, plain: Any) -> Any:
-    """Inverse of ``_to_plain`` guided by a template of the original structure."""
+    """Inverse of :func:`to_plain` guided by a template of the original structure."""
     if not jax.tree.leaves(template):
         return template  # empty optax states (EmptyState, {}) are not stored by Orbax
     if isinstance(template, nnx.State):

@@ -42,6 +42,11 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+def _all_finite(tree) -> jax.Array:
+    """Whether every entry of every leaf is finite (max |x| per leaf: a sum could overflow)."""
+    return jnp.all(jnp.stack([jnp.isfinite(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(tree)]))
+
+
 def default_member_axis() -> str:
     return os.environ.get("JAXFNO_MEMBER_AXIS") or ("unroll" if jax.default_backend() == "cpu" else "vmap")
 
@@ -189,24 +194,30 @@ class Engine:
         (loss, _), grads = jax.value_and_grad(self._loss, has_aux=True)(params, x, mask)
         grad_norm = optax.tree.norm(grads)
         clipped, clip_state = self.transforms.clip.update(grads, state.clip_state, params)
+        n_valid = mask.sum()
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        def apply(state: TrainState) -> TrainState:
+        def apply(state: TrainState) -> tuple[TrainState, jax.Array]:
             updates, opt_state = self.transforms.optimizer.update(clipped, state.opt_state, state.params)
-            return TrainState(optax.apply_updates(state.params, updates), clip_state, opt_state)
+            params = optax.apply_updates(state.params, updates)
+            params_finite = _all_finite(params)  # a finite gradient times a huge LR can overflow
+            return jax.lax.cond(params_finite, lambda: TrainState(params, clip_state, opt_state),
+                                lambda: state), params_finite
 
-        # A diverged member keeps its last finite state: the run stops with inspectable weights.
-        # A conditional, not a select of new against old state: on the CPU (members unrolled)
-        # the select took 110 ms of the 195 ms update of the full model; under vmap JAX turns
-        # the conditional into that select.
-        new_state = jax.lax.cond(finite, apply, lambda state: state, state)
+        # A member keeps its last finite state (the run stops with inspectable weights), and a
+        # step with no valid sample (a stopped member's masked batches) leaves it unchanged:
+        # Adam's momentum would otherwise move the weights on a zero gradient. Conditionals,
+        # not a select of new against old state: on the CPU (members unrolled) the select took
+        # 110 ms of the 195 ms update of the full model; under vmap JAX turns them into it.
+        new_state, params_finite = jax.lax.cond(finite & (n_valid > 0), apply,
+                                                lambda state: (state, jnp.array(True)), state)
         logs = {
             "loss": loss,
-            "n_valid": mask.sum(),
+            "n_valid": n_valid,
             "grad_norm": grad_norm,
             "grad_norm_postclip": optax.tree.norm(clipped),
             "lr": state.opt_state.hyperparams["learning_rate"],
-            "finite": finite,
+            "finite": finite & params_finite,
         }
         return new_state, logs
 

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from jaxfno.config import ConfigError, ModelConfig, RunConfig
-from jaxfno.data import Dataset
+from jaxfno.data import Dataset, stitch_geometry
 from jaxfno.evaluation import score, stitch
 from jaxfno.io import write_json
 from jaxfno.models import build_model, reachable_shapes
@@ -189,20 +189,13 @@ class MemberPlacement:
         return jax.device_put(tree, sharding)
 
 
-def stitch_geometry(dataset: Dataset) -> tuple[int, int]:
-    """(grid, border) of the first test image's patches (33, 27 for the benchmark)."""
-    cfg = dataset.config
-    object_size = dataset.test.YY_full.shape[-1]
-    grid = (object_size - cfg.n) // cfg.test_stride + 1
-    return grid, (cfg.n - cfg.test_stride) // 2
-
-
 def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest, member_axis: str | None = None,
                  mesh: jax.sharding.Mesh | None = None) -> tuple[Engine, jax.Array]:
     """The compiled functions of ``cfg``'s program and the test inputs on device."""
-    grid, border = stitch_geometry(dataset)
+    stride = dataset.config.test_stride
+    grid, border = stitch_geometry(stride, dataset.test.YY_full.shape[-1])
     engine = Engine(graphdef, rest, build_transforms(cfg.optim), cfg.physics, forward_probe(dataset),
-                    stitch_fn=lambda patches: stitch(patches[: grid * grid], grid=grid, border=border),
+                    stitch_fn=lambda patches: stitch(patches[: grid * grid], grid, border, stride),
                     member_axis=member_axis, mesh=mesh, reachable_shapes=reachable_shapes(cfg.model))
     return engine, jnp.asarray(dataset.test.diffraction)
 
@@ -261,6 +254,9 @@ def train_members(
     n_train = dataset.train.diffraction.shape[0]
     if cfg0.train.train_subset:
         n_train = min(n_train, cfg0.train.train_subset)
+    if cfg0.train.drop_last and n_train < cfg0.train.batch_size:
+        raise ConfigError(f"drop_last with {n_train} training patterns and batch_size "
+                          f"{cfg0.train.batch_size}: not one full batch, so no step per epoch")
     train_x = jnp.asarray(dataset.train.diffraction[:n_train])
     ground_truth = dataset.test.ground_truth
 
@@ -314,6 +310,9 @@ def train_members(
                        for c in configs]
             idx = np.stack([b[0] for b in batches], axis=1)  # (steps, K, B)
             mask = np.stack([b[1] for b in batches], axis=1)
+            # A stopped member sharing the program keeps its state: with no valid sample the
+            # step leaves it unchanged, so its prediction uses the weights of its last checkpoint.
+            mask[:, [k for k, m in enumerate(members) if m.stopped]] = 0.0
             logs = []
             for s in range(idx.shape[0]):
                 state, step_logs = engine.train_step(state, train_x, placement.put(idx[s]),
@@ -346,8 +345,9 @@ def train_members(
                 if m.history["val_loss"][-1] < m.best_val:
                     m.best_val = m.history["val_loss"][-1]
                     kinds.append("best")
-                writer.save(m.run_dir, kinds, epoch, _member_slice(host_state, k), m.meta(epoch))
+                # Observed before saving: a resumed run continues from the same schedule state.
                 m.schedule.observe(epoch, m.history["val_loss"][-1])
+                writer.save(m.run_dir, kinds, epoch, _member_slice(host_state, k), m.meta(epoch))
             bookkeeping = time.perf_counter() - bookkeeping_start  # history, checkpoints, schedule
             for m in members:
                 timing = m.history["timing"]

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from jaxfno.report.figures import format_value
 from jaxfno.report.study import PLOTS, write_report
 
 
@@ -20,9 +21,9 @@ def describe(result) -> str:
     v, s = result.verdict, result.stats
     return (
         f"{result.run_dir}: collapsed by {', '.join(v['rules'])}; details "
-        f"{json.dumps(v['details'])}; best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']}), "
-        f"final val {s['final_val_loss']:.4f}, amp SSIM {s['amp_ssim']:.3f} "
-        f"(floor {s['floor_amp_ssim']:.3f})"
+        f"{json.dumps(v['details'])}; best val {format_value(s['best_val_loss'])} "
+        f"(epoch {s['best_epoch']}), final val {format_value(s['final_val_loss'])}, "
+        f"amp SSIM {format_value(s['amp_ssim'], 3)} (floor {format_value(s['floor_amp_ssim'], 3)})"
     )
 
 
