@@ -376,17 +376,21 @@ def test_step_without_valid_samples_leaves_the_state_unchanged(grid_lines_datase
         np.testing.assert_array_equal(a, b)
 
 
-def test_update_that_overflows_the_weights_is_skipped(grid_lines_dataset):
+def test_update_that_overflows_the_weights_counts_as_non_finite(grid_lines_dataset):
     """A finite loss and gradient can still give non-finite weights (SGD with an infinite LR
-    injected): the step reports it as non-finite and keeps the previous state."""
+    injected): the step reports it, and the next step (non-finite loss) leaves the state alone."""
     engine, state = engine_state([tiny(optim=dict(optimizer="sgd", momentum=0.0))], grid_lines_dataset)
     state = state._replace(opt_state=with_hyperparam(state.opt_state, "learning_rate", np.array([np.inf], np.float32)))
-    before = leaves(state.params)
-    state, logs = engine.train_step(state, jnp.asarray(grid_lines_dataset.train.diffraction[:16]),
-                                    np.arange(16, dtype=np.int32)[None], np.ones((1, 16), np.float32))
+    train_x = jnp.asarray(grid_lines_dataset.train.diffraction[:16])
+    batch = np.arange(16, dtype=np.int32)[None], np.ones((1, 16), np.float32)
+    state, logs = engine.train_step(state, train_x, *batch)
     assert np.isfinite(logs["loss"]).all() and np.isfinite(logs["grad_norm"]).all()
     assert not logs["finite"][0]
-    for a, b in zip(before, leaves(state.params), strict=True):
+    overflowed = leaves(state)
+    assert not all(np.isfinite(leaf).all() for leaf in overflowed)
+    state, logs = engine.train_step(state, train_x, *batch)
+    assert not logs["finite"][0]
+    for a, b in zip(overflowed, leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -200,15 +200,16 @@ class Engine:
         def apply(state: TrainState) -> tuple[TrainState, jax.Array]:
             updates, opt_state = self.transforms.optimizer.update(clipped, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            params_finite = _all_finite(params)  # a finite gradient times a huge LR can overflow
-            return jax.lax.cond(params_finite, lambda: TrainState(params, clip_state, opt_state),
-                                lambda: state), params_finite
+            # A finite gradient times a huge LR can still overflow the weights. Reported, not
+            # undone: keeping the old state here too would copy the whole state (≈ 50 ms of the
+            # full-size CPU step); the next step's loss is non-finite and leaves it as it is.
+            return TrainState(params, clip_state, opt_state), _all_finite(params)
 
         # A member keeps its last finite state (the run stops with inspectable weights), and a
         # step with no valid sample (a stopped member's masked batches) leaves it unchanged:
-        # Adam's momentum would otherwise move the weights on a zero gradient. Conditionals,
+        # Adam's momentum would otherwise move the weights on a zero gradient. A conditional,
         # not a select of new against old state: on the CPU (members unrolled) the select took
-        # 110 ms of the 195 ms update of the full model; under vmap JAX turns them into it.
+        # 110 ms of the 195 ms update of the full model; under vmap JAX turns it into the select.
         new_state, params_finite = jax.lax.cond(finite & (n_valid > 0), apply,
                                                 lambda state: (state, jnp.array(True)), state)
         logs = {
