@@ -17,6 +17,13 @@ from jaxfno.config import (
 from jaxfno.study.stage_a import SCALES
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 # --- data -----------------------------------------------------------------------------------
 
 
@@ -49,8 +56,9 @@ def cmd_data_build(a) -> int:
 def cmd_data_show(a) -> int:
     from jaxfno.data import describe_dataset
 
-    print(describe_dataset(pathlib.Path(a.dir)))
-    return 0
+    text, verified = describe_dataset(pathlib.Path(a.dir))
+    print(text)
+    return 0 if verified else 1
 
 
 def load_or_build_dataset(data_cfg: DataConfig, dataset_dir: str | None):
@@ -182,7 +190,7 @@ def cmd_study_stage_a(a) -> int:
     from jaxfno.study.runner import Study
     from jaxfno.training.loop import Progress
 
-    seeds = stage_a.seeds_for(a.seeds or stage_a.SCALES[a.scale].seeds)
+    seeds = stage_a.seeds_for(a.seeds if a.seeds is not None else stage_a.SCALES[a.scale].seeds)
     out = pathlib.Path(a.out)
     dataset = load_or_build_dataset(DataConfig(), None)
     study = Study(a.arms or list(stage_a.ARMS), a.scale, seeds, out, dataset, Progress())
@@ -292,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="study_name", required=True)
     stage_a = study.add_parser("stage-a", help="the grid_lines Stage A stability study")
     stage_a.add_argument("--scale", default="smoke", choices=tuple(SCALES))
-    stage_a.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the scale's)")
+    stage_a.add_argument("--seeds", type=_positive_int, default=None, help="seeds per arm (default: the scale's)")
     stage_a.add_argument("--arms", nargs="+", default=None, help="arm names (default: all)")
     stage_a.add_argument("--out", required=True)
     stage_a.set_defaults(func=cmd_study_stage_a)
@@ -301,11 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "profile", "loop",
                                           "compile"))
     _add_model_args(bench)
-    bench.add_argument("--members", type=int, default=8, help="K for 'seeds' and 'profile'")
+    bench.add_argument("--members", type=_positive_int, default=8, help="K for 'seeds' and 'profile'")
     bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
-    bench.add_argument("--batch", type=int, default=16,
+    bench.add_argument("--batch", type=_positive_int, default=16,
                        help="training batch ('data': the evaluation keeps the inference batch, 8)")
-    bench.add_argument("--repeats", type=int, default=5,
+    bench.add_argument("--repeats", type=_positive_int, default=5,
                        help="timed repeats; for 'profile' the traced steps, for 'loop' the timed epochs; "
                             "'compile' times one cold and one cached process")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")

@@ -90,6 +90,7 @@ class DataConfig(_Config):
             f"nphotons={self.nphotons} must be a positive finite number",
         )
         _check(self.train_stride >= 1 and self.test_stride >= 1, "strides must be >= 1")
+        _check(self.noise_seed >= 0, f"noise_seed={self.noise_seed} must be >= 0")
         _check(self.test_stride <= self.n,
                f"test_stride={self.test_stride} must be <= n={self.n}: stitching keeps a stride-wide core of each patch")
 
@@ -198,6 +199,7 @@ class TrainConfig(_Config):
         _check(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
         _check(self.infer_batch_size >= 1, f"infer_batch_size={self.infer_batch_size} must be >= 1")
         _check(self.train_subset >= 0, f"train_subset={self.train_subset} must be >= 0")
+        _check(self.seed >= 0, f"seed={self.seed} must be >= 0 (it seeds NumPy and JAX)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,6 +66,15 @@ def test_bad_training_input_fails_before_compiling(args, message, tmp_path, caps
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv", [["bench", "seeds", "--members", "0"], ["bench", "model", "--repeats", "0"],
+                                  ["bench", "model", "--batch", "-1"],
+                                  ["study", "stage-a", "--out", "x", "--seeds", "0"]])
+def test_counts_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "is not a positive integer" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value", [("--optimizer", "rmsprop"), ("--arch", "unet"),
                                          ("--scheduler", "cyclic")])
 def test_unknown_choices_are_rejected(flag, value, tmp_path):

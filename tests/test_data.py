@@ -285,8 +285,8 @@ def test_tampered_file_is_detected(small_copy):
         load_dataset(small_copy)
     with pytest.raises(DatasetError, match="hash mismatch"):
         build_dataset(SMALL, small_copy)
-    report = describe_dataset(small_copy)
-    assert "test.npz hash mismatch" in report and "train.npz ok" in report
+    report, verified = describe_dataset(small_copy)
+    assert "test.npz hash mismatch" in report and "train.npz ok" in report and not verified
 
 
 def test_missing_files_are_detected(small_copy, tmp_path):
@@ -317,7 +317,8 @@ def test_provenance_record(small_path):
 
 
 def test_describe_dataset(grid_lines_dataset_path):
-    report = describe_dataset(grid_lines_dataset_path)
+    report, verified = describe_dataset(grid_lines_dataset_path)
+    assert verified
     for text in ("train.npz ok", "test.npz ok", "norm_Y_I 4.163", "norm_Y_I 4.229",
                  "6889 patterns", "energy inside r=16 0.926", "noise floor"):
         assert text in report, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -183,9 +184,11 @@ def test_test_stride_reaches_the_stitching(tmp_path):
     assert result.metrics["ssim"][0] is not None and len(result.history["val_amp_ssim"]) == 1
 
 
-def test_drop_last_without_a_full_batch_is_refused(grid_lines_dataset, tmp_path):
-    with pytest.raises(ConfigError, match="not one full batch"):
-        train_members([tiny(train=dict(drop_last=True, train_subset=8))], [tmp_path / "r"], grid_lines_dataset)
+@pytest.mark.parametrize("train, message", [(dict(drop_last=True, train_subset=8), "not one full batch"),
+                                            (dict(train_subset=6890), "exceeds the dataset's 6889")])
+def test_training_set_size_is_checked(train, message, grid_lines_dataset, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        train_members([tiny(train=train)], [tmp_path / "r"], grid_lines_dataset)
 
 
 def test_seed_reaches_initialisation_and_batch_order(grid_lines_dataset):
@@ -420,3 +423,10 @@ def test_checkpoint_writer_snapshots_and_reports_failures(tmp_path, background):
     with pytest.raises(NotADirectoryError):
         with checkpoint.CheckpointWriter(background=background) as writer:
             writer.save(blocker / "run", ["last"], 0, state, meta)  # fails on the worker thread
+
+
+def test_damaged_checkpoint_is_reported(tmp_path):
+    checkpoint.save(tmp_path / "run", "last", 0, {"w": np.zeros(3, np.float32)}, {"epoch": 0})
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "last" / "0" / "state")
+    with pytest.raises(RuntimeError, match="checkpoint of step 0 cannot be read"):
+        checkpoint.restore(tmp_path / "run", "last")

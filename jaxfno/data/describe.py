@@ -39,8 +39,9 @@ def _array_line(name: str, a: np.ndarray) -> str:
     return f"    {name:<16} {str(a.dtype):<10} {str(a.shape):<18} {rng}"
 
 
-def describe_dataset(path) -> str:
-    """Shapes, ranges, probe, scales, noise floor and per-file hash status of a dataset dir."""
+def describe_dataset(path) -> tuple[str, bool]:
+    """Shapes, ranges, probe, scales, noise floor and per-file hash status of a dataset dir,
+    and whether every file verified (the contents are summarised only then)."""
     path = pathlib.Path(path)
     prov = read_provenance(path)
     status = file_status(path, prov)
@@ -48,7 +49,7 @@ def describe_dataset(path) -> str:
              "  files: " + ", ".join(f"{k} {v}" for k, v in status.items())]
     if any(s != "ok" for s in status.values()):
         lines.append("  (contents not summarised: verification failed)")
-        return "\n".join(lines)
+        return "\n".join(lines), False
     ds = read_unverified(path, prov)
     probe = ds.probe_guess
     lines += [
@@ -66,7 +67,7 @@ def describe_dataset(path) -> str:
         if split.ground_truth is not None:
             arrays["YY_ground_truth"] = split.ground_truth
         lines += [_array_line(k, v) for k, v in arrays.items()]
-    return "\n".join(lines)
+    return "\n".join(lines), True
 
 
 def phase_span(probe: np.ndarray) -> float:

@@ -173,6 +173,8 @@ def _publish(out: pathlib.Path, cfg, probe, description, train, test, scalars) -
 def read_provenance(path: pathlib.Path) -> dict[str, Any]:
     """The parsed provenance.json of a dataset directory (DatasetError if absent or invalid)."""
     file = path / PROVENANCE
+    if not path.is_dir():
+        raise DatasetError(f"{path} does not exist or is not a directory")
     if not file.is_file():
         raise DatasetError(f"{path} holds no dataset: {PROVENANCE} is missing")
     try:
@@ -292,7 +294,9 @@ def build_dataset(cfg: DataConfig, out_dir) -> pathlib.Path:
     if (out / PROVENANCE).is_file():
         _check_reusable(out, cfg, probe)
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out} exists and is not an empty directory, but holds no dataset")
     train, test, scalars = simulate(cfg, probe)
     return _publish(out, cfg, probe, description, train, test, scalars)

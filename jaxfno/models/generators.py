@@ -35,8 +35,8 @@ def check_depth(blocks: int, resolution: int) -> None:
         deepest = next(n for n in range(blocks, 0, -1) if resolution / 2 ** (n - 1) >= 2)
         raise ValueError(
             f"blocks={blocks} is impossible at resolution {resolution}×{resolution}: its "
-            f"{blocks - 1} stride-2 downsamples would leave a {coarsest:g}×{coarsest:g} map "
-            f"(< 2×2) at the coarsest level; at most {deepest} blocks fit")
+            f"{blocks - 1} stride-2 downsamples would shrink the map below 2×2 "
+            f"({resolution}/2^{blocks - 1}) at the coarsest level; at most {deepest} blocks fit")
 
 
 class DoubleConv(nnx.Module):

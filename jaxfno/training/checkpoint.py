@@ -149,9 +149,12 @@ def restore(run_dir: pathlib.Path, kind: str = "last", template: Any = None) -> 
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint")
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-        )
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+            )
+        except (KeyError, ValueError, FileNotFoundError) as exc:  # a damaged step directory
+            raise RuntimeError(f"{directory}: checkpoint of step {step} cannot be read: {exc}") from exc
     plain = jax.tree.map(np.asarray, dict(restored["state"]))
     state = plain if template is None else from_plain(template, plain)
     return state, dict(restored["meta"])

@@ -18,7 +18,6 @@ closed over, so that they are not baked into the compiled program as constants.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -47,8 +46,11 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(tree)]))
 
 
+MEMBER_AXES = ("vmap", "unroll")
+
+
 def default_member_axis() -> str:
-    return os.environ.get("JAXFNO_MEMBER_AXIS") or ("unroll" if jax.default_backend() == "cpu" else "vmap")
+    return env_choice("JAXFNO_MEMBER_AXIS", MEMBER_AXES, "unroll" if jax.default_backend() == "cpu" else "vmap")
 
 
 def lift(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
@@ -56,7 +58,7 @@ def lift(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
     if strategy != "unroll":
-        raise ValueError(f"member axis strategy {strategy!r} is not 'vmap' or 'unroll'")
+        raise ValueError(f"member axis strategy {strategy!r} is not one of {MEMBER_AXES}")
 
     def unrolled(*args):
         members = jax.tree.leaves([a for a, axis in zip(args, in_axes) if axis == 0])[0].shape[0]

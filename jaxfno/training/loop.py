@@ -252,8 +252,10 @@ def train_members(
 
     # --- data on device -----------------------------------------------------------------
     n_train = dataset.train.diffraction.shape[0]
-    if cfg0.train.train_subset:
-        n_train = min(n_train, cfg0.train.train_subset)
+    if cfg0.train.train_subset > n_train:
+        raise ConfigError(f"train_subset={cfg0.train.train_subset} exceeds the dataset's {n_train} "
+                          "training patterns (0 uses them all)")
+    n_train = cfg0.train.train_subset or n_train
     if cfg0.train.drop_last and n_train < cfg0.train.batch_size:
         raise ConfigError(f"drop_last with {n_train} training patterns and batch_size "
                           f"{cfg0.train.batch_size}: not one full batch, so no step per epoch")
