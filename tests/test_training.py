@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxfno.config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
 from jaxfno.models.layers import execution_choices
