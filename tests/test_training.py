@@ -15,7 +15,7 @@ from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, Train
 from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
 from jaxfno.models.layers import execution_choices
-from jaxfno.pipeline import RunDirError, run_members, run_one
+from jaxfno.pipeline import RunDirError, run_members, run_one, run_stats
 from jaxfno.report.study import PLOTS, write_report
 from jaxfno.study.runner import RunKey
 from jaxfno.training import checkpoint
@@ -116,6 +116,16 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert set(h["timing"]) == {"setup_seconds", "bookkeeping_seconds", "checkpoint_wait_seconds",
                                 "final_prediction_seconds"}
     assert all(seconds > 0 for seconds in h["timing"].values())
+
+
+@pytest.mark.parametrize("amp_ssim, amp_mae, below_floor, success", [
+    (0.21, 0.50, True, False), (0.27, 0.50, False, False), (None, None, False, False), (0.85, 0.10, False, True)])
+def test_run_stats_flags(amp_ssim, amp_mae, below_floor, success):
+    history = {"val_loss": [0.5, 0.4], "train_loss": [0.5, 0.4], "grad_norm": [1.0, 2.0],
+               "nonfinite_step": None, "diagnostics": {"blocks": {}}}
+    metrics = {"ssim": [amp_ssim, 0.9], "mae": [amp_mae, 0.1], "psnr255": [30.0, 30.0]}
+    stats = run_stats(tiny(), history, metrics, {"ssim": [0.277, 0.843]}, {"collapsed": False})
+    assert stats["amp_ssim_below_floor"] is below_floor and stats["meets_success"] is success
 
 
 # --- optimisers, learning rate, seeds -----------------------------------------------------
