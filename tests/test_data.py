@@ -296,8 +296,11 @@ def test_missing_files_are_detected(small_copy, tmp_path):
     (small_copy / "provenance.json").write_text("{not json")
     with pytest.raises(DatasetError, match="provenance.json"):
         load_dataset(small_copy)
-    with pytest.raises(DatasetError, match="provenance.json is missing"):
+    with pytest.raises(DatasetError, match="nowhere does not exist"):
         load_dataset(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="provenance.json is missing"):
+        load_dataset(tmp_path / "empty")
 
 
 def test_ensure_dataset_builds_then_reuses(tmp_path, monkeypatch):
