@@ -171,6 +171,10 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
     _throughput(result, _flops(engine, state, train_x, idx, mask), result["jax_step_s"])
     if torch_model is not None:
         result["speedup_vs_torch"] = result["torch_step_s"] / result["jax_step_s"]
+        # Each repeat's two steps ran back to back: the median of their ratios is robust to
+        # the machine's speed drifting over the run, which moves both medians.
+        result["speedup_paired_median"] = statistics.median(
+            t / j for t, j in zip(result["torch_step_all_s"], result["jax_step_all_s"]))
         result["first_loss_rel_diff"] = abs(result["jax_first_loss"] - result["torch_first_loss"]) / abs(
             result["torch_first_loss"])
     return result
