@@ -18,8 +18,7 @@ import numpy as np
 
 from jaxfno.config import RunConfig
 from jaxfno.data import Dataset
-from jaxfno.evaluation import collapse_verdict, constant_floor, meets_success, score
-from jaxfno.evaluation.collapse import FLOOR_SSIM_MARGIN
+from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
 from jaxfno.io import read_json, write_json, write_npz
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
 from jaxfno.training.loop import Member, Progress, train_members
@@ -153,10 +152,7 @@ def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict, verdict
         "amp_ssim": metrics["ssim"][0], "phase_ssim": metrics["ssim"][1],
         "amp_psnr255": metrics["psnr255"][0], "phase_psnr255": metrics["psnr255"][1],
         "floor_amp_ssim": floor["ssim"][0],
-        # Not a SPEC §6 rule (that one fires only within the margin of the floor): worse than
-        # predicting a constant amplitude.
-        "amp_ssim_below_floor": (metrics["ssim"][0] is not None
-                                 and metrics["ssim"][0] < floor["ssim"][0] - FLOOR_SSIM_MARGIN),
+        "amp_ssim_below_floor": below_floor(metrics["ssim"][0], floor["ssim"][0]),
         "meets_success": meets_success(metrics, verdict),
         "blocks": blocks,
         "any_norm_scale_near_zero": any(b["norm_scale_near_zero"] for b in blocks.values()),

@@ -114,6 +114,12 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
             "epoch": min(epochs.values(), default=None), "measured": measured}
 
 
+def below_floor(amp_ssim: float | None, floor_amp_ssim: float) -> bool:
+    """Amp SSIM more than the margin below the constant-prediction floor: worse than predicting
+    a constant. Not a SPEC §6 rule (``constant_output`` fires only within the margin)."""
+    return amp_ssim is not None and amp_ssim < floor_amp_ssim - FLOOR_SSIM_MARGIN
+
+
 def meets_success(metrics: Mapping[str, Any], verdict: Mapping[str, Any]) -> bool:
     """SPEC §6 success: amp SSIM ≥ 0.80, amp MAE ≤ 0.15 and no collapse verdict. The SPEC's
     "no collapse after epoch 7" is read as no verdict at all: the verdict judges the final

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxfno.evaluation import meets_success  # noqa: E402
+from jaxfno.evaluation import below_floor, meets_success  # noqa: E402
 from jaxfno.evaluation.collapse import SUCCESS_AMP_MAE, SUCCESS_AMP_SSIM  # noqa: E402
 from jaxfno.io import atomic_path, write_json  # noqa: E402
 from jaxfno.report.figures import format_value, save_figure  # noqa: E402
@@ -63,6 +63,7 @@ def summarise(results: dict) -> dict:
             "p_collapse_wilson95": [low, high],
             "rules": dict(rules),
             "succeeded": sum(meets_success(r.metrics, r.verdict) for _, r in runs),
+            "below_floor": sum(below_floor(r.stats["amp_ssim"], r.stats["floor_amp_ssim"]) for _, r in runs),
             "best_val_loss": _mean_sd([r.stats["best_val_loss"] for _, r in runs]),
             "final_val_loss": _mean_sd([r.stats["final_val_loss"] for _, r in runs]),
             "amp_ssim": _mean_sd([r.stats["amp_ssim"] for _, r in runs]),
@@ -86,8 +87,8 @@ def summary_markdown(arms: dict, title: str) -> str:
     lines = [
         f"# {title}", "",
         "| arm | seeds | best val | final val | amp SSIM | phase SSIM | amp MAE | collapsed | "
-        "P(collapse) [95 % Wilson] | rules fired | success |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "P(collapse) [95 % Wilson] | rules fired | below floor | success |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, a in arms.items():
         low, high = a["p_collapse_wilson95"]
@@ -96,10 +97,11 @@ def summary_markdown(arms: dict, title: str) -> str:
             f"| {name} | {a['n']} | {_fmt(a['best_val_loss'])} | {_fmt(a['final_val_loss'])} | "
             f"{_fmt(a['amp_ssim'], 3)} | {_fmt(a['phase_ssim'], 3)} | {_fmt(a['amp_mae'], 3)} | "
             f"{a['collapsed']}/{a['n']} | {a['p_collapse']:.2f} [{low:.2f}, {high:.2f}] | {rules} | "
-            f"{a['succeeded']}/{a['n']} |"
+            f"{a['below_floor']}/{a['n']} | {a['succeeded']}/{a['n']} |"
         )
     lines += ["", "Values are mean ± sample SD over seeds. Collapse rules: SPEC §6 "
-              "(non_finite, constant_output, learns_then_collapses). Success: SPEC §6's criterion "
+              "(non_finite, constant_output, learns_then_collapses). Below floor: amp SSIM more than "
+              "0.02 below a constant prediction's (not a SPEC rule). Success: SPEC §6's criterion "
               f"(amp SSIM ≥ {SUCCESS_AMP_SSIM}, amp MAE ≤ {SUCCESS_AMP_MAE}, no collapse verdict), "
               "meant for full-scale runs."]
     return "\n".join(lines) + "\n"
