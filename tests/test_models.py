@@ -45,10 +45,18 @@ def test_effective_count_excludes_unreachable_spectral_weights():
     assert ("enc.3.spectral.weight_re", (12, 12, 256, 256), 256 * 256 * 144) in rows
 
 
-@pytest.mark.parametrize("blocks", [7, 8])
+@pytest.mark.parametrize("blocks", [8, 9])
 def test_too_deep_is_rejected(blocks):
-    with pytest.raises(ValueError, match=rf"blocks={blocks}.*64×64.*at most 6 blocks"):
+    with pytest.raises(ValueError, match=rf"blocks={blocks}.*64×64.*at most 7 blocks"):
         build_model(ModelConfig(blocks=blocks), 0)
+
+
+def test_deepest_model_reaches_a_one_pixel_level():
+    """7 blocks at N = 64: the bottleneck (InstanceNorm included) works on a 1×1 map (SPEC §3.3
+    rejects only 8)."""
+    model = build_model(ModelConfig(arch="stable_hybrid", width=2, blocks=7, modes=2), 0)
+    out = model(jax.random.normal(jax.random.key(0), (2, 64, 64, 1)))
+    assert out.shape == (2, 64, 64, 2) and bool(jnp.isfinite(out).all())
 
 
 # --- spectral convolution ---------------------------------------------------------------------

@@ -29,14 +29,15 @@ def level_channels(cfg: ModelConfig, level: int) -> int:
 
 
 def check_depth(blocks: int, resolution: int) -> None:
-    """The coarsest level (after blocks−1 halvings) must still be at least 2×2."""
+    """Every stride-2 downsample (blocks−1 of them) needs a map of at least 2×2, so the coarsest
+    level is at least 1×1 (SPEC §3.3: at N = 64, 7 blocks reach 1×1 and 8 are impossible)."""
     coarsest = resolution / 2 ** (blocks - 1)
-    if coarsest < 2:
-        deepest = next(n for n in range(blocks, 0, -1) if resolution / 2 ** (n - 1) >= 2)
+    if coarsest < 1:
+        deepest = next(n for n in range(blocks, 0, -1) if resolution / 2 ** (n - 1) >= 1)
         raise ValueError(
             f"blocks={blocks} is impossible at resolution {resolution}×{resolution}: its "
-            f"{blocks - 1} stride-2 downsamples would shrink the map below 2×2 "
-            f"({resolution}/2^{blocks - 1}) at the coarsest level; at most {deepest} blocks fit")
+            f"{blocks - 1} stride-2 downsamples would shrink the map below 1×1 "
+            f"({resolution}/2^{blocks - 1}); at most {deepest} blocks fit")
 
 
 class DoubleConv(nnx.Module):
