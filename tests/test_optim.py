@@ -37,6 +37,13 @@ def test_plateau_halves_after_patience_and_respects_min():
     assert min(lrs) == pytest.approx(1e-4)  # floored at plateau_min_lr
 
 
+def test_plateau_never_raises_a_rate_below_its_floor():
+    schedule = LRSchedule(OptimConfig(lr=5e-5, scheduler="plateau"), epochs=10)  # floor 1e-4
+    for epoch in range(10):
+        assert schedule.lr(epoch) == 5e-5
+        schedule.observe(epoch, 1.0)
+
+
 def test_schedule_state_round_trips_for_resume():
     a = LRSchedule(OptimConfig(lr=1e-3, scheduler="plateau"), epochs=20)
     for epoch, val in enumerate([1.0, 1.0, 1.0, 1.0]):

@@ -146,7 +146,8 @@ class LRSchedule:
         else:
             self.plateau_bad_epochs += 1
         if self.plateau_bad_epochs > self.cfg.plateau_patience:
-            self.plateau_lr = max(current * self.cfg.plateau_factor, self.cfg.plateau_min_lr)
+            # A reduction only: an LR already below the floor stays where it is (as in torch).
+            self.plateau_lr = min(current, max(current * self.cfg.plateau_factor, self.cfg.plateau_min_lr))
             self.plateau_bad_epochs = 0
         else:
             self.plateau_lr = current
