@@ -238,6 +238,10 @@ def test_verdict_constant_output(ground_truth, floor):
     verdict = collapse_verdict(HEALTHY, textured, ground_truth, floor)
     assert verdict["rules"] == ["constant_output"]
     assert not verdict["details"]["constant_output"]["flat"]
+    # Dated by the per-epoch validation SSIM: on the floor from epoch 2 through the last.
+    dated = {**HEALTHY, "val_amp_ssim": [0.28, 0.5, 0.28, 0.27]}
+    verdict = collapse_verdict(dated, textured, ground_truth, floor)
+    assert verdict["epoch"] == verdict["details"]["constant_output"]["epoch"] == 2
 
 
 def test_verdict_learns_then_collapses(ground_truth, floor):

@@ -42,7 +42,9 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
       progress).
     - ``constant_output``: amp SSIM within 0.02 of the floor's amp SSIM, or std/mean of the
       stitched amplitude (full 330²) below 1e-3 (an all-zero output counts). Seen in the
-      final weights, so its epoch is the last one.
+      final weights. Epoch: where the history's per-epoch validation amp SSIM
+      (``val_amp_ssim``) has it, the first of the epochs that stay within the margin through
+      the last; else the last epoch.
     - ``learns_then_collapses``: final val_loss > 3 × best val_loss. Epoch: the first epoch
       after the best one whose val_loss exceeds 3 × best.
 
@@ -93,7 +95,10 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
         if flat:
             cv = amp_std / amp_mean if amp_mean else 0.0
             reasons.append(f"stitched amplitude std/mean {cv:.2e} < {MIN_AMPLITUDE_CV}")
-        epochs["constant_output"] = max(n_epochs - 1, 0)
+        epochs["constant_output"] = _floor_onset(history.get("val_amp_ssim") or [], floor_ssim) \
+            if near_floor else None
+        if epochs["constant_output"] is None:
+            epochs["constant_output"] = max(n_epochs - 1, 0)
         details["constant_output"] = {"message": "constant output: " + "; ".join(reasons),
                                       "near_floor": near_floor, "flat": flat,
                                       "epoch": epochs["constant_output"]}
@@ -112,6 +117,18 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
     rules = list(details)
     return {"collapsed": bool(rules), "rules": rules, "details": details,
             "epoch": min(epochs.values(), default=None), "measured": measured}
+
+
+def _floor_onset(amp_ssims: list, floor_ssim: float) -> int | None:
+    """First epoch of the final run of epochs whose amp SSIM is within the margin of the floor
+    (None when the last epoch's is not)."""
+    onset = None
+    for epoch in range(len(amp_ssims) - 1, -1, -1):
+        value = amp_ssims[epoch]
+        if value is None or abs(value - floor_ssim) > FLOOR_SSIM_MARGIN:
+            break
+        onset = epoch
+    return onset
 
 
 def below_floor(amp_ssim: float | None, floor_amp_ssim: float) -> bool:
