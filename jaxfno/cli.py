@@ -192,7 +192,7 @@ def cmd_study_stage_a(a) -> int:
 
     seeds = stage_a.seeds_for(a.seeds if a.seeds is not None else stage_a.SCALES[a.scale].seeds)
     out = pathlib.Path(a.out)
-    dataset = load_or_build_dataset(DataConfig(), None)
+    dataset = load_or_build_dataset(_data_config(a), None)
     study = Study(a.arms or list(stage_a.ARMS), a.scale, seeds, out, dataset, Progress())
     results = study.run_all()
     command = "jaxfno " + " ".join(sys.argv[1:])
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.add_argument("--seeds", type=_positive_int, default=None, help="seeds per arm (default: the scale's)")
     stage_a.add_argument("--arms", nargs="+", default=None, help="arm names (default: all)")
     stage_a.add_argument("--out", required=True)
+    _add_data_args(stage_a)  # the dataset every arm trains on (e.g. --probe gaussian)
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")

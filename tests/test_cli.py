@@ -138,9 +138,9 @@ def test_study_groups_compatible_arms_into_programs(grid_lines_dataset, tmp_path
     study = Study(stage_a.ARMS, "smoke", stage_a.seeds_for(2), tmp_path, grid_lines_dataset,
                   max_members=0)
     # Without a member limit the six Adam/norm-clip stable arms share one program;
-    # control (hybrid), upstream_gain (physics) and symmetric (model) each need their own.
+    # control (hybrid), the two upstream arms (physics) and symmetric (model) each need their own.
     sizes = sorted(len(g) for g in study.groups)
-    assert sizes == [2, 2, 2, 12]
+    assert sizes == [2, 2, 2, 2, 12]
     chunked = Study(stage_a.ARMS, "smoke", stage_a.seeds_for(2), tmp_path, grid_lines_dataset,
                     max_members=3)
     assert max(len(g) for g in chunked.groups) == 3

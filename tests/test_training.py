@@ -201,6 +201,12 @@ def test_training_set_size_is_checked(train, message, grid_lines_dataset, tmp_pa
         train_members([tiny(train=train)], [tmp_path / "r"], grid_lines_dataset)
 
 
+def test_runs_must_name_the_dataset_they_train_on(grid_lines_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="not the dataset's"):
+        train_members([tiny(data=dict(noise_seed=1))], [tmp_path / "r"], grid_lines_dataset)
+    assert not (tmp_path / "r").exists()
+
+
 def test_seed_reaches_initialisation_and_batch_order(grid_lines_dataset):
     _, state = engine_state([tiny(train=dict(seed=s)) for s in (1, 2, 1)], grid_lines_dataset)
     a, b, again = ([x[k] for x in leaves(state.params)] for k in range(3))

@@ -44,7 +44,7 @@ class Study:
             raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(stage_a.ARMS)}")
         self.out_dir, self.dataset, self.progress = pathlib.Path(out_dir), dataset, progress
         self.configs: dict[RunKey, RunConfig] = {
-            RunKey(a, s): stage_a.config(a, scale, s) for a in self.arms for s in self.seeds
+            RunKey(a, s): stage_a.config(a, scale, s, dataset.config) for a in self.arms for s in self.seeds
         }
         if max_members is None and jax.default_backend() == "cpu":
             max_members = 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxfno.config import ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig
+from jaxfno.config import DataConfig, ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig
 
 STUDY_SEED = 20260128
 
@@ -52,6 +52,9 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     # Hypothesis arms: each isolates one candidate cause of upstream's collapse.
     Arm("stable_upstream_gain", "stable arm with upstream's batch-gain artefact (g = batch size)",
         "stable_hybrid", _adam(1e-3), physics=PhysicsConfig(batch_gain="upstream")),
+    Arm("stable_upstream_central", "stable_upstream_gain with the object zeroed outside the central "
+        "32 × 32 (SPEC §10's second as-run condition)", "stable_hybrid", _adam(1e-3),
+        physics=PhysicsConfig(batch_gain="upstream", object_support="central")),
     Arm("stable_asrun_warmup", "what upstream's never-stepped WarmupCosine ran: constant 0.1 × 5e-4",
         "stable_hybrid", _adam(5e-4, "asrun_warmup")),
     Arm("stable_symmetric", "stable arm with the textbook (±ky) spectral layer",
@@ -81,10 +84,14 @@ def seeds_for(count: int) -> list[int]:
     return [STUDY_SEED + i for i in range(count)]
 
 
-def config(arm: str | Arm, scale: str | Scale, seed: int = STUDY_SEED) -> RunConfig:
+def config(arm: str | Arm, scale: str | Scale, seed: int = STUDY_SEED,
+           data: DataConfig = DataConfig()) -> RunConfig:
+    """One run of ``arm`` at ``scale``; ``data`` is the dataset every arm trains on (its probe,
+    photon count, noise seed: SPEC §10's conditions that are not in the arm)."""
     arm = ARMS[arm] if isinstance(arm, str) else arm
     scale = SCALES[scale] if isinstance(scale, str) else scale
     return RunConfig(
+        data=data,
         model=ModelConfig(arch=arm.arch, width=scale.width, blocks=scale.blocks,
                           modes=scale.modes, spectral=arm.spectral),
         physics=arm.physics,

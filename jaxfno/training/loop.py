@@ -247,6 +247,9 @@ def train_members(
             f"{', '.join(_MEMBER_OPTIM_FIELDS)}; got {len(signatures)} incompatible configs"
         )
     cfg0 = configs[0]
+    if cfg0.data != dataset.config:
+        raise ConfigError(f"the runs' data config {cfg0.data.to_dict()} is not the dataset's "
+                          f"{dataset.config.to_dict()}")
     progress = progress or Progress()
     members = [Member(c, pathlib.Path(d)) for c, d in zip(configs, run_dirs)]
 
