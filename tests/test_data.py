@@ -168,7 +168,7 @@ def test_user_probe_file(tmp_path):
     cfg = SMALL.replace(probe=path)
     ds = ensure_dataset(cfg, tmp_path / "cache")
     np.testing.assert_array_equal(ds.probe_guess, probe.astype(np.complex64))
-    assert ds.path == tmp_path / "cache" / cfg.config_hash()
+    assert ds.path.parent == tmp_path / "cache" and ds.path.name.startswith(cfg.config_hash() + "-")
     assert ds.provenance["probe"]["sha256"] == probe_mod.probe_sha256(probe)
     # The file changes under the same path: reuse must refuse.
     _npz(tmp_path / "probe.npz", probeGuess=probe * 2)
@@ -305,15 +305,24 @@ def test_missing_files_are_detected(small_copy, tmp_path):
 
 def test_ensure_dataset_builds_then_reuses(tmp_path, monkeypatch):
     first = ensure_dataset(SMALL, tmp_path)
-    assert first.path == tmp_path / SMALL.config_hash() and first.config == SMALL
+    assert first.path.name.startswith(SMALL.config_hash() + "-") and first.config == SMALL
     monkeypatch.setattr(store, "simulate", lambda *_: pytest.fail("regenerated"))
     second = ensure_dataset(SMALL, tmp_path)
     assert second.content_hash == first.content_hash
 
 
+def test_dataset_of_other_generation_constants_is_not_reused(small_copy):
+    prov = json.loads((small_copy / "provenance.json").read_text())
+    prov["generator"]["segments"] = 399
+    (small_copy / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(DatasetError, match="other generation constants"):
+        build_dataset(SMALL, small_copy)
+
+
 def test_provenance_record(small_path):
     prov = load_dataset(small_path).provenance
     assert prov["config"] == SMALL.to_dict() and prov["config_hash"] == SMALL.config_hash()
+    assert prov["generator"]["segments"] == 400 and prov["generator"]["crop"] == [196, 588]
     assert set(prov["versions"]) == {"python", "numpy", "scipy", "scikit-image"}
     assert set(prov["files"]) == {"train.npz", "test.npz"}
     assert prov["photon_scale"] > 0 and prov["probe_scale"] > 0

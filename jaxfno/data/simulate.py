@@ -11,11 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from jaxfno.config import DataConfig
-from jaxfno.data.lines import OBJECT_SIZE, TEST_SEED, TRAIN_SEED, lines_amplitude, lines_phase
+from jaxfno.data.lines import (CANVAS, CROP, N_SEGMENTS, OBJECT_SIZE, SMOOTHING, TEST_SEED, TRAIN_SEED,
+                               lines_amplitude, lines_phase)
 from jaxfno.data.probe import probe_scale
 
 PATCH = 64
 SHUFFLE_SEED = 0  # upstream: sklearn shuffle(random_state=0) of the train patterns
+
+# The benchmark's fixed generation constants (not in DataConfig): recorded in every dataset's
+# provenance, and a cached dataset made with other ones is not reused.
+GENERATOR = {"canvas": CANVAS, "segments": N_SEGMENTS, "smoothing": [list(ws) for ws in SMOOTHING],
+             "crop": [CROP.start, CROP.stop], "object_seeds": {"train": TRAIN_SEED, "test": TEST_SEED},
+             "patch": PATCH, "train_shuffle_seed": SHUFFLE_SEED}
 _CHUNK = 512  # patterns per FFT/Poisson chunk (bounds complex128 temporaries to ~34 MB)
 
 

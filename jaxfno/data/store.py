@@ -27,7 +27,7 @@ import skimage
 from jaxfno.config import ConfigError, DataConfig
 from jaxfno.data.errors import DatasetError
 from jaxfno.data.probe import energy_fraction, probe_sha256, resolve_probe
-from jaxfno.data.simulate import simulate
+from jaxfno.data.simulate import GENERATOR, simulate
 
 FORMAT_VERSION = 1
 PROVENANCE = "provenance.json"
@@ -112,6 +112,7 @@ def _provenance(cfg, probe, description, train, test, scalars, files) -> dict[st
         "format": FORMAT_VERSION,
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash(),
+        "generator": GENERATOR,
         "probe": {
             "description": description,
             "sha256": probe_sha256(probe),
@@ -213,6 +214,10 @@ def _check_reusable(out: pathlib.Path, cfg: DataConfig, probe: np.ndarray) -> No
         raise DatasetError(
             f"{out} holds a dataset of config {prov['config_hash']}, not of the requested config "
             f"{cfg.config_hash()}; use another directory")
+    if prov.get("generator") != GENERATOR:
+        raise DatasetError(
+            f"{out} was made with other generation constants ({prov.get('generator')}) than this "
+            f"code's ({GENERATOR}); delete the directory to rebuild")
     if prov.get("probe", {}).get("sha256") != probe_sha256(probe):
         raise DatasetError(
             f"{out} was built with a different probe than {cfg.probe!r} holds now; "
@@ -303,8 +308,10 @@ def build_dataset(cfg: DataConfig, out_dir) -> pathlib.Path:
 
 
 def ensure_dataset(cfg: DataConfig, cache_root) -> Dataset:
-    """Build ``cache_root/<config_hash>/`` if missing, then load it (verified)."""
-    path = build_dataset(cfg, pathlib.Path(cache_root) / cfg.config_hash())
+    """Build ``cache_root/<config hash>-<generator hash>/`` if missing, then load it
+    (verified): a change of the generation constants gets a dataset of its own."""
+    generator = hashlib.sha256(json.dumps(GENERATOR, sort_keys=True).encode()).hexdigest()[:8]
+    path = build_dataset(cfg, pathlib.Path(cache_root) / f"{cfg.config_hash()}-{generator}")
     return load_dataset(path, expected=cfg)
 
 
