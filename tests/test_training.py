@@ -224,8 +224,10 @@ def test_seed_reaches_initialisation_and_batch_order(grid_lines_dataset):
 @pytest.fixture(scope="module")
 def reference_run(grid_lines_dataset, tmp_path_factory):
     # 40 modes: the 64×64 level's spectral weights have columns no input reaches, so resuming
-    # goes through the step's block layout and the whole-array checkpoints.
-    return run_one(tiny(model=dict(modes=40)), tmp_path_factory.mktemp("ref") / "run", grid_lines_dataset)
+    # goes through the step's block layout and the whole-array checkpoints. Plateau: the one
+    # schedule with state to resume.
+    return run_one(tiny(model=dict(modes=40), optim=dict(scheduler="plateau")),
+                   tmp_path_factory.mktemp("ref") / "run", grid_lines_dataset)
 
 
 def test_same_seed_gives_identical_history(reference_run, grid_lines_dataset, tmp_path):
@@ -287,9 +289,11 @@ def test_resume_after_interruption_matches_uninterrupted(reference_run, grid_lin
     with pytest.raises(Interrupt):
         run_one(reference_run.config, run_dir, grid_lines_dataset, on_epoch_end=interrupt_after_first_epoch)
     assert checkpoint.latest_epoch(run_dir) == 0 and not (run_dir / "verdict.json").exists()
+    # The schedule was saved after seeing epoch 0, as an uninterrupted run carries it on.
+    saved, meta = checkpoint.restore(run_dir, "last")
+    assert meta["schedule"]["plateau_best"] == reference_run.history["val_loss"][0]
     # The checkpoint holds whole arrays: trained inside the reachable block (columns < 33),
     # initial values and zero Adam moments outside it.
-    saved, _ = checkpoint.restore(run_dir, "last")
     engine, _ = engine_state([reference_run.config], grid_lines_dataset)
     start = initial_state(engine, [reference_run.config]).params["enc"][0]["spectral"]["weight_im"][0]
     weight = saved["params"]["enc"]["0"]["spectral"]["weight_im"]
@@ -303,15 +307,6 @@ def test_resume_after_interruption_matches_uninterrupted(reference_run, grid_lin
         np.testing.assert_allclose(resumed.history[key], reference_run.history[key], rtol=1e-6)
     for key in ("mae", "ssim"):
         np.testing.assert_allclose(resumed.metrics[key], reference_run.metrics[key], rtol=1e-5)
-
-
-def test_checkpoint_holds_the_schedule_after_its_epoch(grid_lines_dataset, tmp_path):
-    """The plateau schedule has seen the epoch's validation loss when the epoch is saved, so a
-    run resumed from it continues with the schedule state of an uninterrupted run."""
-    result = run_one(tiny(optim=dict(scheduler="plateau"), train=dict(epochs=1)), tmp_path / "p",
-                     grid_lines_dataset)
-    _, meta = checkpoint.restore(result.run_dir, "last")
-    assert meta["schedule"]["plateau_best"] == result.history["val_loss"][0]
 
 
 def test_finished_run_is_reused_and_foreign_dir_refused(reference_run, grid_lines_dataset):
@@ -369,14 +364,14 @@ def test_stopped_member_of_a_shared_program_trains_no_further(grid_lines_dataset
         return engine, test_x
 
     monkeypatch.setattr("jaxfno.training.loop.build_engine", recording_build_engine)
-    diverging = tiny(optim=dict(optimizer="sgd", momentum=0.0, lr=1e12), train=dict(epochs=3))
+    diverging = tiny(optim=dict(optimizer="sgd", momentum=0.0, lr=1e12), train=dict(epochs=2))
     healthy = diverging.replace(optim=diverging.optim.replace(lr=1e-3))
     program = train_members([diverging, healthy], [tmp_path / "bad", tmp_path / "good"], grid_lines_dataset)
     bad, good = program.members
-    assert bad.stopped and not good.stopped and len(good.history["val_loss"]) == 3
+    assert bad.stopped and not good.stopped and len(good.history["val_loss"]) == 2
     stop_epoch = len(bad.history["val_loss"]) - 1
-    masks = np.array(masks).reshape(3, -1, 2, 16)  # (epoch, step, member, batch)
-    assert stop_epoch < 2 and masks[:stop_epoch + 1, :, 0].any()
+    masks = np.array(masks).reshape(2, -1, 2, 16)  # (epoch, step, member, batch)
+    assert stop_epoch == 0 and masks[0, :, 0].any()
     assert not masks[stop_epoch + 1:, :, 0].any() and masks[:, :, 1].any(axis=(1, 2)).all()
     saved, _ = checkpoint.restore(bad.run_dir, "last")
     final = checkpoint.to_plain(jax.tree.map(lambda a: np.asarray(a)[0], program.state.params))
