@@ -196,9 +196,10 @@ def cmd_study_stage_a(a) -> int:
     study = Study(a.arms or list(stage_a.ARMS), a.scale, seeds, out, dataset, Progress())
     results = study.run_all()
     command = "jaxfno " + " ".join(sys.argv[1:])
-    arms = write_report(results, out / "report", title=f"Stage A study ({a.scale} scale)",
-                        command=command, dataset=dataset, scale=a.scale)
-    print(summary_markdown(arms, f"Stage A study ({a.scale} scale)"))
+    title = f"Stage A study ({a.scale} scale{_probe_note(dataset.config)})"
+    arms = write_report(results, out / "report", title=title, command=command, dataset=dataset,
+                        scale=a.scale)
+    print(summary_markdown(arms, title))
     print(f"report: {out / 'report' / 'summary.md'}")
     return 0
 
@@ -236,6 +237,11 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def _probe_note(data: DataConfig) -> str:
+    """", probe P" in a study title when the dataset's probe is not the default."""
+    return "" if data.probe == DataConfig().probe else f", probe {data.probe}"
+
+
 def cmd_study_report(a) -> int:
     from jaxfno.report.study import summary_markdown, write_report
     from jaxfno.study.runner import finished_runs
@@ -245,7 +251,7 @@ def cmd_study_report(a) -> int:
     if not results:
         raise FileNotFoundError(f"{out}: no finished runs (<arm>/seed<seed>/verdict.json)")
     dataset = load_or_build_dataset(next(iter(results.values())).config.data, None)
-    title = f"Stage A study ({a.scale} scale, {len(results)} finished runs)"
+    title = f"Stage A study ({a.scale} scale{_probe_note(dataset.config)}, {len(results)} finished runs)"
     arms = write_report(results, out / "report", title=title, command="jaxfno " + " ".join(sys.argv[1:]),
                         dataset=dataset, scale=a.scale)
     print(summary_markdown(arms, title))
