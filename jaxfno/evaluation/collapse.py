@@ -85,7 +85,7 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
                                  "step": None if step is None else int(step),
                                  "epoch": epochs["non_finite"]}
 
-    near_floor = amp_ssim is not None and abs(amp_ssim - floor_ssim) <= FLOOR_SSIM_MARGIN
+    near_floor = _near_floor(amp_ssim, floor_ssim)
     flat = finite_prediction and (amp_std == 0 or amp_std < MIN_AMPLITUDE_CV * amp_mean)
     if near_floor or flat:
         reasons = []
@@ -95,10 +95,8 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
         if flat:
             cv = amp_std / amp_mean if amp_mean else 0.0
             reasons.append(f"stitched amplitude std/mean {cv:.2e} < {MIN_AMPLITUDE_CV}")
-        epochs["constant_output"] = _floor_onset(history.get("val_amp_ssim") or [], floor_ssim) \
-            if near_floor else None
-        if epochs["constant_output"] is None:
-            epochs["constant_output"] = max(n_epochs - 1, 0)
+        onset = _floor_onset(history.get("val_amp_ssim") or [], floor_ssim) if near_floor else None
+        epochs["constant_output"] = max(n_epochs - 1, 0) if onset is None else onset
         details["constant_output"] = {"message": "constant output: " + "; ".join(reasons),
                                       "near_floor": near_floor, "flat": flat,
                                       "epoch": epochs["constant_output"]}
@@ -119,13 +117,16 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
             "epoch": min(epochs.values(), default=None), "measured": measured}
 
 
+def _near_floor(amp_ssim: float | None, floor_ssim: float) -> bool:
+    return amp_ssim is not None and abs(amp_ssim - floor_ssim) <= FLOOR_SSIM_MARGIN
+
+
 def _floor_onset(amp_ssims: list, floor_ssim: float) -> int | None:
     """First epoch of the final run of epochs whose amp SSIM is within the margin of the floor
     (None when the last epoch's is not)."""
     onset = None
     for epoch in range(len(amp_ssims) - 1, -1, -1):
-        value = amp_ssims[epoch]
-        if value is None or abs(value - floor_ssim) > FLOOR_SSIM_MARGIN:
+        if not _near_floor(amp_ssims[epoch], floor_ssim):
             break
         onset = epoch
     return onset
