@@ -10,7 +10,7 @@ import platform
 import sys
 
 from jaxfno.data.errors import DatasetError
-from jaxfno.io import cache_root, enable_compilation_cache
+from jaxfno.io import cache_root, enable_compilation_cache, read_json
 from jaxfno.config import (
     ConfigError, DataConfig, ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig,
 )
@@ -172,6 +172,23 @@ def format_stats(stats: dict, verdict: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_branch(a) -> int:
+    from jaxfno.inspect import resolve
+    from jaxfno.pipeline import branch_run
+
+    source_dir, kind = resolve(pathlib.Path(a.source))
+    kind = a.kind or kind
+    # The run's config.json is its checkpoints' config (a run directory is bound to it).
+    cfg = RunConfig.from_dict(read_json(source_dir / "config.json")).with_overrides(a.set)
+    enable_compilation_cache()
+    dataset = load_or_build_dataset(cfg.data, a.dataset)
+    result = branch_run(source_dir, kind, cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite)
+    print(f"branch of {source_dir} after epoch {result.history['branch']['epoch'] + 1} ({kind}), "
+          f"changed: {', '.join(a.set) or 'nothing (a replay)'}")
+    print(format_stats(result.stats, result.verdict))
+    return 0
+
+
 def cmd_stats(a) -> int:
     from jaxfno.pipeline import RunResult
 
@@ -297,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(train)
     _add_train_args(train)
     train.set_defaults(func=cmd_train)
+
+    branch = sub.add_parser("branch", help="continue a run from one of its checkpoints, "
+                                          "with config changes, as a new run")
+    branch.add_argument("source", help="a run directory (its last checkpoint) or its "
+                                       "checkpoints/last|best folder")
+    branch.add_argument("--from", dest="kind", choices=("last", "best"), default=None,
+                        help="which checkpoint of the source run (default: the one named by SOURCE)")
+    branch.add_argument("--out", required=True, help="run directory of the branch")
+    branch.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="config change, repeatable: e.g. train.drop_last=true, "
+                             "physics.batch_gain=none, optim.lr=5e-4 (default: none, a replay)")
+    branch.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
+    branch.add_argument("--overwrite", action="store_true")
+    branch.set_defaults(func=cmd_branch)
 
     stats = sub.add_parser("stats", help="print a finished run's stats and verdict")
     stats.add_argument("run_dir")

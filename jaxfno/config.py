@@ -220,6 +220,36 @@ class RunConfig(_Config):
                 f"warmup_epochs={o.warmup_epochs} must be < epochs={t.epochs}",
             )
 
+    def with_overrides(self, overrides: list[str]) -> "RunConfig":
+        """This config with ``SECTION.FIELD=VALUE`` changes applied, e.g. ``train.drop_last=true``
+        or ``physics.batch_gain=none``. A value is read as JSON (numbers, true/false, null) or
+        else as a plain string, and must have the field's type (an int where a float is due is
+        accepted; the optional model.max_hidden_channels takes an int or null); the result is
+        validated like any config."""
+        raw = self.to_dict()
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            section, _, field = key.partition(".")
+            _check(bool(sep) and bool(field), f"override {item!r} is not SECTION.FIELD=VALUE")
+            _check(section in raw, f"override {item!r}: no config section {section!r} "
+                                   f"(one of {', '.join(raw)})")
+            _check(field in raw[section], f"override {item!r}: {section} has no field {field!r}")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            default = next(f.default for f in dataclasses.fields(_NESTED[("RunConfig", section)])
+                           if f.name == field)
+            if isinstance(default, float) and type(value) is int:
+                value = float(value)
+            # The one optional field (model.max_hidden_channels) is an int or null.
+            expected = (int, type(None)) if default is None else (type(default),)
+            _check(type(value) in expected,
+                   f"override {item!r}: {section}.{field} takes "
+                   f"{' or '.join(t.__name__ for t in expected)}, not {value!r}")
+            raw[section][field] = value
+        return RunConfig.from_dict(raw)
+
 
 _NESTED = {
     ("RunConfig", "data"): DataConfig,

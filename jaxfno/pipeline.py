@@ -1,7 +1,8 @@
 """One run end to end: dataset → training → evaluation → verdict → artifacts on disk.
 
 A run directory holds ``config.json``, ``history.json``, ``metrics.json``, ``stats.json``,
-``verdict.json``, ``checkpoints/{last,best}``, ``recon.npz`` and ``recon.png``. It is bound to
+``verdict.json``, ``checkpoints/{last,best}``, ``recon.npz`` and ``recon.png`` (and
+``branch.json`` for a run continued from another's checkpoint, :func:`branch_run`). It is bound to
 its config: a directory holding a run of another config is never written into (``overwrite``
 wipes it instead); a finished run of the same config is reused, an unfinished one resumed.
 """
@@ -16,11 +17,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxfno.config import RunConfig
+from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
 from jaxfno.io import read_json, write_json, write_npz
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
+from jaxfno.training import checkpoint
 from jaxfno.training.loop import Member, Progress, train_members
 
 ARTIFACTS = ("config.json", "history.json", "metrics.json", "stats.json", "verdict.json")
@@ -161,3 +163,52 @@ def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict, verdict
 
 def run_one(cfg: RunConfig, run_dir: pathlib.Path, dataset: Dataset, **kwargs) -> RunResult:
     return run_members([cfg], [run_dir], dataset, **kwargs)[0]
+
+
+BRANCH_FILE = "branch.json"
+
+
+def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pathlib.Path,
+               dataset: Dataset, *, overwrite: bool = False, **kwargs) -> RunResult:
+    """Continue the run in ``source_dir`` from its ``kind`` checkpoint (``last`` or ``best``) as
+    a new run of ``cfg`` in ``run_dir``: its weights, optimiser state (Adam moments and step
+    count), schedule state and history up to that epoch, then epochs ``epoch + 1 ..`` under
+    ``cfg``. The epochs' batch orders are drawn from (seed, epoch) as in any run, so a branch
+    with an unchanged config replays the source exactly; a changed one isolates what the
+    change does from that point on (e.g. ``train.drop_last``).
+
+    ``cfg`` may change anything that leaves the trained state meaningful: physics, batch
+    handling, seed, epochs, learning rate and schedule, clip threshold. The model, the dataset,
+    the optimiser and the clip algorithm must stay the source's. The source is only read.
+    ``run_dir`` records the branch point in ``branch.json`` and in ``history.json``
+    (``history["branch"]``); it holds ``checkpoints/best`` from the branch point only when that
+    is the source's best (``kind="best"``), else from the first epoch that beats the best
+    val_loss before the branch point. A finished branch of the same point is reused, an
+    interrupted one resumed."""
+    source_dir = pathlib.Path(source_dir).absolute()
+    if pathlib.Path(run_dir).absolute() == source_dir:
+        raise RunDirError(f"{run_dir}: a branch is written to a directory of its own, not its source's")
+    state, meta = checkpoint.restore(source_dir, kind)
+    source = RunConfig.from_dict(meta["config"])
+    epoch = int(meta["epoch"])
+    for name, same in (("model", cfg.model == source.model), ("dataset", cfg.data == source.data),
+                       ("optimizer", cfg.optim.optimizer == source.optim.optimizer),
+                       ("clip algorithm", cfg.optim.grad_clip_algorithm == source.optim.grad_clip_algorithm)):
+        if not same:
+            raise ConfigError(f"a branch keeps the source's {name}; {source_dir} has another")
+    if cfg.train.epochs <= epoch + 1:
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: the branch point is epoch {epoch + 1} "
+                          f"of {source_dir}, so nothing would be trained (raise train.epochs)")
+    record = {"source": str(source_dir), "source_config_hash": meta["config_hash"], "kind": kind,
+              "epoch": epoch}
+    status = prepare_run_dir(run_dir, cfg, overwrite)
+    if status != "new" and (not (run_dir / BRANCH_FILE).exists() or read_json(run_dir / BRANCH_FILE) != record):
+        raise RunDirError(f"{run_dir} holds a run of this config that is not this branch; "
+                          "choose another directory or pass --overwrite")
+    write_json(run_dir / BRANCH_FILE, record)
+    if checkpoint.latest_epoch(run_dir) is None:
+        history = dict(meta["history"], branch=record)
+        branch_meta = dict(meta, config=cfg.to_dict(), config_hash=cfg.config_hash(), history=history)
+        for target in ("last", "best") if kind == "best" else ("last",):
+            checkpoint.save(run_dir, target, epoch, state, branch_meta)
+    return run_one(cfg, run_dir, dataset, **kwargs)

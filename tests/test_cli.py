@@ -51,6 +51,39 @@ def test_inspect_evaluate_reproduces_metrics(cli_run, grid_lines_dataset_path, m
         np.testing.assert_allclose(recomputed[key], stored[key], rtol=1e-5)
 
 
+def test_branch_changes_take_effect_from_the_branch_point(cli_run, grid_lines_dataset_path, tmp_path, capsys):
+    """From the best checkpoint of a 2-epoch run: one more epoch without the short last batch
+    (40 patterns: 16 + 16 steps instead of 16 + 16 + 8) and with a clip threshold that bites."""
+    source = json.loads((cli_run / "history.json").read_text())
+    best = int(np.argmin(source["val_loss"]))
+    out = tmp_path / "branch"
+    code = cli.main(["branch", str(cli_run), "--from", "best", "--out", str(out), "--dataset",
+                     str(grid_lines_dataset_path), "--set", "train.epochs=3", "--set", "train.drop_last=true",
+                     "--set", "optim.grad_clip=1e-4"])
+    assert code == 0
+    assert f"after epoch {best + 1} (best)" in capsys.readouterr().out
+    h = json.loads((out / "history.json").read_text())
+    kept = 3 * (best + 1)  # the source's steps up to its best epoch
+    assert h["step_loss"][:kept] == source["step_loss"][:kept]
+    assert len(h["val_loss"]) == 3 and len(h["step_loss"]) == kept + 2 * (2 - best)
+    post = np.array(h["grad_norm_postclip"])
+    assert (post[kept:] <= 1e-4 * (1 + 1e-5)).all() and (post[:kept] > 1e-4).all()
+    assert json.loads((out / "config.json").read_text())["train"]["drop_last"] is True
+
+
+@pytest.mark.parametrize("override, message", [("train.drop_last=1", "takes bool"),
+                                               ("model.width=8", "keeps the source's model"),
+                                               ("train.epochs=2", "nothing would be trained"),
+                                               ("optim.learning_rate=1", "no field")])
+def test_bad_branch_is_refused_before_training(override, message, cli_run, grid_lines_dataset_path,
+                                               tmp_path, capsys):
+    out = tmp_path / "branch"
+    assert cli.main(["branch", str(cli_run), "--out", str(out), "--set", override,
+                     "--dataset", str(grid_lines_dataset_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lr", "0"], "lr=0.0"),
     (["--lr=-1e-3"], "lr="),

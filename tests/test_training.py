@@ -15,7 +15,7 @@ from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, Train
 from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
 from jaxfno.models.layers import execution_choices
-from jaxfno.pipeline import RunDirError, run_members, run_one, run_stats
+from jaxfno.pipeline import RunDirError, branch_run, prepare_run_dir, run_members, run_one, run_stats
 from jaxfno.report.study import PLOTS, write_report
 from jaxfno.study.runner import RunKey
 from jaxfno.training import checkpoint
@@ -318,6 +318,44 @@ def test_finished_run_is_reused_and_foreign_dir_refused(reference_run, grid_line
         run_one(other, reference_run.run_dir, grid_lines_dataset)
 
 
+# --- branches: a run continued from another's checkpoint ---------------------------------
+
+
+def test_unchanged_branch_continues_like_the_uninterrupted_run(reference_run, grid_lines_dataset, tmp_path):
+    """Branching the 2-epoch reference after its last epoch into 3 epochs gives the 3-epoch run:
+    weights, Adam moments and step count, plateau state and history all carry over."""
+    source_files = {p: p.stat().st_mtime for p in reference_run.run_dir.rglob("*") if p.is_file()}
+    longer = reference_run.config.replace(train=reference_run.config.train.replace(epochs=3))
+    branch = branch_run(reference_run.run_dir, "last", longer, tmp_path / "branch", grid_lines_dataset)
+    uninterrupted = run_one(longer, tmp_path / "uninterrupted", grid_lines_dataset)
+    for key in ("train_loss", "val_loss", "grad_norm", "lr", "val_amp_ssim"):
+        np.testing.assert_allclose(branch.history[key], uninterrupted.history[key], rtol=1e-6)
+    record = {"source": str(reference_run.run_dir.absolute()), "kind": "last", "epoch": 1,
+              "source_config_hash": reference_run.config.config_hash()}
+    assert branch.history["branch"] == record
+    assert json.loads((branch.run_dir / "branch.json").read_text()) == record
+    assert {p: p.stat().st_mtime for p in reference_run.run_dir.rglob("*") if p.is_file()} == source_files
+    again = branch_run(reference_run.run_dir, "last", longer, branch.run_dir, grid_lines_dataset)
+    assert again.history == branch.history  # a finished branch is reused
+
+
+def test_branch_refuses_what_would_not_continue_the_source(reference_run, grid_lines_dataset, tmp_path):
+    cfg = reference_run.config
+    longer = cfg.replace(train=cfg.train.replace(epochs=3))
+    cases = [(cfg.replace(model=cfg.model.replace(width=8)), "model"),
+             (longer.replace(optim=longer.optim.replace(optimizer="sgd")), "optimizer"),
+             (longer.replace(optim=longer.optim.replace(grad_clip_algorithm="value")), "clip algorithm"),
+             (cfg, "nothing would be trained")]
+    for changed, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            branch_run(reference_run.run_dir, "last", changed, tmp_path / "b", grid_lines_dataset)
+    with pytest.raises(RunDirError, match="directory of its own"):
+        branch_run(reference_run.run_dir, "last", longer, reference_run.run_dir, grid_lines_dataset)
+    prepare_run_dir(tmp_path / "plain", longer)  # a (started) run of that config, not a branch
+    with pytest.raises(RunDirError, match="not this branch"):
+        branch_run(reference_run.run_dir, "last", longer, tmp_path / "plain", grid_lines_dataset)
+
+
 # --- divergence and learning --------------------------------------------------------------
 
 
@@ -335,6 +373,7 @@ def test_non_finite_stops_run_with_verdict_and_artifacts(diverged_run):
     assert f"step {step}" in json.dumps(result.verdict["details"])
     assert result.stats["nan"] is True
     assert len(result.history["val_loss"]) == step // result.history["steps_per_epoch"] + 1  # stopped there
+    assert result.history["nonfinite_epoch"] == result.verdict["details"]["non_finite"]["epoch"] == step // 3
     assert (result.run_dir / "recon.png").exists()
 
 

@@ -30,14 +30,15 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
 
     ``history``: ``train_loss`` and ``val_loss`` (one value per epoch), optionally
     ``nonfinite_step`` (first optimiser step with a non-finite loss, gradient or parameter, or
-    None) and ``steps_per_epoch`` (to place that step in an epoch). ``stitched_prediction`` and
+    None), ``nonfinite_epoch`` (its epoch) or else ``steps_per_epoch`` (to place that step in
+    an epoch; histories written before ``nonfinite_epoch`` existed). ``stitched_prediction`` and
     ``ground_truth``: complex 330² arrays; ``floor``: :func:`constant_floor` of that ground
     truth; ``metrics``: :func:`score` of the prediction (computed when not given).
 
     Rules, in order:
 
     - ``non_finite``: ``nonfinite_step`` is set, a recorded loss is non-finite, or the stitched
-      prediction is. Epoch: ``nonfinite_step // steps_per_epoch`` when both are known, else
+      prediction is. Epoch: ``nonfinite_epoch``, else ``nonfinite_step // steps_per_epoch``, else
       the first non-finite loss epoch, else the number of completed epochs (the one in
       progress).
     - ``constant_output``: amp SSIM within 0.02 of the floor's amp SSIM, or std/mean of the
@@ -72,7 +73,9 @@ def collapse_verdict(history: Mapping[str, Any], stitched_prediction, ground_tru
     finite_prediction = bool(np.all(np.isfinite(amplitude)))
     if step is not None or bad_epoch is not None or not finite_prediction:
         per_epoch = history.get("steps_per_epoch")
-        if step is not None and per_epoch:
+        if history.get("nonfinite_epoch") is not None:
+            epochs["non_finite"] = int(history["nonfinite_epoch"])
+        elif step is not None and per_epoch:
             epochs["non_finite"] = int(step) // int(per_epoch)
         else:
             epochs["non_finite"] = bad_epoch if bad_epoch is not None else n_epochs

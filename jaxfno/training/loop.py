@@ -61,7 +61,7 @@ def new_history() -> dict:
         "train_loss": [], "val_loss": [], "lr_epoch": [],
         "lr": [], "step_loss": [], "grad_norm": [], "grad_norm_postclip": [],
         "val_amp_ssim": [], "epoch_seconds": [], "train_seconds": [],
-        "nonfinite_step": None, "steps_per_epoch": None,
+        "nonfinite_step": None, "nonfinite_epoch": None, "steps_per_epoch": None,
         "diagnostics": {"clipped_fraction": [], "blocks": {}},
         # Wall time outside the epochs (seconds, the last process that worked on the run):
         # setup (data to device, init, resume), waiting for checkpoint writes at the end,
@@ -217,9 +217,15 @@ def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
     init = jax.jit(lambda key: engine.init_state(nnx.to_pure_dict(init_params(model_cfg, key)[1])),
                    compiler_options=options)
     state = _stack_states([init(jax.random.key(c.train.seed)) for c in configs])
+    return with_clip_thresholds(jax.device_get(state), configs)
+
+
+def with_clip_thresholds(state: TrainState, configs: Sequence[RunConfig]) -> TrainState:
+    """``state`` (host arrays) with each member's clip threshold from its config: the config,
+    not a checkpoint, decides it (a branch may change it; see ``pipeline.branch_run``)."""
     thresholds = np.array([clip_threshold(c.optim) for c in configs], np.float32)
-    state = state._replace(clip_state=with_hyperparam(state.clip_state, "threshold", thresholds))
-    return jax.device_get(state)
+    return state._replace(clip_state=jax.device_get(
+        with_hyperparam(state.clip_state, "threshold", thresholds)))
 
 
 def init_params(model_cfg: ModelConfig, key: jax.Array):
@@ -290,7 +296,7 @@ def train_members(
                 m.history, m.best_val = meta["history"], meta["best_val"]
                 m.schedule.load(meta["schedule"])
                 restored.append(member_state)
-            template = jax.tree.map(lambda *xs: np.stack(xs), *restored)
+            template = with_clip_thresholds(jax.tree.map(lambda *xs: np.stack(xs), *restored), configs)
             start_epoch = done[0] + 1
     state = jax.block_until_ready(placement.put(engine.step_layout(template)))
     for m in members:
@@ -400,8 +406,9 @@ def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_loss: float, lr
     h["step_loss"] += loss.tolist()
     h["grad_norm"] += pre.tolist()
     h["grad_norm_postclip"] += post.tolist()
-    if not finite.all():
-        h["nonfinite_step"] = epoch * steps + int(np.argmin(finite))
+    if not finite.all():  # a global step index: a branch's epochs may differ in step count
+        h["nonfinite_step"] = len(h["step_loss"]) - steps + int(np.argmin(finite))
+        h["nonfinite_epoch"] = epoch
     ok = finite
     h["train_loss"].append(float(np.sum(loss[ok] * n_valid[ok]) / max(np.sum(n_valid[ok]), 1)))
     h["val_loss"].append(val_loss)
