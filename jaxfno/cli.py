@@ -189,6 +189,39 @@ def cmd_branch(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    import numpy as np
+
+    from jaxfno.report.figures import runs_figure, save_figure
+    from jaxfno.training.loop import epoch_steps
+
+    labels = a.labels or [pathlib.Path(d).name for d in a.runs]
+    if len(labels) != len(a.runs):
+        raise ValueError(f"{len(labels)} labels for {len(a.runs)} runs")
+    histories = {}
+    print(f"| run | epochs | best val_loss (epoch) | final val_loss | max step loss from epoch "
+          f"{a.from_epoch} | max grad norm from epoch {a.from_epoch} | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for label, run_dir in zip(labels, map(pathlib.Path, a.runs)):
+        if not (run_dir / "history.json").exists():
+            raise FileNotFoundError(f"{run_dir}: no history.json (not a run directory)")
+        h = histories[label] = read_json(run_dir / "history.json")
+        if not 1 <= a.from_epoch <= len(h["val_loss"]):
+            raise ValueError(f"--from-epoch {a.from_epoch}: {run_dir} has {len(h['val_loss'])} epochs")
+        first = sum(epoch_steps(h)[: a.from_epoch - 1])
+        val = np.asarray(h["val_loss"], float)
+        verdict_file = run_dir / "verdict.json"
+        verdict = read_json(verdict_file) if verdict_file.exists() else None
+        state = ("unfinished" if verdict is None else
+                 "collapsed: " + ", ".join(verdict["rules"]) if verdict["collapsed"] else "no collapse")
+        print(f"| {label} | {val.size} | {val.min():.4f} ({int(val.argmin()) + 1}) | {val[-1]:.4f} | "
+              f"{max(h['step_loss'][first:]):.4g} | {max(h['grad_norm'][first:]):.4g} | {state} |")
+    if a.out:
+        save_figure(runs_figure(histories, a.from_epoch), pathlib.Path(a.out))
+        print(f"figure: {a.out}")
+    return 0
+
+
 def cmd_stats(a) -> int:
     from jaxfno.pipeline import RunResult
 
@@ -328,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     branch.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
     branch.add_argument("--overwrite", action="store_true")
     branch.set_defaults(func=cmd_branch)
+
+    compare = sub.add_parser("compare", help="runs side by side (e.g. a branch and its source): "
+                                            "a table, and per-step loss and grad norm plots")
+    compare.add_argument("runs", nargs="+", help="run directories")
+    compare.add_argument("--labels", nargs="+", default=None, help="one per run (default: the names)")
+    compare.add_argument("--from-epoch", type=_positive_int, default=1, help="first epoch shown (1-based)")
+    compare.add_argument("--out", default=None, help="PNG file for the figure")
+    compare.set_defaults(func=cmd_compare)
 
     stats = sub.add_parser("stats", help="print a finished run's stats and verdict")
     stats.add_argument("run_dir")

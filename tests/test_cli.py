@@ -68,7 +68,15 @@ def test_branch_changes_take_effect_from_the_branch_point(cli_run, grid_lines_da
     assert len(h["val_loss"]) == 3 and len(h["step_loss"]) == kept + 2 * (2 - best)
     post = np.array(h["grad_norm_postclip"])
     assert (post[kept:] <= 1e-4 * (1 + 1e-5)).all() and (post[:kept] > 1e-4).all()
+    assert h["epoch_steps"] == [3] * (best + 1) + [2] * (2 - best)
     assert json.loads((out / "config.json").read_text())["train"]["drop_last"] is True
+    # Side by side with its source from the branch point on: a table row each, and the figure.
+    assert cli.main(["compare", str(cli_run), str(out), "--labels", "source", "branch",
+                     "--from-epoch", str(best + 1), "--out", str(tmp_path / "compare.png")]) == 0
+    table = capsys.readouterr().out
+    assert f"| branch | 3 | {min(h['val_loss']):.4f}" in table and "| source | 2 |" in table
+    assert f"{max(h['grad_norm'][3 * best:]):.4g}" in table
+    assert (tmp_path / "compare.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("override, message", [("train.drop_last=1", "takes bool"),

@@ -61,7 +61,7 @@ def new_history() -> dict:
         "train_loss": [], "val_loss": [], "lr_epoch": [],
         "lr": [], "step_loss": [], "grad_norm": [], "grad_norm_postclip": [],
         "val_amp_ssim": [], "epoch_seconds": [], "train_seconds": [],
-        "nonfinite_step": None, "nonfinite_epoch": None, "steps_per_epoch": None,
+        "nonfinite_step": None, "nonfinite_epoch": None, "steps_per_epoch": None, "epoch_steps": [],
         "diagnostics": {"clipped_fraction": [], "blocks": {}},
         # Wall time outside the epochs (seconds, the last process that worked on the run):
         # setup (data to device, init, resume), waiting for checkpoint writes at the end,
@@ -391,6 +391,14 @@ def _compile_evaluation(engine: Engine, params, test_x, val_idx, val_mask, probe
     engine.predict.lower(abstract, test_x, infer_idx).compile()
 
 
+def epoch_steps(history: dict) -> list[int]:
+    """The number of steps of each recorded epoch. A branch may change it (``drop_last``,
+    ``batch_size``); a history written before ``epoch_steps`` existed has one count for all."""
+    if "epoch_steps" in history:
+        return list(history["epoch_steps"])
+    return [history["steps_per_epoch"]] * len(history["val_loss"])
+
+
 def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_loss: float, lr: float,
                   diagnostics: dict, stitched: np.ndarray, ground_truth,
                   seconds: tuple[float, float]) -> None:
@@ -401,6 +409,7 @@ def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_loss: float, lr
     finite = logs["finite"][:, k].astype(bool)
     pre = logs["grad_norm"][:, k].astype(np.float64)
     post = logs["grad_norm_postclip"][:, k].astype(np.float64)
+    h["epoch_steps"] = epoch_steps(h) + [steps]
     h["steps_per_epoch"] = steps
     h["lr"] += logs["lr"][:, k].astype(np.float64).tolist()
     h["step_loss"] += loss.tolist()
