@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Reproduces this folder's runs: the full-scale stable_upstream_gain arm (seed 20260128), then
+# four branches from its best checkpoint (epoch 18), then their comparison. On the 2-core CPU:
+# about 47 min for the run and 4.5 min per branch. Usage: reproduce.sh [OUT] (default runs/full_cpu_gain)
+set -euo pipefail
+out=${1:-runs/full_cpu_gain}
+jaxfno study stage-a --scale full --seeds 1 --arms stable_upstream_gain --out "$out"
+src=$out/stable_upstream_gain/seed20260128
+jaxfno branch "$src" --from best --out "$out/branches/replay"
+jaxfno branch "$src" --from best --out "$out/branches/drop_last" --set train.drop_last=true
+jaxfno branch "$src" --from best --out "$out/branches/clip1" --set optim.grad_clip=1.0
+jaxfno branch "$src" --from best --out "$out/branches/lr2.5e-4" --set optim.lr=2.5e-4
+b=$out/branches
+runs=("$src" "$b/replay" "$b/drop_last" "$b/clip1" "$b/lr2.5e-4")
+labels=(source replay drop_last clip1.0 lr2.5e-4)
+jaxfno compare "${runs[@]}" --labels "${labels[@]}" --from-epoch 19 > "$b/compare.md"  # branch epochs only
+jaxfno compare "${runs[@]}" --labels "${labels[@]}" --from-epoch 18 --out "$b/compare.png"
