@@ -190,34 +190,14 @@ def cmd_branch(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    import numpy as np
+    from jaxfno.report.compare import compare_figure, compare_table, load_histories
+    from jaxfno.report.figures import save_figure
 
-    from jaxfno.report.figures import runs_figure, save_figure
-    from jaxfno.training.loop import epoch_steps
-
-    labels = a.labels or [pathlib.Path(d).name for d in a.runs]
-    if len(labels) != len(a.runs):
-        raise ValueError(f"{len(labels)} labels for {len(a.runs)} runs")
-    histories = {}
-    print(f"| run | epochs | best val_loss (epoch) | final val_loss | max step loss from epoch "
-          f"{a.from_epoch} | max grad norm from epoch {a.from_epoch} | verdict |")
-    print("|---|---|---|---|---|---|---|")
-    for label, run_dir in zip(labels, map(pathlib.Path, a.runs)):
-        if not (run_dir / "history.json").exists():
-            raise FileNotFoundError(f"{run_dir}: no history.json (not a run directory)")
-        h = histories[label] = read_json(run_dir / "history.json")
-        if not 1 <= a.from_epoch <= len(h["val_loss"]):
-            raise ValueError(f"--from-epoch {a.from_epoch}: {run_dir} has {len(h['val_loss'])} epochs")
-        first = sum(epoch_steps(h)[: a.from_epoch - 1])
-        val = np.asarray(h["val_loss"], float)
-        verdict_file = run_dir / "verdict.json"
-        verdict = read_json(verdict_file) if verdict_file.exists() else None
-        state = ("unfinished" if verdict is None else
-                 "collapsed: " + ", ".join(verdict["rules"]) if verdict["collapsed"] else "no collapse")
-        print(f"| {label} | {val.size} | {val.min():.4f} ({int(val.argmin()) + 1}) | {val[-1]:.4f} | "
-              f"{max(h['step_loss'][first:]):.4g} | {max(h['grad_norm'][first:]):.4g} | {state} |")
+    run_dirs = [pathlib.Path(d) for d in a.runs]
+    histories = load_histories(run_dirs, a.labels or [d.name for d in run_dirs])
+    print(compare_table(run_dirs, histories, a.from_epoch), end="")
     if a.out:
-        save_figure(runs_figure(histories, a.from_epoch), pathlib.Path(a.out))
+        save_figure(compare_figure(histories, a.from_epoch), pathlib.Path(a.out))
         print(f"figure: {a.out}")
     return 0
 

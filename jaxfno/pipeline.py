@@ -196,6 +196,10 @@ def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pat
                        ("clip algorithm", cfg.optim.grad_clip_algorithm == source.optim.grad_clip_algorithm)):
         if not same:
             raise ConfigError(f"a branch keeps the source's {name}; {source_dir} has another")
+    if meta["history"]["nonfinite_step"] is not None:
+        raise ConfigError(f"{source_dir}'s {kind} checkpoint comes after its non-finite step "
+                          f"{meta['history']['nonfinite_step']}: a branch from it would not train "
+                          "(branch from an earlier checkpoint, e.g. best)")
     if cfg.train.epochs <= epoch + 1:
         raise ConfigError(f"train.epochs={cfg.train.epochs}: the branch point is epoch {epoch + 1} "
                           f"of {source_dir}, so nothing would be trained (raise train.epochs)")

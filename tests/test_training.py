@@ -339,7 +339,11 @@ def test_unchanged_branch_continues_like_the_uninterrupted_run(reference_run, gr
     assert again.history == branch.history  # a finished branch is reused
 
 
-def test_branch_refuses_what_would_not_continue_the_source(reference_run, grid_lines_dataset, tmp_path):
+def test_branch_refuses_what_would_not_continue_the_source(reference_run, diverged_run, grid_lines_dataset,
+                                                           tmp_path):
+    after_divergence = diverged_run.config.replace(train=diverged_run.config.train.replace(epochs=5))
+    with pytest.raises(ConfigError, match="after its non-finite step"):
+        branch_run(diverged_run.run_dir, "last", after_divergence, tmp_path / "d", grid_lines_dataset)
     cfg = reference_run.config
     longer = cfg.replace(train=cfg.train.replace(epochs=3))
     cases = [(cfg.replace(model=cfg.model.replace(width=8)), "model"),

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxfno.io import atomic_path  # noqa: E402
-from jaxfno.training.loop import epoch_steps  # noqa: E402
 
 
 def format_value(value: float | None, digits: int = 4) -> str:
@@ -41,31 +40,3 @@ def reconstruction_figure(prediction: np.ndarray, ground_truth: np.ndarray, titl
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
-
-
-def runs_figure(histories: dict[str, dict], from_epoch: int = 1):
-    """Runs side by side from epoch ``from_epoch`` (1-based) on: per-step training loss and
-    pre-clip gradient norm, and per-epoch val_loss, against the global step (a branch and its
-    source line up: their histories share the steps before the branch point). Dotted
-    vertical lines mark the epochs of the first run."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for label, h in histories.items():
-        per_epoch = epoch_steps(h)  # a branch's epochs may differ in step count
-        first = int(sum(per_epoch[: from_epoch - 1]))
-        steps = np.arange(first, len(h["step_loss"]))
-        axes[0].plot(steps + 1, h["step_loss"][first:], lw=0.8, label=label)
-        axes[1].plot(steps + 1, h["grad_norm"][first:], lw=0.8, label=label)
-        ends = np.cumsum(per_epoch)[from_epoch - 1:]
-        axes[2].plot(ends, h["val_loss"][from_epoch - 1:], "o-", ms=3, lw=1, label=label)
-    longest = max(histories.values(), key=lambda h: len(h["val_loss"]))
-    for ax, name in zip(axes, ("training loss per step", "grad norm per step (pre-clip)",
-                               "val_loss at each epoch's end")):
-        for end in np.cumsum(epoch_steps(longest))[from_epoch - 1:]:
-            ax.axvline(end, color="0.7", lw=0.5, ls=":")
-        ax.set_yscale("log")
-        ax.set_xlabel("global step")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return fig
-
