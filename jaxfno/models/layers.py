@@ -86,10 +86,11 @@ _conv3x3_taps.defvjp(_conv3x3_taps_fwd, _conv3x3_taps_bwd)
 
 def spectral_mixing() -> str:
     """How :class:`SpectralConv2d` applies its per-mode complex matrices. ``complex``: one
-    complex einsum. ``real``: four real matmuls batched over the modes, modes-major. On the
+    complex einsum. ``real``: two real matmuls batched over the modes, modes-major
+    (:func:`_mix_stacked`). On the
     2-core CPU XLA's complex matmul is slow: forward + backward of the 8×8×256 bottleneck-level
-    mixing (40 modes) 39.5 ms complex against 16.9 ms real, 12×9 modes at 128 channels 22.3
-    against 12.9 ms. ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex``
+    mixing (40 modes) 39.5 ms complex against 16.9 ms real (then four matmuls), 12×9 modes
+    at 128 channels 22.3 against 12.9 ms. ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex``
     elsewhere (one GPU kernel instead of four)."""
     return env_choice("JAXFNO_SPECTRAL_MIX", SPECTRAL_MIXINGS,
                    "real" if jax.default_backend() == "cpu" else "complex")
@@ -99,7 +100,7 @@ def spectral_transform() -> str:
     """How :class:`SpectralConv2d` goes to its kept Fourier modes and back. ``fft``: rfft2 of
     the whole map, the kept block cut out, zero-padded back, irfft2. ``dft``: the kept modes
     only, as matmuls with their cosine and sine tables (separable: along W, then H; and back),
-    mixed by four real matmuls whatever :func:`spectral_mixing` says. Measured forward +
+    mixed by :func:`_mix_stacked` whatever :func:`spectral_mixing` says. Measured forward +
     backward on the 2-core CPU, batch 16: 64×64×32 with 12×12 modes 30.5 ms fft against 13.5
     ms dft, 8×8×256 with 6×5 modes 16.4 against 12.8 ms, equal (±2 ms) at the levels between;
     the two agree to 3e-7 relative. Stacking the cosine and sine tables (two matmuls per
@@ -135,13 +136,18 @@ def execution_choices() -> dict:
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
-def _mix_parts(x_re, x_im, weight_re, weight_im) -> tuple[jax.Array, jax.Array]:
-    """Real and imaginary parts of ``Σ_i x[x, y, b, i] · w[x, y, i, o]``, modes-major."""
-    def matmul(a, b):
-        return jnp.einsum("xybi,xyio->xybo", a, b)
-
-    return (matmul(x_re, weight_re) - matmul(x_im, weight_im),
-            matmul(x_re, weight_im) + matmul(x_im, weight_re))
+def _mix_stacked(x: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Real and imaginary parts of ``Σ_i x[x, y, b, i] · w[x, y, i, o]``, modes-major, from the
+    input's real and imaginary parts stacked on the batch axis (``x``: (x, y, 2·B, i), real
+    parts first). Two matmuls that read each weight part once, where the four products
+    (re, im) × (re, im) read each part twice: the mixing is bound by reading the weights and
+    writing their gradients (M = batch), and forward + backward of the five Fourier layers'
+    mixing on the 2-core CPU took 14.5 ms against 40.6 ms."""
+    batch = x.shape[2] // 2
+    by_re = jnp.einsum("xybi,xyio->xybo", x, weight_re)  # [x_re·w_re; x_im·w_re]
+    by_im = jnp.einsum("xybi,xyio->xybo", x, weight_im)  # [x_re·w_im; x_im·w_im]
+    return (by_re[:, :, :batch] - by_im[:, :, batch:],
+            by_im[:, :, :batch] + by_re[:, :, batch:])
 
 
 def mix_modes(x_ft: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> jax.Array:
@@ -149,8 +155,8 @@ def mix_modes(x_ft: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> ja
     (computed as :func:`spectral_mixing` chooses)."""
     if spectral_mixing() == "complex":
         return jnp.einsum("bxyi,xyio->bxyo", x_ft, jax.lax.complex(weight_re, weight_im))
-    x_re, x_im = (jnp.transpose(part, (1, 2, 0, 3)) for part in (x_ft.real, x_ft.imag))
-    y = jax.lax.complex(*_mix_parts(x_re, x_im, weight_re, weight_im))
+    stacked = jnp.transpose(jnp.concatenate([x_ft.real, x_ft.imag]), (1, 2, 0, 3))
+    y = jax.lax.complex(*_mix_stacked(stacked, weight_re, weight_im))
     return jnp.transpose(y, (2, 0, 1, 3))
 
 
@@ -164,17 +170,18 @@ def _einsum(spec: str, *operands) -> jax.Array:
     return jnp.einsum(spec, *operands, precision=jax.lax.Precision.HIGHEST)
 
 
-def _forward_dft(x: jax.Array, rows: list[int], cols: int) -> tuple[jax.Array, jax.Array]:
-    """Real and imaginary parts of ``rfft2(x)[:, rows, :cols]``, modes-major (row, col, b, c):
-    one matmul along W with the stacked cosine and sine tables, one along H that contracts the
-    (cosine, sine) parts too."""
+def _forward_dft(x: jax.Array, rows: list[int], cols: int) -> jax.Array:
+    """``rfft2(x)[:, rows, :cols]`` modes-major, its real and imaginary parts stacked on the
+    batch axis as :func:`_mix_stacked` reads them: (row, col, 2·b, c). One matmul along W with
+    the stacked cosine and sine tables, one along H that contracts the (cosine, sine) parts
+    too."""
     _, height, width, _ = x.shape
     cos_w, sin_w = _dft_tables(width, list(range(cols)))
     cos_h, sin_h = _dft_tables(height, rows)
     parts = _einsum("bhwc,pkw->hpkbc", x, np.stack([cos_w, sin_w]))  # Σ_w x·e^(−iφ) = a − i·s
     table = np.stack([np.stack([cos_h, -sin_h]), np.stack([-sin_h, -cos_h])])  # (re|im, a|s, row, h)
-    spectrum = _einsum("hpkbc,qprh->qrkbc", parts, table)
-    return spectrum[0], spectrum[1]
+    spectrum = _einsum("hpkbc,qprh->rkqbc", parts, table)
+    return spectrum.reshape(len(rows), cols, -1, x.shape[-1])
 
 
 def _inverse_dft(y_re: jax.Array, y_im: jax.Array, rows: list[int], height: int,
@@ -281,8 +288,8 @@ class SpectralConv2d(nnx.Module):
         w_re, w_im = (jnp.concatenate([w[:rows, :cols], w[w.shape[0] - tail:, :cols]])
                       for w in (self.weight_re[...], self.weight_im[...]))
         if spectral_transform() == "dft":
-            x_re, x_im = _forward_dft(x, freq_rows, cols)
-            return _inverse_dft(*_mix_parts(x_re, x_im, w_re, w_im), freq_rows, height, width)
+            spectrum = _forward_dft(x, freq_rows, cols)
+            return _inverse_dft(*_mix_stacked(spectrum, w_re, w_im), freq_rows, height, width)
         x_ft = jnp.fft.rfft2(x, axes=(1, 2))[:, :, :cols]
         y = mix_modes(jnp.concatenate([x_ft[:, :rows], x_ft[:, height - tail:]], axis=1), w_re, w_im)
         gap = jnp.zeros((y.shape[0], height - rows - tail) + y.shape[2:], y.dtype)
