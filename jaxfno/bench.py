@@ -3,7 +3,8 @@ and returned as JSON-ready dicts. Never used as timed unit tests.
 
 * ``step``: one training step of the real engine (vmapped over one member, jit-compiled; compile
   timed separately) against a PyTorch eager twin of the same step (same weights, same batch,
-  same physics loss, Adam), with the ratio and both first-step losses (same numerics).
+  same physics loss, Adam), with the ratio and both first-step losses (same numerics). The two
+  run in alternating blocks of consecutive steps (:func:`_alternating_blocks`).
 * ``data``: building the 1+1-image dataset and one full evaluation (predict 1089 patches at
   the inference batch, stitch, score).
 * ``model``: generator forward and forward+backward.
@@ -45,19 +46,31 @@ from jaxfno.training.loop import build_engine, initial_state, init_params, seque
 NOMINAL_FP32_PEAK = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int,
-                 settle_s: float = 0.0) -> dict[str, tuple[float, list[float]]]:
-    """(median seconds, all seconds) of each function, timed in turn within every repeat, so
-    that a load change on the machine affects all of them alike. ``settle_s``: an untimed pause
-    before each call, so that the previous one's worker threads have gone idle."""
+STEPS_PER_BLOCK = 6
+
+
+def _alternating_blocks(fns: dict[str, Callable[[], object]], rounds: int,
+                        block: int = STEPS_PER_BLOCK) -> dict[str, tuple[float, list[float], list[float]]]:
+    """(median seconds, all seconds, per-round medians) of each function. Every round runs each
+    function in turn for one untimed call and then ``block`` timed calls back to back, so each
+    is measured in the steady state of consecutive training steps, and a load change on the
+    machine over the run affects all of them alike. Measured on the 2-core CPU: single steps
+    taken in turn with PyTorch's (each after a 0.5 s pause) took JAX 0.44–0.47 s against
+    0.30 s back to back, and the pauses took PyTorch from 0.37 to 0.50 s; after a switch the
+    first one or two JAX steps are slower still (0.31–0.34 s against 0.24 s)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    round_medians: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
         for name, fn in fns.items():
-            time.sleep(settle_s)
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(ts), ts) for name, ts in times.items()}
+            block_times = []
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                block_times.append(time.perf_counter() - start)
+            times[name] += block_times
+            round_medians[name].append(statistics.median(block_times))
+    return {name: (statistics.median(times[name]), times[name], round_medians[name]) for name in fns}
 
 
 def device_name() -> str:
@@ -160,21 +173,18 @@ def bench_step(dataset: Dataset, model: ModelConfig = ModelConfig(), batch: int 
         x_t = torch.from_numpy(x_np).to(device)
         result["torch_first_loss"] = step(x_t)
         steps["torch"] = lambda: step(x_t)
-    # Side by side, with a pause before each step: PyTorch's OpenMP threads spin on after its
-    # step and took the 2-core CPU from the next JAX step (JAX 0.58–0.64 s against 0.54 s
-    # alone or after a pause; PyTorch unchanged at 0.68 s), and OMP_WAIT_POLICY=PASSIVE slowed
-    # PyTorch itself (0.97 s).
-    settle_s = result["settle_s"] = 0.5 if result.get("torch_device") == "cpu" else 0.0
-    for name, (median, times) in _interleaved(steps, repeats, settle_s).items():
+    result["steps_per_block"] = STEPS_PER_BLOCK
+    for name, (median, times, round_medians) in _alternating_blocks(steps, repeats).items():
         result[f"{name}_step_s"], result[f"{name}_step_all_s"] = median, times
+        result[f"{name}_round_median_s"] = round_medians
     result["jax_compile_s"] = result["jax_first_call_s"] - result["jax_step_s"]
     _throughput(result, _flops(engine, state, train_x, idx, mask), result["jax_step_s"])
     if torch_model is not None:
         result["speedup_vs_torch"] = result["torch_step_s"] / result["jax_step_s"]
-        # Each repeat's two steps ran back to back: the median of their ratios is robust to
+        # Each round's two blocks ran back to back: the median of their ratios is robust to
         # the machine's speed drifting over the run, which moves both medians.
         result["speedup_paired_median"] = statistics.median(
-            t / j for t, j in zip(result["torch_step_all_s"], result["jax_step_all_s"]))
+            t / j for t, j in zip(result["torch_round_median_s"], result["jax_round_median_s"]))
         result["first_loss_rel_diff"] = abs(result["jax_first_loss"] - result["torch_first_loss"]) / abs(
             result["torch_first_loss"])
     return result

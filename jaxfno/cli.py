@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=_positive_int, default=16,
                        help="training batch ('data': the evaluation keeps the inference batch, 8)")
     bench.add_argument("--repeats", type=_positive_int, default=5,
-                       help="timed repeats; for 'profile' the traced steps, for 'loop' the timed epochs; "
+                       help="timed repeats; for 'step' the rounds (each framework's 6 consecutive steps in "
+                            "turn), for 'profile' the traced steps, for 'loop' the timed epochs; "
                             "'compile' times one cold and one cached process")
     bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager twin")
     bench.add_argument("--json-out", default=None, help="also write the result as JSON here")
