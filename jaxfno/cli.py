@@ -63,11 +63,35 @@ def cmd_data_show(a) -> int:
 
 def load_or_build_dataset(data_cfg: DataConfig, dataset_dir: str | None):
     from jaxfno.data import build_dataset, ensure_dataset, load_dataset
+    from jaxfno.processes import primary_first
 
-    if dataset_dir is None:
-        return ensure_dataset(data_cfg, cache_root() / "datasets")
-    build_dataset(data_cfg, pathlib.Path(dataset_dir))
-    return load_dataset(pathlib.Path(dataset_dir), expected=data_cfg)
+    def load_or_build():
+        if dataset_dir is None:
+            return ensure_dataset(data_cfg, cache_root() / "datasets")
+        build_dataset(data_cfg, pathlib.Path(dataset_dir))
+        return load_dataset(pathlib.Path(dataset_dir), expected=data_cfg)
+
+    return primary_first(load_or_build)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _add_process_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process job (all three, in every process; see README)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=_positive_int)
+    g.add_argument("--process-id", type=int)
+
+
+def _join_processes(a) -> None:
+    given = [a.coordinator is not None, a.num_processes is not None, a.process_id is not None]
+    if any(given) and not all(given):
+        raise ConfigError("--coordinator, --num-processes and --process-id go together")
+    if all(given):
+        from jaxfno.processes import initialize_processes
+
+        initialize_processes(a.coordinator, a.num_processes, a.process_id)
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -151,6 +175,7 @@ def run_config_from_args(a) -> RunConfig:
 
 def cmd_train(a) -> int:
     cfg = run_config_from_args(a)  # validated before anything is compiled
+    _join_processes(a)
     enable_compilation_cache()
     from jaxfno.pipeline import run_one
 
@@ -214,6 +239,7 @@ def cmd_stats(a) -> int:
 
 
 def cmd_study_stage_a(a) -> int:
+    _join_processes(a)
     enable_compilation_cache()
     from jaxfno.report.study import summary_markdown, write_report
     from jaxfno.study import stage_a
@@ -326,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     _add_model_args(train)
     _add_train_args(train)
+    _add_process_args(train)
     train.set_defaults(func=cmd_train)
 
     branch = sub.add_parser("branch", help="continue a run from one of its checkpoints, "
@@ -362,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.add_argument("--arms", nargs="+", default=None, help="arm names (default: all)")
     stage_a.add_argument("--out", required=True)
     _add_data_args(stage_a)  # the dataset every arm trains on (e.g. --probe gaussian)
+    _add_process_args(stage_a)
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")

@@ -21,6 +21,7 @@ from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
 from jaxfno.io import read_json, write_json, write_npz
+from jaxfno.processes import primary_first
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
 from jaxfno.training import checkpoint
 from jaxfno.training.loop import Member, Progress, train_members
@@ -94,7 +95,7 @@ def run_members(
 ) -> list[RunResult]:
     """Train, evaluate and write K runs that share one compiled program."""
     run_dirs = [pathlib.Path(d) for d in run_dirs]
-    status = [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)]
+    status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
     if todo:
         program = train_members(

@@ -98,6 +98,8 @@ def test_bad_branch_is_refused_before_training(override, message, cli_run, grid_
     (["--grad-clip=-1"], "grad_clip"),
     (["--scheduler", "warmup_cosine", "--warmup-epochs", "5", "--epochs", "5"], "warmup_epochs"),
     (["--nphotons", "0"], "nphotons"),
+    (["--coordinator", "localhost:1"], "go together"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"], "process id 2"),
     (["--nimgs-train", "0"], "nimgs_train"),
 ])
 def test_bad_training_input_fails_before_compiling(args, message, tmp_path, capsys):

@@ -1,9 +1,12 @@
-"""The member axis sharded over 4 forced CPU devices gives the histories of the unsharded run.
-Both sides train only (``train_members``): the final prediction and run artifacts do not depend
-on the placement and cost this test a third of its time."""
+"""The member axis sharded over 4 forced CPU devices, in one process or in two processes of 2
+devices each (``jax.distributed``), gives the histories of the unsharded run. The one-process
+side trains only (``train_members``): the final prediction and run artifacts do not depend on
+the placement and cost this test a third of its time. The two-process side runs the whole
+pipeline into shared run directories, as the CLI does."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +33,34 @@ SHARDED_RUN = textwrap.dedent("""
 """)
 
 
+# One of two processes with 2 CPU devices each: the members spread over all 4 devices, and the
+# pipeline (run directories bound by process 0 first, artifacts) writes into shared directories.
+PROCESS_RUN = textwrap.dedent("""
+    import json, pathlib, sys
+    from jaxfno.processes import initialize_processes
+
+    dataset_dir, out, configs, coordinator, process_id = sys.argv[1:6]
+    initialize_processes(coordinator, 2, int(process_id))
+    import jax
+    from jaxfno.config import RunConfig
+    from jaxfno.data import load_dataset
+    from jaxfno.pipeline import run_members
+    from jaxfno.training.loop import MemberPlacement
+
+    configs = [RunConfig.from_dict(c) for c in json.loads(configs)]
+    assert (jax.device_count(), jax.local_device_count()) == (4, 2)
+    assert MemberPlacement.for_members(4).spans_processes
+    results = run_members(configs, [pathlib.Path(out) / str(k) for k in range(4)], load_dataset(dataset_dir))
+    print(json.dumps([{k: r.history[k] for k in ("train_loss", "val_loss")} for r in results]))
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_path, tmp_path):
     configs = [
         RunConfig(model=ModelConfig(arch="stable_hybrid", width=4, blocks=2, modes=4),
@@ -38,15 +69,28 @@ def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_
     ]
     unsharded = train_members(configs, [tmp_path / f"u{s}" for s in SEEDS], grid_lines_dataset,
                               member_axis="unroll").members
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED_RUN, str(grid_lines_dataset_path), str(tmp_path / "sharded"),
-         json.dumps([c.to_dict() for c in configs])],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded = json.loads(proc.stdout.strip().splitlines()[-1])
-    for alone, spread in zip(unsharded, sharded):
-        for key in ("train_loss", "val_loss"):
-            np.testing.assert_allclose(spread[key], alone.history[key], rtol=1e-5)
+    args = [str(grid_lines_dataset_path), str(tmp_path / "sharded"), json.dumps([c.to_dict() for c in configs])]
+    one = subprocess.Popen(
+        [sys.executable, "-c", SHARDED_RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
+    one_out, one_err = one.communicate(timeout=600)
+    assert one.returncode == 0, one_err[-3000:]
+
+    coordinator = f"localhost:{_free_port()}"
+    two_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    two = [subprocess.Popen([sys.executable, "-c", PROCESS_RUN, str(grid_lines_dataset_path),
+                             str(tmp_path / "processes"), args[2], coordinator, str(i)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=two_env)
+           for i in range(2)]
+    two_outputs = [p.communicate(timeout=600) for p in two]
+    for p, (_, err) in zip(two, two_outputs):
+        assert p.returncode == 0, err[-3000:]
+
+    spreads = [json.loads(one_out.strip().splitlines()[-1])]
+    spreads += [json.loads(out.strip().splitlines()[-1]) for out, _ in two_outputs]
+    for spread in spreads:
+        for alone, member in zip(unsharded, spread):
+            for key in ("train_loss", "val_loss"):
+                np.testing.assert_allclose(member[key], alone.history[key], rtol=1e-5)
+    for k in range(4):  # finished runs in the shared directories
+        assert (tmp_path / "processes" / str(k) / "verdict.json").exists()

@@ -110,7 +110,7 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert checkpoint.latest_epoch(result.run_dir, "best") == int(np.argmin(h["val_loss"]))
     assert result.stats["best_val_loss"] == min(h["val_loss"])
     assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                              "member_axis": default_member_axis(), "update": "reachable",
+                              "processes": 1, "member_axis": default_member_axis(), "update": "reachable",
                               **execution_choices()}
     # Where the wall time went, beyond the epochs' own seconds.
     assert set(h["timing"]) == {"setup_seconds", "bookkeeping_seconds", "checkpoint_wait_seconds",

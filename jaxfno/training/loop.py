@@ -159,18 +159,24 @@ class Program:
     members: list[Member]
     test_x: jax.Array
     infer_idx: np.ndarray
+    placement: MemberPlacement
 
     def predict(self) -> np.ndarray:
         """Stitched prediction of the first test image, one per member."""
-        return np.asarray(self.engine.predict(self.state.params, self.test_x, self.infer_idx))
+        return self.placement.fetch(self.engine.predict(self.state.params, self.test_x, self.infer_idx))
 
 
 @dataclasses.dataclass(frozen=True)
 class MemberPlacement:
-    """Where member-stacked arrays live: with several devices (GPUs, hosts after
-    ``jax.distributed.initialize``, or forced CPU devices) and K divisible by their number, the
-    member axis is sharded over a 1-D mesh and each device runs its own members
-    (``jax.shard_map``); otherwise everything stays on the default device."""
+    """Where member-stacked arrays live: with several devices (GPUs, forced CPU devices, or
+    every process's devices after :func:`jaxfno.processes.initialize_processes`) and K
+    divisible by their number, the member axis is sharded over a 1-D mesh and each device runs
+    its own members (``jax.shard_map``); otherwise everything stays on the default device.
+
+    With several processes, each one runs the same training loop on the same host data:
+    :meth:`put` places it on the global mesh, each process computes its own devices' members,
+    and :meth:`fetch` gathers every member to every process. So every process writes the same
+    artifacts (atomically; they differ only in measured times)."""
 
     mesh: jax.sharding.Mesh | None
 
@@ -181,12 +187,27 @@ class MemberPlacement:
             return cls(jax.sharding.Mesh(np.array(devices), ("members",)))
         return cls(None)
 
+    @property
+    def spans_processes(self) -> bool:
+        """Whether this process holds only part of each member-stacked array (the same answer
+        in every process)."""
+        return self.mesh is not None and jax.process_count() > 1
+
     def put(self, tree):
         """``tree`` on the device(s), member axis sharded where there is a mesh."""
         if self.mesh is None:
             return jax.device_put(tree)
         sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("members"))
         return jax.device_put(tree, sharding)
+
+    def fetch(self, tree):
+        """``tree`` (device arrays, member axis first where stacked) as host arrays, all
+        members; across processes a collective, so every process must call it."""
+        if self.spans_processes:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(tree, tiled=True)
+        return jax.device_get(tree)
 
 
 def build_engine(cfg: RunConfig, dataset: Dataset, graphdef, rest, member_axis: str | None = None,
@@ -302,6 +323,7 @@ def train_members(
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+                                  "processes": jax.process_count(),
                                   "member_axis": engine.member_axis, "update": engine.update_scope,
                                   **execution_choices()}
 
@@ -329,23 +351,24 @@ def train_members(
                 state, step_logs = engine.train_step(state, train_x, placement.put(idx[s]),
                                                      placement.put(mask[s]))
                 logs.append(step_logs)
-                if progress.enabled and s % 10 == 0:
+                # Reading a member's loss off the device: not where processes hold only their own.
+                if progress.enabled and not placement.spans_processes and s % 10 == 0:
                     progress.update(
                         f"epoch {epoch + 1}/{epochs} step {s + 1}/{idx.shape[0]} "
                         f"loss {float(step_logs['loss'][0]):.4f} grad {float(step_logs['grad_norm'][0]):.3g} "
                         f"lr {float(step_logs['lr'][0]):.3g}"
                     )
-            logs = jax.device_get(_stack(logs))  # (steps, K) per field: one transfer each
+            logs = placement.fetch(_stack(logs))  # (steps, K) per field: one transfer each
             train_seconds = time.perf_counter() - t0
             evaluation_compiled.result()  # re-raises a compilation error
             val_loss, stitched = engine.evaluate(state.params, test_x, val_idx, val_mask)
-            diagnostics = jax.device_get(engine.diagnostics(state.params, probe_x))
-            val_loss, stitched = np.asarray(val_loss), np.asarray(stitched)
+            diagnostics = placement.fetch(engine.diagnostics(state.params, probe_x))
+            val_loss, stitched = placement.fetch((val_loss, stitched))
             seconds = time.perf_counter() - t0
 
             bookkeeping_start = time.perf_counter()
             # One transfer; each member's checkpoint is a view of the whole-array snapshot.
-            host_state = engine.checkpoint_layout(template, jax.device_get(state))
+            host_state = engine.checkpoint_layout(template, placement.fetch(state))
             for k, m in enumerate(members):
                 if m.stopped:
                     continue
@@ -373,7 +396,7 @@ def train_members(
     for m in members:
         m.history["timing"]["checkpoint_wait_seconds"] = time.perf_counter() - wait_start
     progress.close()
-    return Program(engine, state, members, test_x, infer_idx)
+    return Program(engine, state, members, test_x, infer_idx, placement)
 
 
 def _compile_evaluation(engine: Engine, params, test_x, val_idx, val_mask, probe_x, infer_idx) -> None:
