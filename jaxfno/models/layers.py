@@ -87,11 +87,11 @@ _conv3x3_taps.defvjp(_conv3x3_taps_fwd, _conv3x3_taps_bwd)
 def spectral_mixing() -> str:
     """How :class:`SpectralConv2d` applies its per-mode complex matrices. ``complex``: one
     complex einsum. ``real``: two real matmuls batched over the modes, modes-major
-    (:func:`_mix_stacked`). On the
-    2-core CPU XLA's complex matmul is slow: forward + backward of the 8×8×256 bottleneck-level
-    mixing (40 modes) 39.5 ms complex against 16.9 ms real (then four matmuls), 12×9 modes
-    at 128 channels 22.3 against 12.9 ms. ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex``
-    elsewhere (one GPU kernel instead of four)."""
+    (:func:`_mix_stacked`). On the 2-core CPU XLA's complex matmul is slow: forward + backward
+    of the 8×8×256 bottleneck-level mixing (40 modes) took 39.5 ms complex against 16.9 ms
+    real (then as four matmuls), 12×9 modes at 128 channels 22.3 against 12.9 ms.
+    ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex`` elsewhere (one
+    GPU kernel instead of two)."""
     return env_choice("JAXFNO_SPECTRAL_MIX", SPECTRAL_MIXINGS,
                    "real" if jax.default_backend() == "cpu" else "complex")
 
