@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces this folder's runs: the full-scale stable_upstream_gain arm (seed 20260128), then
-# four branches from its best checkpoint (epoch 18), their comparison, and the control arm. On the 2-core CPU:
+# four branches from its best checkpoint (epoch 18), their comparison, a second seed (20260129)
+# and the control arm. On the 2-core CPU:
 # about 47 min for the run and 4.5 min per branch. Usage: reproduce.sh [OUT] (default runs/full_cpu_gain)
 set -euo pipefail
 out=${1:-runs/full_cpu_gain}
@@ -15,6 +16,10 @@ runs=("$src" "$b/replay" "$b/drop_last" "$b/clip1" "$b/lr2.5e-4")
 labels=(source replay drop_last clip1.0 lr2.5e-4)
 jaxfno compare "${runs[@]}" --labels "${labels[@]}" --from-epoch 19 > "$b/compare.md"  # branch epochs only
 jaxfno compare "${runs[@]}" --labels "${labels[@]}" --from-epoch 18 --out "$b/compare.png"
+# A second seed of the arm (about 45 min): the finished seed 20260128 is reused, 20260129 trained.
+jaxfno study stage-a --scale full --seeds 2 --arms stable_upstream_gain --out "$out"
+jaxfno compare "$src" "$out/stable_upstream_gain/seed20260129" --labels seed20260128 seed20260129 \
+  --out "$out/seeds_compare.png" > "$out/seeds_compare.md"
 # The control: the same seed with the gain off (about 50 min).
 jaxfno study stage-a --scale full --seeds 1 --arms stable --out "$out-stable"
 jaxfno compare "$src" "$out-stable/stable/seed20260128" --labels stable_upstream_gain stable \
