@@ -315,8 +315,9 @@ def test_conv3x3_implementations_agree(members, monkeypatch):
 
 @pytest.mark.parametrize("variant", ["upstream", "symmetric"])
 def test_spectral_mixings_agree(variant, monkeypatch):
-    """The ``real`` mode mixing (two real matmuls, each weight part read once) computes the same layer, values and
-    gradients, as the ``complex`` einsum, on a map small enough to cap the modes."""
+    """The ``real`` mode mixing (two real matmuls, each weight part read once) computes the
+    same layer, values and gradients, as the ``complex`` einsum, on a map small enough to cap
+    the modes."""
     from jaxfno.models.layers import SpectralConv2d
 
     graphdef, params = nnx.split(SpectralConv2d(4, 5, 6, variant, rngs=nnx.Rngs(0)))

@@ -70,24 +70,27 @@ def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_
     unsharded = train_members(configs, [tmp_path / f"u{s}" for s in SEEDS], grid_lines_dataset,
                               member_axis="unroll").members
     args = [str(grid_lines_dataset_path), str(tmp_path / "sharded"), json.dumps([c.to_dict() for c in configs])]
-    one = subprocess.Popen(
-        [sys.executable, "-c", SHARDED_RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    one = subprocess.run(
+        [sys.executable, "-c", SHARDED_RUN, *args], capture_output=True, text=True, timeout=600,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})
-    one_out, one_err = one.communicate(timeout=600)
-    assert one.returncode == 0, one_err[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
 
+    # Each process writes to files, not pipes: a process blocked on a full pipe would stall the
+    # other in their next collective.
     coordinator = f"localhost:{_free_port()}"
     two_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    two = [subprocess.Popen([sys.executable, "-c", PROCESS_RUN, str(grid_lines_dataset_path),
-                             str(tmp_path / "processes"), args[2], coordinator, str(i)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=two_env)
-           for i in range(2)]
-    two_outputs = [p.communicate(timeout=600) for p in two]
-    for p, (_, err) in zip(two, two_outputs):
-        assert p.returncode == 0, err[-3000:]
+    logs = [(tmp_path / f"process{i}.out", tmp_path / f"process{i}.err") for i in range(2)]
+    two = []
+    for i, (out, err) in enumerate(logs):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            two.append(subprocess.Popen([sys.executable, "-c", PROCESS_RUN, str(grid_lines_dataset_path),
+                                         str(tmp_path / "processes"), args[2], coordinator, str(i)],
+                                        stdout=stdout, stderr=stderr, text=True, env=two_env))
+    for p, (_, err) in zip(two, logs):
+        assert p.wait(timeout=600) == 0, err.read_text()[-3000:]
 
-    spreads = [json.loads(one_out.strip().splitlines()[-1])]
-    spreads += [json.loads(out.strip().splitlines()[-1]) for out, _ in two_outputs]
+    spreads = [json.loads(one.stdout.strip().splitlines()[-1])]
+    spreads += [json.loads(out.read_text().strip().splitlines()[-1]) for out, _ in logs]
     for spread in spreads:
         for alone, member in zip(unsharded, spread):
             for key in ("train_loss", "val_loss"):
