@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces this folder's runs: the full-scale stable_upstream_gain arm (seed 20260128), then
-# four branches from its best checkpoint (epoch 18), their comparison, a second seed (20260129)
-# and the control arm. On the 2-core CPU:
+# four branches from its best checkpoint (epoch 18), their comparison, a second seed (20260129),
+# the control arm, and a third seed (20260130) with three branches. On the 2-core CPU:
 # about 47 min for the run and 4.5 min per branch. Usage: reproduce.sh [OUT] (default runs/full_cpu_gain)
 set -euo pipefail
 out=${1:-runs/full_cpu_gain}
@@ -24,3 +24,17 @@ jaxfno compare "$src" "$out/stable_upstream_gain/seed20260129" --labels seed2026
 jaxfno study stage-a --scale full --seeds 1 --arms stable --out "$out-stable"
 jaxfno compare "$src" "$out-stable/stable/seed20260128" --labels stable_upstream_gain stable \
   --out "$b/control_compare.png" > "$b/control_compare.md"
+# A third seed of the arm (about 48 min; the two finished seeds are reused) and three branches
+# from its best checkpoint (epoch 18), about 5 min each.
+jaxfno study stage-a --scale full --seeds 3 --arms stable_upstream_gain --out "$out"
+src3=$out/stable_upstream_gain/seed20260130
+b3=$out/branches_seed20260130
+jaxfno branch "$src3" --from best --out "$b3/drop_last" --set train.drop_last=true
+jaxfno branch "$src3" --from best --out "$b3/clip1" --set optim.grad_clip=1.0
+jaxfno branch "$src3" --from best --out "$b3/lr2.5e-4" --set optim.lr=2.5e-4
+runs3=("$src3" "$b3/drop_last" "$b3/clip1" "$b3/lr2.5e-4")
+labels3=(source drop_last clip1.0 lr2.5e-4)
+jaxfno compare "${runs3[@]}" --labels "${labels3[@]}" --from-epoch 19 > "$b3/compare.md"
+jaxfno compare "${runs3[@]}" --labels "${labels3[@]}" --from-epoch 18 --out "$b3/compare.png"
+jaxfno compare "$out/stable_upstream_gain/seed20260128" "$out/stable_upstream_gain/seed20260129" "$src3" \
+  --labels seed20260128 seed20260129 seed20260130 --out "$out/seeds3_compare.png" > "$out/seeds3_compare.md"
