@@ -38,3 +38,6 @@ jaxfno compare "${runs3[@]}" --labels "${labels3[@]}" --from-epoch 19 > "$b3/com
 jaxfno compare "${runs3[@]}" --labels "${labels3[@]}" --from-epoch 18 --out "$b3/compare.png"
 jaxfno compare "$out/stable_upstream_gain/seed20260128" "$out/stable_upstream_gain/seed20260129" "$src3" \
   --labels seed20260128 seed20260129 seed20260130 --out "$out/seeds3_compare.png" > "$out/seeds3_compare.md"
+# The gain-off control for seed 20260130 (about 46 min).
+jaxfno train --arch stable_hybrid --seed 20260130 --epochs 20 --batch-size 16 --lr 1e-3 --scheduler constant \
+  --grad-clip 0 --batch-gain none --out "$out-stable-seed20260130"
