@@ -4,7 +4,7 @@ accelerators, and the study options."""
 import jax
 
 from jaxfno.io import enable_compilation_cache
-from jaxfno.study.stage_a import SCALES
+from jaxfno.study.stage_a import CONDITIONS, SCALES
 
 enable_compilation_cache()
 # The tests check float32 numerics (PyTorch parity, DFT references, 1e-5 equivalences). On GPUs
@@ -21,6 +21,10 @@ def pytest_addoption(parser):
                     help="seeds per arm (default: the scale's own)")
     group.addoption("--study-dir", default=None,
                     help="where study runs and the report go (default: a temporary directory)")
+    group.addoption("--conditions", nargs="+", default=None, choices=tuple(CONDITIONS),
+                    help="conditions of the study (default: the scale's own)")
+    group.addoption("--arms", nargs="+", default=None,
+                    help="arms of the study (default: all in the fixed condition alone, else SPEC §7's six)")
 
 
 # The longest test files (measured on the 2-core CPU: the smoke study ≈ 8 min, the training tests

@@ -31,8 +31,18 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class _Config:
     """Mixin: JSON round-trip and a stable content hash."""
 
+    # Fields added after runs were recorded: left out at their default, so that every earlier
+    # config keeps its JSON and hash (its run directory and checkpoints stay bound to it).
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.ADDED_FIELDS and value == f.default:
+                continue
+            out[f.name] = value.to_dict() if isinstance(value, _Config) else value
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
@@ -185,7 +195,11 @@ class OptimConfig(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Config):
-    """Loop settings. ``train_subset`` = 0 uses every training pattern."""
+    """Loop settings. ``train_subset`` = 0 uses every training pattern. ``stop_after`` = E > 0
+    trains only the first E of ``epochs`` epochs (a truncated horizon, SPEC §7.3): the schedule
+    stays defined over ``epochs``, so those E epochs are the full run's."""
+
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("stop_after",)
 
     epochs: int = 20
     batch_size: int = 16
@@ -193,8 +207,16 @@ class TrainConfig(_Config):
     seed: int = 20260128
     drop_last: bool = False
     train_subset: int = 0
+    stop_after: int = 0
+
+    @property
+    def trained_epochs(self) -> int:
+        """How many epochs the run trains."""
+        return self.stop_after or self.epochs
 
     def __post_init__(self):
+        _check(0 <= self.stop_after <= self.epochs,
+               f"stop_after={self.stop_after} must be in [0, epochs={self.epochs}] (0 = all epochs)")
         _check(self.epochs >= 1, f"epochs={self.epochs} must be >= 1")
         _check(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
         _check(self.infer_batch_size >= 1, f"infer_batch_size={self.infer_batch_size} must be >= 1")

@@ -76,13 +76,49 @@ def batch_gain(mask: jax.Array, mode: str) -> jax.Array:
     raise ValueError(f"batch_gain={mode!r} is not one of {PhysicsConfig.BATCH_GAINS}")
 
 
+def model_amplitude(model_output: jax.Array, mask: jax.Array, probe: jax.Array,
+                    physics_cfg: PhysicsConfig) -> jax.Array:
+    """Generator output (B, 64, 64, 2) → the amplitude the loss compares with X (gain included)."""
+    return predicted_amplitude(object_from_output(model_output), probe,
+                               batch_gain(mask, physics_cfg.batch_gain), physics_cfg.object_support)
+
+
 def physics_loss(model_output: jax.Array, measured: jax.Array, mask: jax.Array,
                  probe: jax.Array, physics_cfg: PhysicsConfig) -> jax.Array:
     """Generator output (B, 64, 64, 2) + measured X → scalar loss (what training minimises)."""
-    amp = predicted_amplitude(object_from_output(model_output), probe,
-                              batch_gain(mask, physics_cfg.batch_gain),
-                              physics_cfg.object_support)
-    return loss_terms(amp, measured, mask, physics_cfg.loss)
+    return loss_terms(model_amplitude(model_output, mask, probe, physics_cfg), measured, mask,
+                      physics_cfg.loss)
+
+
+def scale_free_loss(amps: jax.Array, measured: jax.Array, masks: jax.Array, mode: str,
+                    log_range: float = 7.0, iterations: int = 40) -> jax.Array:
+    """The batch-size-weighted mean loss over batches ``amps``/``measured`` (S, B, 64, 64) and
+    ``masks`` (S, B) after fitting one global amplitude factor a (SPEC §6.3): min over
+    a ∈ [e^−7, e^7] by golden-section search on log a (the loss is convex in a, so unimodal in
+    log a), never above the loss at a = 1."""
+    counts = masks.sum(axis=1)
+
+    def loss_at(log_a):
+        losses = jax.vmap(lambda a, x, m: loss_terms(jnp.exp(log_a) * a, x, m, mode))(amps, measured, masks)
+        return jnp.sum(losses * counts) / jnp.sum(counts)
+
+    ratio = (5 ** 0.5 - 1) / 2
+
+    def body(_, carry):  # keeps the interior points' values: one new evaluation per iteration
+        lo, hi, c, d, fc, fd = carry
+        left = fc < fd
+        lo, hi = jnp.where(left, lo, c), jnp.where(left, d, hi)
+        c_new, d_new = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        new_point = jnp.where(left, c_new, d_new)
+        f_new = loss_at(new_point)
+        c, d = jnp.where(left, c_new, d), jnp.where(left, c, d_new)
+        fc, fd = jnp.where(left, f_new, fd), jnp.where(left, fc, f_new)
+        return lo, hi, c, d, fc, fd
+
+    lo, hi = jnp.float32(-log_range), jnp.float32(log_range)
+    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    carry = jax.lax.fori_loop(0, iterations, body, (lo, hi, c, d, loss_at(c), loss_at(d)))
+    return jnp.minimum(jnp.minimum(carry[4], carry[5]), loss_at(jnp.float32(0.0)))
 
 
 def forward_probe(dataset) -> jax.Array:

@@ -20,6 +20,7 @@ import numpy as np
 from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
+from jaxfno.evaluation.outcomes import amplitude_contrast, amplitude_cv, constant_plateau, judge
 from jaxfno.io import read_json, write_json, write_npz
 from jaxfno.processes import primary_first
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
@@ -107,20 +108,36 @@ def run_members(
         floor = constant_floor(dataset.test.ground_truth)
         for member in program.members:
             member.history["timing"]["final_prediction_seconds"] = time.perf_counter() - start
+        plateau = data_plateau(dataset, configs[todo[0]])  # members share physics and batch size
         for k, member in enumerate(program.members):
-            _write_artifacts(member, stitched[k], dataset, floor)
+            _write_artifacts(member, stitched[k], dataset, floor, plateau)
     return [RunResult.load(d) for d in run_dirs]
 
 
-def _write_artifacts(member: Member, stitched: np.ndarray, dataset: Dataset, floor: dict) -> None:
+def data_plateau(dataset: Dataset, cfg: RunConfig) -> float:
+    """SPEC §6.3's plateau of ``cfg``'s runs: the best constant object's validation loss."""
+    return constant_plateau(dataset.test.diffraction, dataset.probe_simulated, cfg.physics,
+                            cfg.train.batch_size)["plateau"]
+
+
+def run_verdict(history: dict, stitched: np.ndarray, ground_truth, floor: dict, metrics: dict,
+                plateau: float) -> dict:
+    """The §6.1 verdict with the §6.3 outcome beside it (``outcome``, ``outcome_details``)."""
+    verdict = collapse_verdict(history, stitched, ground_truth, floor, metrics)
+    details = judge(history, plateau, amplitude_contrast(stitched, ground_truth))
+    return {**verdict, "outcome": details["outcome"], "outcome_details": details}
+
+
+def _write_artifacts(member: Member, stitched: np.ndarray, dataset: Dataset, floor: dict,
+                     plateau: float) -> None:
     ground_truth = dataset.test.ground_truth
     history = member.history
     metrics = score(stitched, ground_truth)
-    verdict = collapse_verdict(history, stitched, ground_truth, floor, metrics)
+    verdict = run_verdict(history, stitched, ground_truth, floor, metrics, plateau)
     d = member.run_dir
     write_npz(d / "recon.npz", prediction=stitched, ground_truth=ground_truth)
     title = f"{d.parent.name}/{d.name}: amp SSIM {format_value(metrics['ssim'][0], 3)}"
-    title += f" (collapsed: {', '.join(verdict['rules'])})" if verdict["collapsed"] else ""
+    title += f" ({verdict['outcome']})"
     save_figure(reconstruction_figure(stitched, ground_truth, title), d / "recon.png")
     write_json(d / "history.json", history)
     write_json(d / "metrics.json", metrics)
@@ -148,6 +165,10 @@ def run_stats(cfg: RunConfig, history: dict, metrics: dict, floor: dict, verdict
         "final_val_loss": float(val[-1]) if val.size else None,
         "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
         "nan": history["nonfinite_step"] is not None,
+        "outcome": verdict["outcome"],
+        "plateau": verdict["outcome_details"]["plateau"],
+        "final_contrast": verdict["outcome_details"]["contrast"],
+        "time_to_divergence": verdict["outcome_details"]["time_to_divergence"],
         "grad_norm": {
             "mean": float(grad.mean()), "min": float(grad.min()), "max": float(grad.max())
         } if grad.size else None,
@@ -201,9 +222,10 @@ def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pat
         raise ConfigError(f"{source_dir}'s {kind} checkpoint comes after its non-finite step "
                           f"{meta['history']['nonfinite_step']}: a branch from it would not train "
                           "(branch from an earlier checkpoint, e.g. best)")
-    if cfg.train.epochs <= epoch + 1:
-        raise ConfigError(f"train.epochs={cfg.train.epochs}: the branch point is epoch {epoch + 1} "
-                          f"of {source_dir}, so nothing would be trained (raise train.epochs)")
+    if cfg.train.trained_epochs <= epoch + 1:
+        raise ConfigError(f"train.epochs={cfg.train.epochs} (stop_after {cfg.train.stop_after}): the "
+                          f"branch point is epoch {epoch + 1} of {source_dir}, so nothing would be "
+                          "trained (raise train.epochs or train.stop_after)")
     record = {"source": str(source_dir), "source_config_hash": meta["config_hash"], "kind": kind,
               "epoch": epoch}
     status = prepare_run_dir(run_dir, cfg, overwrite)
@@ -217,3 +239,32 @@ def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pat
         for target in ("last", "best") if kind == "best" else ("last",):
             checkpoint.save(run_dir, target, epoch, state, branch_meta)
     return run_one(cfg, run_dir, dataset, **kwargs)
+
+
+def rejudge(run_dir: pathlib.Path, dataset: Dataset) -> RunResult:
+    """Judge a finished run again from its files, with this code's outcome (SPEC §6.3): the
+    outcome is added to ``verdict.json`` beside the §6.1 verdict as it was recorded, and to
+    ``stats.json``. The final contrast comes from ``recon.npz`` where the run kept it, else from
+    the verdict's measured stitched-amplitude std/mean (the untrimmed 330², against the ground
+    truth's untrimmed ratio; ``contrast_source`` says which)."""
+    result = RunResult.load(run_dir)
+    if result.config.data != dataset.config:
+        raise ConfigError(f"{run_dir} trained on another dataset than {dataset.path}")
+    truth = dataset.test.ground_truth
+    recon = pathlib.Path(run_dir) / "recon.npz"
+    if recon.exists():
+        with np.load(recon) as f:
+            contrast, source = amplitude_contrast(f["prediction"], truth), "recon.npz"
+    else:
+        m = result.verdict["measured"]
+        ratio = m["amp_std"] / m["amp_mean"] if m["amp_mean"] else 0.0
+        contrast = ratio / amplitude_cv(truth, trim=0) if np.isfinite(ratio) else None
+        source = "verdict.json measured amp_std/amp_mean (untrimmed 330²)"
+    details = dict(judge(result.history, data_plateau(dataset, result.config), contrast),
+                   contrast_source=source)
+    verdict = {**result.verdict, "outcome": details["outcome"], "outcome_details": details}
+    stats = {**result.stats, "outcome": details["outcome"], "plateau": details["plateau"],
+             "final_contrast": contrast, "time_to_divergence": details["time_to_divergence"]}
+    write_json(pathlib.Path(run_dir) / "stats.json", stats)
+    write_json(pathlib.Path(run_dir) / "verdict.json", verdict)
+    return RunResult.load(run_dir)

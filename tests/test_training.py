@@ -385,7 +385,7 @@ def test_study_report_of_a_run_without_scores(diverged_run, grid_lines_dataset, 
     """Its weights predict non-finite values, which score None: the report says n/a."""
     assert diverged_run.stats["amp_ssim"] is None
     write_report({RunKey("diverged", 0): diverged_run}, tmp_path, title="t", command="c",
-                 dataset=grid_lines_dataset, scale="smoke")
+                 datasets=[grid_lines_dataset], scale="smoke")
     assert all((tmp_path / name).stat().st_size > 0 for name in PLOTS)
     assert "| diverged |" in (tmp_path / "summary.md").read_text()
 

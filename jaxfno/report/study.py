@@ -6,7 +6,7 @@ import math
 import pathlib
 import platform
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from importlib import metadata
 
 import matplotlib
@@ -16,21 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxfno.evaluation import below_floor, meets_success  # noqa: E402
+from jaxfno.evaluation.outcomes import COLLAPSE_OUTCOMES, OUTCOMES  # noqa: E402
 from jaxfno.evaluation.collapse import SUCCESS_AMP_MAE, SUCCESS_AMP_SSIM  # noqa: E402
 from jaxfno.io import atomic_path, write_json  # noqa: E402
 from jaxfno.report.figures import format_value, save_figure  # noqa: E402
+from jaxfno.report.statistics import (fisher_less, kaplan_meier, km_median, logrank_p,  # noqa: E402
+                                     wilson_interval)
 
-PLOTS = ("loss.png", "grad_norm.png", "lr.png", "blocks.png", "reconstructions.png")
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+PLOTS = ("loss.png", "grad_norm.png", "lr.png", "survival.png", "blocks.png", "reconstructions.png")
 
 
 def _mean_sd(values) -> dict | None:
@@ -41,29 +34,50 @@ def _mean_sd(values) -> dict | None:
             "values": values}
 
 
+REFERENCE_ARM = "stable"  # remedies are tested against it, within a condition
+
+
 def summarise(results: dict) -> dict:
-    """Per-arm aggregates over seeds. ``results`` maps RunKey(arm, seed) → RunResult."""
-    by_arm = defaultdict(list)
-    for key, result in results.items():
-        by_arm[key.arm].append((key.seed, result))
-    arms = {}
-    for arm, runs in by_arm.items():
+    """Per cell (arm × condition) aggregates over seeds. ``results`` maps RunKey → RunResult.
+
+    Collapse is SPEC §6.3's (outcomes non_finite, collapsed_constant, diverged); the §6.1
+    verdict's count stays beside it (``collapsed_6_1``). Each cell but the reference arm's gets
+    a one-sided Fisher test and a log-rank test against ``stable`` in the same condition."""
+    by_cell = defaultdict(list)
+    for key, result in sorted(results.items(), key=lambda kv: (kv[0].condition, kv[0].arm, kv[0].seed)):
+        by_cell[key.cell].append((key, result))
+    cells = {}
+    for cell, runs in by_cell.items():
         n = len(runs)
-        collapsed = sum(r.verdict["collapsed"] for _, r in runs)
+        outcomes = [r.verdict.get("outcome", "unjudged") for _, r in runs]
+        collapsed = sum(o in COLLAPSE_OUTCOMES for o in outcomes)
+        ttd = [r.verdict["outcome_details"]["time_to_divergence"] for _, r in runs if "outcome_details" in r.verdict]
+        times, observed = [t["step"] for t in ttd], [t["observed"] for t in ttd]
         rules = defaultdict(int)
         for _, r in runs:
             for rule in r.verdict["rules"]:
                 rules[rule] += 1
         low, high = wilson_interval(collapsed, n)
-        arms[arm] = {
-            "seeds": [s for s, _ in runs],
+        key0 = runs[0][0]
+        cells[cell] = {
+            "arm": key0.arm, "condition": key0.condition,
+            "seeds": [k.seed for k, _ in runs],
             "n": n,
+            "outcomes": dict(Counter(outcomes)),
+            "outcome_per_seed": dict(zip((k.seed for k, _ in runs), outcomes)),
+            "scale_sensitive": sum(bool(r.verdict.get("outcome_details", {}).get("scale_sensitive")) for _, r in runs),
             "collapsed": collapsed,
             "p_collapse": collapsed / n,
             "p_collapse_wilson95": [low, high],
+            "divergence_steps": times, "divergence_observed": observed,
+            "median_steps_to_divergence": km_median(times, observed) if ttd else None,
+            "divergence_epochs": [t["epoch"] for t in ttd if t["observed"]],
+            "collapsed_6_1": sum(r.verdict["collapsed"] for _, r in runs),
             "rules": dict(rules),
             "succeeded": sum(meets_success(r.metrics, r.verdict) for _, r in runs),
             "below_floor": sum(below_floor(r.stats["amp_ssim"], r.stats["floor_amp_ssim"]) for _, r in runs),
+            "plateau": _mean_sd([r.verdict.get("outcome_details", {}).get("plateau") for _, r in runs]),
+            "final_contrast": _mean_sd([r.verdict.get("outcome_details", {}).get("contrast") for _, r in runs]),
             "best_val_loss": _mean_sd([r.stats["best_val_loss"] for _, r in runs]),
             "final_val_loss": _mean_sd([r.stats["final_val_loss"] for _, r in runs]),
             "amp_ssim": _mean_sd([r.stats["amp_ssim"] for _, r in runs]),
@@ -72,7 +86,15 @@ def summarise(results: dict) -> dict:
             "phase_mae": _mean_sd([r.stats["phase_mae"] for _, r in runs]),
             "config_hashes": sorted({r.config.config_hash() for _, r in runs}),
         }
-    return arms
+    for cell in cells.values():
+        ref = cells.get(f"{REFERENCE_ARM}@{cell['condition']}")
+        if ref is None or cell["arm"] == REFERENCE_ARM:
+            cell["fisher_p_vs_stable"] = cell["logrank_p_vs_stable"] = None
+            continue
+        cell["fisher_p_vs_stable"] = fisher_less(cell["collapsed"], cell["n"], ref["collapsed"], ref["n"])
+        cell["logrank_p_vs_stable"] = logrank_p(cell["divergence_steps"], cell["divergence_observed"],
+                                                ref["divergence_steps"], ref["divergence_observed"])
+    return cells
 
 
 def _fmt(stat: dict | None, digits: int = 4) -> str:
@@ -83,39 +105,70 @@ def _fmt(stat: dict | None, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
-def summary_markdown(arms: dict, title: str) -> str:
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def outcome_text(counts: dict) -> str:
+    order = list(OUTCOMES) + sorted(set(counts) - set(OUTCOMES))
+    return ", ".join(f"{name} {counts[name]}" for name in order if counts.get(name))
+
+
+def summary_markdown(cells: dict, title: str) -> str:
     lines = [
         f"# {title}", "",
-        "| arm | seeds | best val | final val | amp SSIM | phase SSIM | amp MAE | collapsed | "
-        "P(collapse) [95 % Wilson] | rules fired | below floor | success |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | "
+        "median steps to divergence | log-rank p | best val | final val | final contrast | amp SSIM | "
+        "§6.1 collapsed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, a in arms.items():
-        low, high = a["p_collapse_wilson95"]
-        rules = ", ".join(f"{r} ×{c}" for r, c in a["rules"].items()) or "–"
+    for c in cells.values():
+        low, high = c["p_collapse_wilson95"]
+        median = c["median_steps_to_divergence"]
         lines.append(
-            f"| {name} | {a['n']} | {_fmt(a['best_val_loss'])} | {_fmt(a['final_val_loss'])} | "
-            f"{_fmt(a['amp_ssim'], 3)} | {_fmt(a['phase_ssim'], 3)} | {_fmt(a['amp_mae'], 3)} | "
-            f"{a['collapsed']}/{a['n']} | {a['p_collapse']:.2f} [{low:.2f}, {high:.2f}] | {rules} | "
-            f"{a['below_floor']}/{a['n']} | {a['succeeded']}/{a['n']} |"
+            f"| {c['arm']} | {c['condition']} | {c['n']} | {outcome_text(c['outcomes'])} | "
+            f"{c['collapsed']}/{c['n']} = {c['p_collapse']:.2f} [{low:.2f}, {high:.2f}] | "
+            f"{_p(c['fisher_p_vs_stable'])} | {'not reached' if median is None else f'{median:.0f}'} | "
+            f"{_p(c['logrank_p_vs_stable'])} | {_fmt(c['best_val_loss'])} | {_fmt(c['final_val_loss'])} | "
+            f"{_fmt(c['final_contrast'], 3)} | {_fmt(c['amp_ssim'], 3)} | {c['collapsed_6_1']}/{c['n']} |"
         )
-    lines += ["", "Values are mean ± sample SD over seeds. Collapse rules: SPEC §6 "
-              "(non_finite, constant_output, learns_then_collapses). Below floor: amp SSIM more than "
-              "0.02 below a constant prediction's (not a SPEC rule). Success: SPEC §6's criterion "
-              f"(amp SSIM ≥ {SUCCESS_AMP_SSIM}, amp MAE ≤ {SUCCESS_AMP_MAE}, no collapse verdict), "
-              "meant for full-scale runs."]
+    lines += ["", "Values are mean ± sample SD over seeds. Outcomes and collapse: SPEC §6.3 (collapse = "
+              "non_finite, collapsed_constant or diverged). Fisher: one-sided exact test that the arm "
+              "collapses less often than `stable` in the same condition. Steps to divergence: global "
+              "0-based step of the first divergence event, Kaplan–Meier median (runs without an event "
+              "censored at their last step); log-rank: two-sided, against `stable` in the same condition. "
+              "Final contrast: std/mean of the stitched amplitude over the ground truth's. §6.1 "
+              "collapsed: the original rules (non_finite, constant_output, learns_then_collapses)."]
     return "\n".join(lines) + "\n"
 
 
-def _by_arm(results: dict) -> dict:
+def _by_cell(results: dict) -> dict:
     grouped = defaultdict(list)
-    for key, result in sorted(results.items(), key=lambda kv: (kv[0].arm, kv[0].seed)):
-        grouped[key.arm].append((key.seed, result))
+    for key, result in sorted(results.items(), key=lambda kv: (kv[0].condition, kv[0].arm, kv[0].seed)):
+        grouped[key.cell].append((key.seed, result))
     return grouped
 
 
+def survival_figure(cells: dict):
+    """Kaplan–Meier curves of the time to the first divergence event, one per cell."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c in cells.values():
+        if not c["divergence_steps"]:
+            continue
+        grid, surv = kaplan_meier(c["divergence_steps"], c["divergence_observed"])
+        end = max(c["divergence_steps"])
+        ax.step(np.append(grid, end), np.append(surv, surv[-1]), where="post",
+                label=f"{c['arm']} @ {c['condition']} (n={c['n']})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fraction without a divergence event")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def _curves(results: dict, ylabel: str, series, log: bool = True):
-    grouped = _by_arm(results)
+    grouped = _by_cell(results)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = plt.cm.tab10(np.linspace(0, 1, max(len(grouped), 1)))
     for colour, (arm, runs) in zip(colours, grouped.items()):
@@ -147,6 +200,7 @@ def write_plots(results: dict, out: pathlib.Path) -> None:
     lr.axes[0].set_xlabel("step")
     save_figure(lr, out / "lr.png")
 
+    save_figure(survival_figure(summarise(results)), out / "survival.png")
     save_figure(_block_figure(results), out / "blocks.png")
     save_figure(_reconstruction_grid(results), out / "reconstructions.png")
 
@@ -154,7 +208,7 @@ def write_plots(results: dict, out: pathlib.Path) -> None:
 def _block_figure(results: dict):
     stats = ("layerscale_abs_mean", "norm_scale_mean", "update_rms", "output_rms")
     fig, axes = plt.subplots(1, len(stats), figsize=(16, 3.8))
-    grouped = _by_arm(results)
+    grouped = _by_cell(results)
     colours = plt.cm.tab10(np.linspace(0, 1, max(len(grouped), 1)))
     for colour, (arm, runs) in zip(colours, grouped.items()):
         _, r = runs[0]  # first seed of each arm keeps the figure readable
@@ -175,7 +229,7 @@ def _block_figure(results: dict):
 
 
 def _reconstruction_grid(results: dict):
-    grouped = _by_arm(results)
+    grouped = _by_cell(results)
     fig, axes = plt.subplots(2, len(grouped) + 1, figsize=(2.4 * (len(grouped) + 1), 5))
     axes = np.atleast_2d(axes).reshape(2, -1)
     first = next(iter(grouped.values()))[0][1]
@@ -206,31 +260,48 @@ def _versions() -> dict:
     return out
 
 
-def write_report(results: dict, out: pathlib.Path, *, title: str, command: str, dataset,
-                 scale: str) -> dict:
-    import jax
+def code_commit() -> str | None:
+    """The git commit of the jaxfno checkout (with ``+dirty`` for uncommitted changes), if any."""
+    import subprocess
 
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "jaxfno"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def write_report(results: dict, out: pathlib.Path, *, title: str, command: str, datasets,
+                 scale: str) -> dict:
+    """Write ``summary.json``/``.md``, the plots and a provenance README for ``results``
+    (RunKey → RunResult) trained on ``datasets``; returns the per-cell summary."""
     out.mkdir(parents=True, exist_ok=True)
-    arms = summarise(results)
-    device = jax.devices()[0]
+    cells = summarise(results)
+    devices = sorted({f"{r.history.get('execution', {}).get('device', '?')} "
+                      f"× {r.history.get('execution', {}).get('devices', '?')}" for r in results.values()})
     provenance = {
         "command": command,
         "scale": scale,
-        "dataset": {"path": str(dataset.path), "config_hash": dataset.config.config_hash(),
-                    "config": dataset.config.to_dict(), "files": dataset.provenance.get("files")},
+        "datasets": [{"path": str(d.path), "config_hash": d.config.config_hash(), "config": d.config.to_dict(),
+                      "files": d.provenance.get("files")} for d in datasets],
         "seeds": sorted({k.seed for k in results}),
-        "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
+        "devices": devices,
+        "report_commit": code_commit(),
         "versions": _versions(),
         "runs": {k.id: {"config": r.config.to_dict(), "config_hash": r.config.config_hash()}
                  for k, r in results.items()},
     }
-    write_json(out / "summary.json", {"arms": arms, "provenance": provenance})
+    write_json(out / "summary.json", {"cells": cells, "provenance": provenance})
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(arms, title))
+        tmp.write_text(summary_markdown(cells, title))
     write_plots(results, out)
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(_provenance_markdown(provenance))
-    return arms
+    return cells
 
 
 def _provenance_markdown(p: dict) -> str:
@@ -239,11 +310,11 @@ def _provenance_markdown(p: dict) -> str:
         "# Provenance", "",
         f"- command: `{p['command']}`",
         f"- scale: {p['scale']}",
-        f"- dataset: config hash {p['dataset']['config_hash']} at `{p['dataset']['path']}`: "
-        f"{p['dataset'].get('config')}",
-        f"- dataset files (SHA-256): {p['dataset']['files']}",
+        *(f"- dataset {d['config_hash']} at `{d['path']}`: {d['config']}; files (SHA-256): {d['files']}"
+          for d in p["datasets"]),
         f"- seeds: {p['seeds']}",
-        f"- device: {p['device']}",
+        f"- devices the runs trained on: {', '.join(p['devices'])}",
+        f"- report written by jaxfno at commit {p['report_commit']}",
         f"- versions: {versions}",
         "", "Resolved configs per run: `summary.json` → provenance.runs; each run directory keeps",
         "`config.json`, `history.json`, `metrics.json`, `stats.json`, `verdict.json`, Orbax",

@@ -1,4 +1,4 @@
-"""Run a study: arms × seeds → run directories ``OUT/<arm>/seed<seed>/``.
+"""Run a study: conditions × arms × seeds → run directories ``OUT/<condition>/<arm>/seed<seed>/``.
 
 Runs that share a program signature (same structure; differing only in seed, learning rate,
 schedule or clip threshold) are trained together in one program, at most ``max_members`` at a
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import jax
 
-from jaxfno.config import RunConfig
+from jaxfno.config import DataConfig, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.pipeline import RunResult, run_members
 from jaxfno.study import stage_a
@@ -28,23 +28,42 @@ from jaxfno.training.loop import Progress, program_signature
 class RunKey:
     arm: str
     seed: int
+    condition: str = "fixed"
 
     @property
     def id(self) -> str:
-        return f"{self.arm}-seed{self.seed}"
+        return f"{self.condition}-{self.arm}-seed{self.seed}"
+
+    @property
+    def cell(self) -> str:
+        """Arm × condition: what seeds are replicates of."""
+        return f"{self.arm}@{self.condition}"
 
 
 class Study:
+    """Arms × conditions × seeds at one scale; run directories ``OUT/<condition>/<arm>/seed<s>``.
+
+    ``datasets`` gives the dataset of a data config (conditions differ in their phase), or is
+    the one dataset every run trains on; ``data`` is the base data config (probe, photons, noise
+    seed)."""
+
     def __init__(self, arms: Iterable[str], scale: str, seeds: Iterable[int],
-                 out_dir: pathlib.Path, dataset: Dataset, progress: Progress | None = None,
-                 max_members: int | None = None):
+                 out_dir: pathlib.Path, datasets: Dataset | Callable[[DataConfig], Dataset],
+                 progress: Progress | None = None, max_members: int | None = None,
+                 conditions: Iterable[str] = ("fixed",), data: DataConfig = DataConfig()):
         self.arms, self.scale, self.seeds = list(arms), scale, list(seeds)
+        self.conditions = list(conditions)
         unknown = [a for a in self.arms if a not in stage_a.ARMS]
+        unknown += [c for c in self.conditions if c not in stage_a.CONDITIONS]
         if unknown:
-            raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(stage_a.ARMS)}")
-        self.out_dir, self.dataset, self.progress = pathlib.Path(out_dir), dataset, progress
+            raise ValueError(f"unknown arm(s) or condition(s) {unknown}; arms: {', '.join(stage_a.ARMS)}; "
+                             f"conditions: {', '.join(stage_a.CONDITIONS)}")
+        if isinstance(datasets, Dataset):  # one dataset: the conditions must all train on it
+            data, datasets = datasets.config, _only(datasets)
+        self.out_dir, self.progress, self._datasets = pathlib.Path(out_dir), progress, datasets
         self.configs: dict[RunKey, RunConfig] = {
-            RunKey(a, s): stage_a.config(a, scale, s, dataset.config) for a in self.arms for s in self.seeds
+            RunKey(a, s, c): stage_a.config(a, scale, s, data, c)
+            for c in self.conditions for a in self.arms for s in self.seeds
         }
         if max_members is None and jax.default_backend() == "cpu":
             max_members = 3
@@ -57,14 +76,17 @@ class Study:
         ]
         self.results: dict[RunKey, RunResult] = {}
 
+    def dataset(self, key: RunKey) -> Dataset:
+        return self._datasets(self.configs[key].data)
+
     def run_dir(self, key: RunKey) -> pathlib.Path:
-        return self.out_dir / key.arm / f"seed{key.seed}"
+        return self.out_dir / key.condition / key.arm / f"seed{key.seed}"
 
     def result(self, key: RunKey) -> RunResult:
         if key not in self.results:
             group = next(g for g in self.groups if key in g)
             results = run_members([self.configs[k] for k in group], [self.run_dir(k) for k in group],
-                                  self.dataset, progress=self.progress)
+                                  self.dataset(key), progress=self.progress)
             self.results.update(zip(group, results))
         return self.results[key]
 
@@ -74,10 +96,21 @@ class Study:
         return dict(self.results)
 
 
+def _only(dataset: Dataset) -> Callable[[DataConfig], Dataset]:
+    def get(cfg: DataConfig) -> Dataset:
+        if cfg != dataset.config:
+            raise ValueError(f"this study was given one dataset ({dataset.config.to_dict()}); a run "
+                             f"needs another ({cfg.to_dict()}): pass a dataset loader")
+        return dataset
+
+    return get
+
+
 def finished_runs(out_dir: pathlib.Path) -> dict[RunKey, RunResult]:
-    """Every finished run below ``out_dir`` (``<arm>/seed<seed>/`` with a verdict)."""
+    """Every finished run below ``out_dir`` (``<condition>/<arm>/seed<seed>/`` with a verdict)."""
     results = {}
-    for verdict in sorted(pathlib.Path(out_dir).glob("*/seed*/verdict.json")):
+    for verdict in sorted(pathlib.Path(out_dir).glob("*/*/seed*/verdict.json")):
         run_dir = verdict.parent
-        results[RunKey(run_dir.parent.name, int(run_dir.name.removeprefix("seed")))] = RunResult.load(run_dir)
+        key = RunKey(run_dir.parent.name, int(run_dir.name.removeprefix("seed")), run_dir.parent.parent.name)
+        results[key] = RunResult.load(run_dir)
     return results

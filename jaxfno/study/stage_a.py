@@ -1,19 +1,17 @@
-"""The Stage A study as data: named arms (SPEC §7 plus hypothesis arms) and scales.
+"""The Stage A study as data: named arms (SPEC §7 plus hypothesis arms), conditions and scales.
 
-An arm is a named RunConfig recipe; a scale fixes the size of the problem (model width, training
-subset, epochs) without touching the recipe. ``config(arm, scale, seed)`` resolves one run.
+An arm is a named RunConfig recipe; a condition is what every arm runs under (SPEC §7.1: the
+data's phase and upstream's artefacts); a scale fixes the size of the problem (model width,
+training subset, epochs, a truncated horizon) without touching either.
+``config(arm, scale, seed, data, condition)`` resolves one run.
 
 Scales:
   * ``full``: the SPEC protocol (6889 training patterns, width 32, 4 blocks, 12 modes, 20 epochs,
-    batch 16; 431 steps per epoch). Meant for a GPU.
-  * ``reduced``: a CPU protocol that runs every arm × 3 seeds in under 2 hours on 2 cores:
-    width 8, 4 blocks, 12 modes, the first 512 (pre-shuffled) training patterns, 20 epochs,
-    batch 16 (32 steps per epoch; about 11 s per epoch and member on the 2-core CPU, a third
-    of it the full validation pass). Same depth, resolution, optimiser recipes and test split.
+    batch 16; 431 steps per epoch).
+  * ``reduced``: width 8, the first 512 (pre-shuffled) training patterns, 20 epochs.
   * ``smoke``: the same code paths in minutes for CI: width 4, 3 blocks, 6 modes,
     128 training patterns, 6 epochs (warmup 5 needs at least 6).
-"""
-
+  * ``proxy_*``: candidates for the proxy of SPEC §7.3 (see the comment at ``SCALES``).
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +60,37 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
 )}
 
 @dataclasses.dataclass(frozen=True)
+class Condition:
+    """What every arm of a study runs under (SPEC §7.1): the data's phase and upstream's
+    artefacts. A condition changes only fields an arm leaves at their defaults."""
+
+    name: str
+    description: str
+    set_phi: bool = True
+    batch_gain: str = "none"
+    object_support: str = "full"
+    drop_last: bool = False
+
+
+CONDITIONS: dict[str, Condition] = {c.name: c for c in (
+    Condition("fixed", "SPEC as written: batch gain off, set_phi on, short last batch kept"),
+    Condition("asrun", "upstream as run: batch gain on, short last batch kept, zero phase (SPEC §9.5)",
+              set_phi=False, batch_gain="upstream"),
+    # The fidelity check's cells (SPEC §7.1): asrun with one ingredient changed.
+    Condition("asrun_phi", "asrun with set_phi on (the gain alone)", batch_gain="upstream"),
+    Condition("asrun_nogain", "asrun without the batch gain (zero phase alone)", set_phi=False),
+    Condition("asrun_drop_last", "asrun without the short last batch", set_phi=False,
+              batch_gain="upstream", drop_last=True),
+    Condition("asrun_central", "asrun with the object zeroed outside the central 32 × 32",
+              set_phi=False, batch_gain="upstream", object_support="central"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Scale:
+    """Problem size. ``stop_after`` > 0 truncates the horizon (SPEC §7.3): the run trains that
+    many of ``epochs`` epochs, its schedules still defined over ``epochs``."""
+
     name: str
     width: int
     blocks: int
@@ -70,13 +98,47 @@ class Scale:
     train_subset: int
     epochs: int
     seeds: int
+    stop_after: int = 0
+    conditions: tuple[str, ...] = ("fixed",)  # the study's default conditions at this scale
 
 
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("full", width=32, blocks=4, modes=12, train_subset=0, epochs=20, seeds=1),
     Scale("reduced", width=8, blocks=4, modes=12, train_subset=512, epochs=20, seeds=3),
     Scale("smoke", width=4, blocks=3, modes=6, train_subset=128, epochs=6, seeds=1),
+    # Proxy candidates (SPEC §7.3), calibrated against full scale for `stable` in asrun and fixed
+    # (results/stage_a_proxy/calibration): 1609 = 100 × 16 + 9 patterns keep a 9-sample last batch.
+    Scale("proxy_w8", width=8, blocks=4, modes=12, train_subset=1609, epochs=20, seeds=3,
+          conditions=("asrun", "fixed")),
+    Scale("proxy_w16", width=16, blocks=4, modes=12, train_subset=1609, epochs=20, seeds=3,
+          conditions=("asrun", "fixed")),
 )}
+
+
+SPEC_ARMS = ("control", "stable", "stable_warmup", "stable_lowlr", "stable_warmup_lowlr",
+             "stable_warmup_clip")
+
+
+def default_arms(conditions) -> list[str]:
+    """Every arm in the fixed condition alone; SPEC §7's six where another condition sets the
+    physics (the hypothesis arms set their own)."""
+    return list(ARMS) if list(conditions) == ["fixed"] else list(SPEC_ARMS)
+
+
+def identify(cfg: RunConfig, scale: str | Scale) -> list[tuple[str, str]]:
+    """Every (arm, condition) whose run at ``scale`` with ``cfg``'s seed and base data is ``cfg``
+    (an arm with its own physics can equal another arm in a condition)."""
+    base = cfg.data.replace(set_phi=True)
+    found = []
+    for c in CONDITIONS:
+        for a in ARMS:
+            try:
+                candidate = config(a, scale, cfg.train.seed, base if c != "fixed" else cfg.data, c)
+            except ValueError:
+                continue
+            if candidate == cfg:
+                found.append((a, c))
+    return found
 
 
 def seeds_for(count: int) -> list[int]:
@@ -84,18 +146,33 @@ def seeds_for(count: int) -> list[int]:
     return [STUDY_SEED + i for i in range(count)]
 
 
+def data_config(condition: str | Condition = "fixed", data: DataConfig = DataConfig()) -> DataConfig:
+    """The dataset a condition trains on: ``data`` (probe, photons, noise seed) with its phase."""
+    condition = CONDITIONS[condition] if isinstance(condition, str) else condition
+    return data.replace(set_phi=condition.set_phi)
+
+
 def config(arm: str | Arm, scale: str | Scale, seed: int = STUDY_SEED,
-           data: DataConfig = DataConfig()) -> RunConfig:
-    """One run of ``arm`` at ``scale``; ``data`` is the dataset every arm trains on (its probe,
-    photon count, noise seed: SPEC §10's conditions that are not in the arm)."""
+           data: DataConfig = DataConfig(), condition: str | Condition = "fixed") -> RunConfig:
+    """One run of ``arm`` at ``scale`` in ``condition``; ``data`` is the dataset every arm
+    trains on (its probe, photon count, noise seed: SPEC §10's conditions that are not in the
+    arm; the condition sets its phase)."""
     arm = ARMS[arm] if isinstance(arm, str) else arm
     scale = SCALES[scale] if isinstance(scale, str) else scale
+    condition = CONDITIONS[condition] if isinstance(condition, str) else condition
+    physics = arm.physics
+    if condition.name != "fixed":
+        if physics != PhysicsConfig():
+            raise ValueError(f"arm {arm.name} sets its own physics ({physics.to_dict()}); "
+                             f"it runs only in the 'fixed' condition, not {condition.name!r}")
+        physics = PhysicsConfig(batch_gain=condition.batch_gain, object_support=condition.object_support)
     return RunConfig(
-        data=data,
+        data=data_config(condition, data) if condition.name != "fixed" else data,
         model=ModelConfig(arch=arm.arch, width=scale.width, blocks=scale.blocks,
                           modes=scale.modes, spectral=arm.spectral),
-        physics=arm.physics,
+        physics=physics,
         optim=arm.optim,
         train=TrainConfig(epochs=scale.epochs, batch_size=16, infer_batch_size=8, seed=seed,
-                          train_subset=scale.train_subset),
+                          train_subset=scale.train_subset, drop_last=condition.drop_last,
+                          stop_after=scale.stop_after),
     )

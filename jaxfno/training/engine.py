@@ -228,16 +228,21 @@ class Engine:
 
     def _evaluate(self, params, test_x, idx, mask):
         """Validation loss over the whole test split (batch-size-weighted mean of batch losses,
-        as Lightning logs it) and the stitched prediction of the first test image."""
+        as Lightning logs it), the same loss after fitting one global amplitude factor
+        (SPEC §6.3's scale-free val_loss), and the stitched prediction of the first test image."""
 
         def body(_, batch):
             i, m = batch
-            loss, out = self._loss(params, test_x[i], m)
-            return None, (loss, m.sum(), physics.object_from_output(out))
+            x = test_x[i]
+            out = self._model(params)(x[..., None])
+            amp = physics.model_amplitude(out, m, self.probe, self.physics_cfg)
+            loss = physics.loss_terms(amp, x, m, self.physics_cfg.loss)
+            return None, (loss, m.sum(), physics.object_from_output(out), amp)
 
-        _, (losses, counts, patches) = jax.lax.scan(body, None, (idx, mask))
+        _, (losses, counts, patches, amps) = jax.lax.scan(body, None, (idx, mask))
         val_loss = jnp.sum(losses * counts) / jnp.sum(counts)
-        return val_loss, self.stitch_fn(patches.reshape(-1, *patches.shape[2:]))
+        scale_free = physics.scale_free_loss(amps, test_x[idx], mask, self.physics_cfg.loss)
+        return val_loss, scale_free, self.stitch_fn(patches.reshape(-1, *patches.shape[2:]))
 
     def _predict(self, params, test_x, idx):
         """Stitched prediction of the first test image at the inference batch size."""

@@ -33,6 +33,7 @@ from flax import nnx
 from jaxfno.config import ConfigError, ModelConfig, RunConfig
 from jaxfno.data import Dataset, stitch_geometry
 from jaxfno.evaluation import score, stitch
+from jaxfno.evaluation.outcomes import amplitude_contrast
 from jaxfno.io import write_json
 from jaxfno.models import build_model, reachable_shapes
 from jaxfno.models.layers import execution_choices
@@ -60,7 +61,8 @@ def new_history() -> dict:
     return {
         "train_loss": [], "val_loss": [], "lr_epoch": [],
         "lr": [], "step_loss": [], "grad_norm": [], "grad_norm_postclip": [],
-        "val_amp_ssim": [], "epoch_seconds": [], "train_seconds": [],
+        "val_amp_ssim": [], "val_loss_scale_free": [], "val_contrast": [],
+        "epoch_seconds": [], "train_seconds": [],
         "nonfinite_step": None, "nonfinite_epoch": None, "steps_per_epoch": None, "epoch_steps": [],
         "diagnostics": {"clipped_fraction": [], "blocks": {}},
         # Wall time outside the epochs (seconds, the last process that worked on the run):
@@ -328,7 +330,7 @@ def train_members(
                                   **execution_choices()}
 
     # --- epochs ---------------------------------------------------------------------------
-    epochs = cfg0.train.epochs
+    epochs = cfg0.train.trained_epochs
     infer_idx, _ = sequential_batches(test_x.shape[0], cfg0.train.infer_batch_size)
     with checkpoint.CheckpointWriter() as writer, ThreadPoolExecutor(1) as worker:
         evaluation_compiled = worker.submit(_compile_evaluation, engine, state.params, test_x, val_idx,
@@ -361,9 +363,9 @@ def train_members(
             logs = placement.fetch(_stack(logs))  # (steps, K) per field: one transfer each
             train_seconds = time.perf_counter() - t0
             evaluation_compiled.result()  # re-raises a compilation error
-            val_loss, stitched = engine.evaluate(state.params, test_x, val_idx, val_mask)
+            val_loss, scale_free, stitched = engine.evaluate(state.params, test_x, val_idx, val_mask)
             diagnostics = placement.fetch(engine.diagnostics(state.params, probe_x))
-            val_loss, stitched = placement.fetch((val_loss, stitched))
+            val_loss, scale_free, stitched = placement.fetch((val_loss, scale_free, stitched))
             seconds = time.perf_counter() - t0
 
             bookkeeping_start = time.perf_counter()
@@ -372,8 +374,8 @@ def train_members(
             for k, m in enumerate(members):
                 if m.stopped:
                     continue
-                _record_epoch(m, k, epoch, logs, float(val_loss[k]), float(lrs[k]), diagnostics,
-                              stitched[k], ground_truth, (seconds, train_seconds))
+                _record_epoch(m, k, epoch, logs, (float(val_loss[k]), float(scale_free[k])), float(lrs[k]),
+                              diagnostics, stitched[k], ground_truth, (seconds, train_seconds))
                 write_json(m.run_dir / "history.json", m.history)
                 kinds = ["last"]
                 if m.history["val_loss"][-1] < m.best_val:
@@ -422,7 +424,7 @@ def epoch_steps(history: dict) -> list[int]:
     return [history["steps_per_epoch"]] * len(history["val_loss"])
 
 
-def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_loss: float, lr: float,
+def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_losses: tuple[float, float], lr: float,
                   diagnostics: dict, stitched: np.ndarray, ground_truth,
                   seconds: tuple[float, float]) -> None:
     h = m.history
@@ -443,7 +445,10 @@ def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_loss: float, lr
         h["nonfinite_epoch"] = epoch
     ok = finite
     h["train_loss"].append(float(np.sum(loss[ok] * n_valid[ok]) / max(np.sum(n_valid[ok]), 1)))
-    h["val_loss"].append(val_loss)
+    h["val_loss"].append(val_losses[0])
+    # Histories written before 2026-12-03 lack these two (a resumed one has them from here on).
+    h.setdefault("val_loss_scale_free", []).append(val_losses[1])
+    h.setdefault("val_contrast", []).append(amplitude_contrast(stitched, ground_truth))
     h["lr_epoch"].append(lr)
     h["epoch_seconds"].append(seconds[0])  # the whole epoch, shared by the program's members
     h["train_seconds"].append(seconds[1])  # its training steps only

@@ -1,0 +1,61 @@
+"""Statistics of a study (SPEC §7.2): proportions with Wilson intervals, one-sided Fisher tests
+against a reference cell, Kaplan–Meier curves of the time to divergence, log-rank tests."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def fisher_less(k: int, n: int, k_ref: int, n_ref: int) -> float:
+    """One-sided Fisher exact p-value that k/n is a lower proportion than k_ref/n_ref (a remedy
+    against ``stable``): small when the remedy collapses less often."""
+    table = [[k, n - k], [k_ref, n_ref - k_ref]]
+    return float(stats.fisher_exact(table, alternative="less").pvalue)
+
+
+def kaplan_meier(times: Sequence[float], observed: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """The survival curve's steps: times (0 first) and S(t) just after each. Censored runs
+    leave the risk set after the events at their time."""
+    t, e = np.asarray(times, float), np.asarray(observed, bool)
+    grid, surv, s = [0.0], [1.0], 1.0
+    for time in np.unique(t[e]):
+        at_risk = np.sum(t >= time)
+        s *= 1.0 - np.sum((t == time) & e) / at_risk
+        grid.append(float(time))
+        surv.append(s)
+    return np.array(grid), np.array(surv)
+
+
+def km_median(times: Sequence[float], observed: Sequence[bool]) -> float | None:
+    """The first time at which S(t) ≤ 0.5; None when the curve stays above (not reached)."""
+    grid, surv = kaplan_meier(times, observed)
+    below = np.flatnonzero(surv <= 0.5)
+    return float(grid[below[0]]) if below.size else None
+
+
+def logrank_p(times: Sequence[float], observed: Sequence[bool], ref_times: Sequence[float],
+              ref_observed: Sequence[bool]) -> float | None:
+    """Two-sided log-rank p-value of two groups' times to divergence; None without any event
+    (nothing to compare)."""
+    if not (np.any(observed) or np.any(ref_observed)):
+        return None
+
+    def data(t, e):
+        t, e = np.asarray(t, float), np.asarray(e, bool)
+        return stats.CensoredData(uncensored=t[e], right=t[~e])
+
+    return float(stats.logrank(data(times, observed), data(ref_times, ref_observed)).pvalue)
