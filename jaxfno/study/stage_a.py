@@ -12,6 +12,8 @@ Scales:
   * ``smoke``: the same code paths in minutes for CI: width 4, 3 blocks, 6 modes,
     128 training patterns, 6 epochs (warmup 5 needs at least 6).
   * ``proxy_*``: candidates for the proxy of SPEC §7.3 (see the comment at ``SCALES``).
+"""
+
 from __future__ import annotations
 
 import dataclasses
