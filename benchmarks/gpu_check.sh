@@ -3,11 +3,12 @@
 # against the PyTorch eager twin, kernel profiles of one and of K members' steps, one full-scale
 # arm with one seed (wall time including compile), seed throughput with each Conv3x3
 # implementation, the same arm with 4 seeds in one program (with the implementation that
-# stepped K members faster) and the test suite on the GPU (with deterministic GPU reductions,
+# stepped K members faster), a resumable chunk of the full-scale factorial and the test suite on the GPU (with deterministic GPU reductions,
 # which its same-seed test needs), most important first. Each stage has its own time limit and
 # the script goes on after a failure. Writes OUT/*.json, OUT/*.txt and OUT/summary.md naming the
 # device. On an H200 (results/gpu*/README.md) all stages together take longer than one 10-minute
-# device call: GPU_CHECK_STAGES="env bench_step ..." runs a subset.
+# device call: GPU_CHECK_STAGES="env bench_step ..." runs a subset, e.g. GPU_CHECK_STAGES=factorial
+# for one more chunk of the factorial.
 #
 #   benchmarks/gpu_check.sh [--dry-run] [OUT]     (default OUT: results/gpu)
 #
@@ -25,9 +26,9 @@ OUT=${1:-results/gpu}
 mkdir -p "$OUT"
 export JAXFNO_CACHE=${JAXFNO_CACHE:-$PWD/.cache}
 PY=${PYTHON:-python3}
-ALL_STAGES="env bench_step profile_one profile_members bench_seeds bench_seeds_im2col arm_1seed arm_4seeds pytest"
+ALL_STAGES="env bench_step profile_one profile_members bench_seeds bench_seeds_im2col arm_1seed arm_4seeds factorial pytest"
 # The dry run (CI) leaves out the stages that repeat another one with other arguments.
-[ $DRY -eq 0 ] || ALL_STAGES="env bench_step profile_one arm_1seed bench_seeds"
+[ $DRY -eq 0 ] || ALL_STAGES="env bench_step profile_one arm_1seed bench_seeds factorial"
 STAGES=" ${GPU_CHECK_STAGES:-$ALL_STAGES} "
 # Not passed on to the stages: the test suite's own dry run of this script once packed its toy
 # output over a GPU run's archive.
@@ -82,6 +83,22 @@ PY
 )
 [ "$SEEDS" -eq 1 ] || stage arm_${SEEDS}seeds 240 env JAXFNO_CONV3X3=${JAXFNO_CONV3X3:-$MULTI_CONV} \
   "$PY" -m jaxfno study stage-a --scale $SCALE --seeds $SEEDS --arms $ARM --out "$OUT/arm_${SEEDS}seeds"
+# The full-scale factorial (SPEC §7: six arms × asrun, fixed × 8 seeds) in chunks: the stage
+# stops after at most FACTORIAL_SECONDS (default 480) and the next call resumes it from its
+# checkpoints in $FACTORIAL_DIR (an ignored path of the tree, kept while the machine stays
+# warm; default runs/gpu_factorial), so repeated calls add finished runs. The study's report of
+# the runs finished so far is written to OUT/factorial each time.
+FACTORIAL_DIR=${FACTORIAL_DIR:-runs/gpu_factorial}
+FACTORIAL_SECONDS=${FACTORIAL_SECONDS:-480}
+[ $DRY -eq 0 ] && FACTORIAL_SEEDS=8 || FACTORIAL_SEEDS=1
+[ $DRY -eq 0 ] && FACTORIAL_ARMS="" || FACTORIAL_ARMS="--arms stable"
+stage factorial "$FACTORIAL_SECONDS" "$PY" -m jaxfno study stage-a --scale $SCALE --conditions asrun fixed \
+  --seeds $FACTORIAL_SEEDS $FACTORIAL_ARMS --out "$FACTORIAL_DIR"
+if [[ $STAGES == *" factorial "* ]] && compgen -G "$FACTORIAL_DIR/*/*/seed*/verdict.json" > /dev/null; then
+  "$PY" -m jaxfno study report "$FACTORIAL_DIR" --scale $SCALE > "$OUT/factorial_report.txt" 2>&1
+  mkdir -p "$OUT/factorial" && cp -r "$FACTORIAL_DIR/report/." "$OUT/factorial/"
+  "$PY" -m jaxfno outcomes "$FACTORIAL_DIR" --relative-to "$FACTORIAL_DIR" --out "$OUT/factorial/outcomes.md" > /dev/null
+fi
 # The suite in 12 processes; each takes GPU memory as it needs it instead of 75 % up front.
 [ $DRY -eq 1 ] || stage pytest 120 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}" \
@@ -113,10 +130,10 @@ for profile in sorted(out.glob("profile_*.json")):
                  + (", ".join(f"{line} busy {1e3 * s:.2f} ms" for line, s in busy.items()) or "no device timelines"))
 for run in sorted(p for p in out.glob("arm_*") if p.is_dir()):
     lines += ["", f"## {run.name}", ""]
-    for history_file in sorted(run.glob("*/seed*/history.json")):  # where the wall time went
+    for history_file in sorted(run.glob("*/*/seed*/history.json")):  # where the wall time went
         h = json.loads(history_file.read_text())
         epochs, timing = h["epoch_seconds"], h.get("timing", {})
-        lines.append(f"- {history_file.parent.parent.name}/{history_file.parent.name}: "
+        lines.append(f"- {history_file.relative_to(run).parent}: "
                      f"{len(epochs)} epochs; setup {timing.get('setup_seconds', float('nan')):.1f} s, "
                      f"epoch 1 {epochs[0]:.1f} s, later epochs {sum(epochs[1:]) / max(len(epochs) - 1, 1):.2f} s each, "
                      f"per-epoch bookkeeping {timing.get('bookkeeping_seconds', float('nan')):.1f} s in all, "
@@ -125,6 +142,9 @@ for run in sorted(p for p in out.glob("arm_*") if p.is_dir()):
     summary = run / "report" / "summary.md"
     if summary.exists():
         lines += ["", summary.read_text()]
+factorial = out / "factorial" / "summary.md"
+if factorial.exists():
+    lines += ["", "## factorial (the runs finished so far)", "", factorial.read_text()]
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -370,6 +370,19 @@ def cmd_study_expectations(a) -> int:
     return 0
 
 
+def cmd_outcomes(a) -> int:
+    from jaxfno.report.runs import finished_run_dirs, runs_markdown
+
+    text = runs_markdown(finished_run_dirs(a.dirs), pathlib.Path(a.relative_to) if a.relative_to else None)
+    if a.out:
+        from jaxfno.io import atomic_path
+
+        with atomic_path(a.out) as tmp:
+            tmp.write_text(text)
+    print(text, end="")
+    return 0
+
+
 def cmd_rejudge(a) -> int:
     from jaxfno.pipeline import RunResult, rejudge
 
@@ -500,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     expect.add_argument("--scale", required=True, choices=tuple(SCALES))
     expect.add_argument("--file", default="studies/stage_a/expectations.json", help="the file rewritten")
     expect.set_defaults(func=cmd_study_expectations)
+
+    outcomes = sub.add_parser("outcomes", help="Markdown table of finished runs' SPEC §6.3 outcomes")
+    outcomes.add_argument("dirs", nargs="+", help="run directories or folders searched for finished runs")
+    outcomes.add_argument("--relative-to", default=None, help="show run paths relative to this folder")
+    outcomes.add_argument("--out", default=None, help="also write the table to this file")
+    outcomes.set_defaults(func=cmd_outcomes)
 
     inspect = sub.add_parser("inspect", help="look inside a run's Orbax checkpoint")
     inspect.add_argument("checkpoint", help="a run directory, or its checkpoints/last|best folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import pathlib
 import subprocess
@@ -34,7 +35,27 @@ def test_train_writes_a_complete_run(cli_run, capsys):
                  "recon.png"):
         assert (cli_run / name).exists(), name
     assert cli.main(["stats", str(cli_run)]) == 0
-    assert "verdict:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "verdict (SPEC §6.1):" in printed and "outcome (SPEC §6.3):" in printed
+
+
+def test_rejudge_and_outcomes_table(cli_run, grid_lines_dataset_path, tmp_path, capsys):
+    verdict = json.loads((cli_run / "verdict.json").read_text())
+    stripped = {k: v for k, v in verdict.items() if not k.startswith("outcome")}
+    run = tmp_path / "old_run"
+    shutil.copytree(cli_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "verdict.json").write_text(json.dumps(stripped))  # as a run judged before SPEC §6.3
+    (run / "recon.npz").unlink()  # and one that kept no reconstruction
+    assert cli.main(["rejudge", str(run)]) == 0
+    rejudged = json.loads((run / "verdict.json").read_text())
+    assert rejudged["outcome"] == verdict["outcome"] and rejudged["rules"] == verdict["rules"]
+    assert rejudged["outcome_details"]["contrast"] == pytest.approx(verdict["outcome_details"]["contrast"], rel=0.05)
+    assert "untrimmed" in rejudged["outcome_details"]["contrast_source"]
+    capsys.readouterr()
+    assert cli.main(["outcomes", str(tmp_path), "--relative-to", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
+    table = (tmp_path / "t.md").read_text()
+    assert f"| old_run | {json.loads((run / 'config.json').read_text())['train']['seed']} |" in table
+    assert verdict["outcome"] in table
 
 
 def test_inspect_evaluate_reproduces_metrics(cli_run, grid_lines_dataset_path, monkeypatch):

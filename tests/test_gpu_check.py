@@ -16,7 +16,8 @@ def test_gpu_check_dry_run(tmp_path):
     out, archive = tmp_path / "gpu", tmp_path / "gpu.tgz"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}  # no outer run's settings
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
-                          env={**env, "PYTHON": sys.executable, "GPU_CHECK_ARCHIVE": str(archive)},
+                          env={**env, "PYTHON": sys.executable, "GPU_CHECK_ARCHIVE": str(archive),
+                               "FACTORIAL_DIR": str(tmp_path / "factorial_runs")},
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with tarfile.open(archive) as packed:  # the archive holds OUT, without checkpoints
@@ -30,3 +31,6 @@ def test_gpu_check_dry_run(tmp_path):
         assert (out / name).stat().st_size > 0, name
     assert (out / "arm_1seed" / "report" / "summary.md").exists()
     assert "## arm_1seed" in summary and "setup" in summary
+    # The factorial's chunk: its runs in both conditions, reported as far as they got.
+    factorial = (out / "factorial" / "summary.md").read_text()
+    assert "| stable | asrun |" in factorial and "| stable | fixed |" in factorial

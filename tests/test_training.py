@@ -124,7 +124,11 @@ def test_run_stats_flags(amp_ssim, amp_mae, below_floor, success):
     history = {"val_loss": [0.5, 0.4], "train_loss": [0.5, 0.4], "grad_norm": [1.0, 2.0],
                "nonfinite_step": None, "diagnostics": {"blocks": {}}}
     metrics = {"ssim": [amp_ssim, 0.9], "mae": [amp_mae, 0.1], "psnr255": [30.0, 30.0]}
-    stats = run_stats(tiny(), history, metrics, {"ssim": [0.277, 0.843]}, {"collapsed": False})
+    verdict = {"collapsed": False, "outcome": "healthy",
+               "outcome_details": {"plateau": 0.28, "contrast": 0.9,
+                                   "time_to_divergence": {"step": 1, "observed": False, "epoch": None}}}
+    stats = run_stats(tiny(), history, metrics, {"ssim": [0.277, 0.843]}, verdict)
+    assert stats["outcome"] == "healthy" and stats["plateau"] == 0.28
     assert stats["amp_ssim_below_floor"] is below_floor and stats["meets_success"] is success
 
 
@@ -379,6 +383,24 @@ def test_non_finite_stops_run_with_verdict_and_artifacts(diverged_run):
     assert len(result.history["val_loss"]) == step // result.history["steps_per_epoch"] + 1  # stopped there
     assert result.history["nonfinite_epoch"] == result.verdict["details"]["non_finite"]["epoch"] == step // 3
     assert (result.run_dir / "recon.png").exists()
+
+
+def test_non_finite_run_has_the_non_finite_outcome(diverged_run):
+    assert diverged_run.verdict["outcome"] == diverged_run.stats["outcome"] == "non_finite"
+    assert diverged_run.verdict["outcome_details"]["plateau"] > 0
+
+
+def test_truncated_horizon_is_the_full_runs_first_epochs(grid_lines_dataset, tmp_path):
+    """SPEC §7.3: stopping after E of a warmup-cosine run's epochs trains exactly its first E."""
+    cfg = tiny(optim=dict(lr=5e-4, scheduler="warmup_cosine", warmup_epochs=1), train=dict(epochs=3))
+    whole = run_one(cfg, tmp_path / "whole", grid_lines_dataset)
+    short = run_one(cfg.replace(train=cfg.train.replace(stop_after=2)), tmp_path / "short", grid_lines_dataset)
+    assert len(short.history["val_loss"]) == 2
+    for key in ("step_loss", "lr", "grad_norm"):
+        n = len(short.history[key])
+        assert short.history[key] == whole.history[key][:n], key
+    assert short.history["val_loss"] == whole.history["val_loss"][:2]
+    assert whole.history["lr_epoch"][2] != whole.history["lr_epoch"][1]  # the schedule moves on after
 
 
 def test_study_report_of_a_run_without_scores(diverged_run, grid_lines_dataset, tmp_path):

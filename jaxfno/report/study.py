@@ -63,6 +63,7 @@ def summarise(results: dict) -> dict:
             "arm": key0.arm, "condition": key0.condition,
             "seeds": [k.seed for k, _ in runs],
             "n": n,
+            "epochs": sorted({len(r.history["val_loss"]) for _, r in runs}),
             "outcomes": dict(Counter(outcomes)),
             "outcome_per_seed": dict(zip((k.seed for k, _ in runs), outcomes)),
             "scale_sensitive": sum(bool(r.verdict.get("outcome_details", {}).get("scale_sensitive")) for _, r in runs),

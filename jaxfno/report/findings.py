@@ -1,0 +1,143 @@
+"""FINDINGS.md: the study's answer, written from the committed runs (never typed by hand).
+
+Sections, each from its folder of finished runs (study layout ``<condition>/<arm>/seed<s>``):
+the fidelity check at full scale, the proxy calibration, the factorial at proxy scale, the
+full-scale confirmations and branch experiments. A section whose runs do not exist yet says so.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import platform
+
+from jaxfno.report.study import code_commit, outcome_text, summarise
+from jaxfno.study import stage_a
+from jaxfno.study.runner import finished_runs
+
+UPSTREAM = ("Upstream (SPEC §8): `stable_hybrid` reached val ≈ 0.024 by epoch 4–6 and then went exactly "
+            "constant (amp SSIM 0.277 = the floor, val ≈ 0.18–0.20), in every arm it reported, and concluded "
+            "that \"the collapse is architectural\".")
+
+
+def _ci(cell: dict) -> str:
+    low, high = cell["p_collapse_wilson95"]
+    return f"{cell['collapsed']}/{cell['n']} = {cell['p_collapse']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _median(cell: dict) -> str:
+    m = cell["median_steps_to_divergence"]
+    return "not reached" if m is None else f"step {m:.0f}"
+
+
+def _p(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _cells(folder: pathlib.Path) -> dict:
+    runs = finished_runs(folder) if folder.exists() else {}
+    return summarise(runs) if runs else {}
+
+
+def _epochs(cell: dict) -> str:
+    epochs = sorted(e + 1 for e in cell["divergence_epochs"])
+    return ", ".join(map(str, epochs)) or "–"
+
+
+def fidelity_section(folder: pathlib.Path) -> tuple[list[str], dict]:
+    cells = _cells(folder)
+    lines = ["## 1. Does upstream's collapse reproduce? (fidelity check, full scale)", ""]
+    if not cells:
+        return lines + ["Not run yet.", ""], cells
+    lines += [f"`stable` (Adam 1e-3, no clipping) at full scale, conditions of SPEC §7.1 "
+              f"(runs: `{folder}`; each condition's description in `jaxfno/study/stage_a.py`).", "",
+              "| condition | what it is | seeds | epochs | outcomes | P(collapse) [95 % Wilson] | "
+              "divergence epochs | best val | final val | final contrast |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells.values():
+        cond = stage_a.CONDITIONS.get(c["condition"])
+        lines.append(f"| {c['condition']} | {cond.description if cond else '?'} | {c['n']} | "
+                     f"{', '.join(map(str, c['epochs']))} | {outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | "
+                     f"{_fmt(c['best_val_loss'])} | {_fmt(c['final_val_loss'])} | {_fmt(c['final_contrast'], 3)} |")
+    lines += ["", UPSTREAM, ""]
+    return lines, cells
+
+
+def _fmt(stat, digits: int = 4) -> str:
+    if stat is None:
+        return "–"
+    if len(stat["values"]) == 1:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
+    lines = ["## 2. Proxy calibration (SPEC §7.3)", ""]
+    scales = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    rows = []
+    for scale_dir in scales:
+        for c in _cells(scale_dir).values():
+            ref = reference.get(f"stable@{c['condition']}")
+            verdict = "–"
+            if ref:
+                low, high = ref["p_collapse_wilson95"]
+                plow, phigh = c["p_collapse_wilson95"]
+                inside = low <= c["p_collapse"] <= high and plow <= ref["p_collapse"] <= phigh
+                verdict = "yes" if inside else "no"
+            s = stage_a.SCALES.get(scale_dir.name)
+            size = (f"width {s.width}, {s.train_subset or 6889} patterns, {s.epochs} epochs"
+                    + (f" (stops after {s.stop_after})" if s and s.stop_after else "")) if s else "?"
+            rows.append(f"| {scale_dir.name} | {size} | {c['arm']} | {c['condition']} | {c['n']} | "
+                        f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | {verdict} |")
+    if not rows:
+        return lines + ["Not run yet.", ""]
+    return lines + ["Every calibration run, against the full-scale rate of the same condition (section 1): a "
+                    "candidate reproduces when each rate lies in the other's 95 % Wilson interval.", "",
+                    "| candidate | size | arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | "
+                    "divergence epochs | within the full-scale interval |",
+                    "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
+    cells = _cells(folder)
+    lines = ["## 3. The remedies (factorial at proxy scale)", ""]
+    if not cells:
+        return lines + ["Not run yet: the factorial (SPEC §7's six arms × asrun, fixed × ≥ 8 seeds) waits for a "
+                        "calibrated proxy scale.", ""]
+    lines += ["| arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | "
+              "median time to divergence | log-rank p | confirmed at full scale |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in cells.values():
+        full = confirm.get(f"{c['arm']}@{c['condition']}")
+        confirmed = "not run" if full is None else f"{_ci(full)}"
+        lines.append(f"| {c['arm']} | {c['condition']} | {c['n']} | {outcome_text(c['outcomes'])} | {_ci(c)} | "
+                     f"{_p(c['fisher_p_vs_stable'])} | {_median(c)} | {_p(c['logrank_p_vs_stable'])} | "
+                     f"{confirmed} |")
+    return lines + ["", f"![Time to the first divergence event]({folder}/report/survival.png)", ""]
+
+
+def write_findings(root: pathlib.Path, out: pathlib.Path, answer: str, caveats: list[str]) -> str:
+    """Assemble FINDINGS.md from ``root``'s results folders; ``answer`` and ``caveats`` are
+    the paragraphs the caller derives from the same cells."""
+    fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
+    confirm = _cells(root / "stage_a_full_asrun" / "confirm")
+    text = "\n".join([
+        "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
+        "",
+        f"Written by `jaxfno findings` at commit {code_commit()} on {platform.machine()} from the runs under "
+        f"`{root}`; every number below is read from them. Outcomes are SPEC §6.3's; collapse = non_finite, "
+        "collapsed_constant or diverged.",
+        "",
+        "## The answer so far",
+        "",
+        answer,
+        "",
+        *fidelity_lines,
+        *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
+        *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
+        "## Caveats",
+        "",
+        *[f"- {c}" for c in caveats],
+        "",
+    ])
+    out.write_text(text)
+    return text
