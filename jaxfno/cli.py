@@ -370,6 +370,27 @@ def cmd_study_expectations(a) -> int:
     return 0
 
 
+CAVEATS = [
+    "The probe is synthetic (SPEC §1.3): upstream's experimental probe is not public, and SPEC §10 found the "
+    "probe the main missing ingredient of upstream's fast learning.",
+    "Conclusions at proxy scale hold for that scale; the table says which cells were confirmed at full scale.",
+    "Outcomes follow SPEC §6.3; the §6.1 verdicts stay in each run's verdict.json and the study tables.",
+    "One trajectory can be moved by any single step (the branch experiments show it); seeds are the unit of "
+    "replication, and the runs of one cell differ only in the seed (initialisation and data order).",
+    "Runs on other hardware can take other trajectories from the same seed (floating-point rounding); every "
+    "number here comes from the devices named in each folder's README.",
+]
+
+
+def cmd_findings(a) -> int:
+    from jaxfno.report.findings import write_findings
+
+    text = write_findings(pathlib.Path(a.root), pathlib.Path(a.out), CAVEATS)
+    print(text.split("## 1.")[0], end="")
+    print(f"written: {a.out}")
+    return 0
+
+
 def cmd_outcomes(a) -> int:
     from jaxfno.report.runs import finished_run_dirs, runs_markdown
 
@@ -513,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     expect.add_argument("--scale", required=True, choices=tuple(SCALES))
     expect.add_argument("--file", default="studies/stage_a/expectations.json", help="the file rewritten")
     expect.set_defaults(func=cmd_study_expectations)
+
+    findings = sub.add_parser("findings", help="write FINDINGS.md from the committed runs under results/")
+    findings.add_argument("--root", default="results", help="the results folder")
+    findings.add_argument("--out", default="FINDINGS.md")
+    findings.set_defaults(func=cmd_findings)
 
     outcomes = sub.add_parser("outcomes", help="Markdown table of finished runs' SPEC §6.3 outcomes")
     outcomes.add_argument("dirs", nargs="+", help="run directories or folders searched for finished runs")

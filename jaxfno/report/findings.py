@@ -10,7 +10,9 @@ from __future__ import annotations
 import pathlib
 import platform
 
-from jaxfno.report.study import code_commit, outcome_text, summarise
+from jaxfno.data.simulate import n_positions
+from jaxfno.provenance import code_commit
+from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
 from jaxfno.study.runner import finished_runs
 
@@ -84,7 +86,7 @@ def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
                 inside = low <= c["p_collapse"] <= high and plow <= ref["p_collapse"] <= phigh
                 verdict = "yes" if inside else "no"
             s = stage_a.SCALES.get(scale_dir.name)
-            size = (f"width {s.width}, {s.train_subset or 6889} patterns, {s.epochs} epochs"
+            size = (f"width {s.width}, {s.train_subset or n_positions(4) ** 2} patterns, {s.epochs} epochs"
                     + (f" (stops after {s.stop_after})" if s and s.stop_after else "")) if s else "?"
             rows.append(f"| {scale_dir.name} | {size} | {c['arm']} | {c['condition']} | {c['n']} | "
                         f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | {verdict} |")
@@ -115,11 +117,52 @@ def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
     return lines + ["", f"![Time to the first divergence event]({folder}/report/survival.png)", ""]
 
 
-def write_findings(root: pathlib.Path, out: pathlib.Path, answer: str, caveats: list[str]) -> str:
-    """Assemble FINDINGS.md from ``root``'s results folders; ``answer`` and ``caveats`` are
-    the paragraphs the caller derives from the same cells."""
+def branch_section(folders: list[pathlib.Path]) -> list[str]:
+    from jaxfno.report.runs import finished_run_dirs, runs_markdown
+
+    lines = ["## 4. Branch experiments (full scale)", ""]
+    for folder in folders:
+        runs = finished_run_dirs([folder]) if folder.exists() else []
+        if runs:
+            lines += [f"`{folder}` (each `branch.json` names its source and epoch):", "", runs_markdown(runs, folder)]
+    if len(lines) == 2:
+        lines += ["None yet.", ""]
+    return lines
+
+
+def answer_paragraph(fidelity: dict, factorial: dict) -> str:
+    """The answer, sentence by sentence from the cells (nothing typed by hand)."""
+    parts = []
+    asrun, fixed = fidelity.get("stable@asrun"), fidelity.get("stable@fixed")
+    phi = fidelity.get("stable@asrun_phi")
+    if asrun:
+        parts.append(f"At full scale in the `asrun` condition (zero phase, batch gain, short last batch) "
+                     f"`stable` collapsed in {_ci(asrun)} of its seeds within {max(asrun['epochs'])} epochs "
+                     f"(outcomes: {outcome_text(asrun['outcomes'])}).")
+    if phi:
+        parts.append(f"With set_phi on and the gain on (`asrun_phi`, 20 epochs) it collapsed in {_ci(phi)} "
+                     f"(outcomes: {outcome_text(phi['outcomes'])}), late (epochs {_epochs(phi)}).")
+    if fixed:
+        parts.append(f"In the `fixed` condition (SPEC as written) it collapsed in {_ci(fixed)} "
+                     f"(outcomes: {outcome_text(fixed['outcomes'])}).")
+    remedies = [c for c in factorial.values() if c["arm"] not in ("stable", "control")]
+    if not remedies:
+        parts.append("The remedies (lower LR, warmup-cosine, clipping) have not yet been run as a factorial in a "
+                     "condition that collapses, so this project cannot yet say whether they prevent the collapse "
+                     "or how often; the branch experiments below are single trajectories without enough "
+                     "null-perturbation controls to attribute a prevented collapse to the remedy.")
+    else:
+        for c in remedies:
+            parts.append(f"`{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided Fisher p "
+                         f"{_p(c['fisher_p_vs_stable'])} against `stable`.")
+    return " ".join(parts)
+
+
+def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str]) -> str:
+    """Assemble FINDINGS.md from ``root``'s results folders."""
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
     confirm = _cells(root / "stage_a_full_asrun" / "confirm")
+    answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"))
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -134,6 +177,9 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, answer: str, caveats: 
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
+        *branch_section([root / "stage_a_full_asrun" / "branches",
+                         root / "stage_a_full_cpu_upstream_gain" / "branches",
+                         root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         "## Caveats",
         "",
         *[f"- {c}" for c in caveats],

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import math
 import pathlib
-import platform
-import sys
 from collections import Counter, defaultdict
-from importlib import metadata
 
 import matplotlib
 
@@ -19,6 +16,7 @@ from jaxfno.evaluation import below_floor, meets_success  # noqa: E402
 from jaxfno.evaluation.outcomes import COLLAPSE_OUTCOMES, OUTCOMES  # noqa: E402
 from jaxfno.evaluation.collapse import SUCCESS_AMP_MAE, SUCCESS_AMP_SSIM  # noqa: E402
 from jaxfno.io import atomic_path, write_json  # noqa: E402
+from jaxfno.provenance import code_commit, versions  # noqa: E402
 from jaxfno.report.figures import format_value, save_figure  # noqa: E402
 from jaxfno.report.statistics import (fisher_less, kaplan_meier, km_median, logrank_p,  # noqa: E402
                                      wilson_interval)
@@ -250,32 +248,6 @@ def _reconstruction_grid(results: dict):
     return fig
 
 
-def _versions() -> dict:
-    names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "scikit-image")
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def code_commit() -> str | None:
-    """The git commit of the jaxfno checkout (with ``+dirty`` for uncommitted changes), if any."""
-    import subprocess
-
-    root = pathlib.Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "jaxfno"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def write_report(results: dict, out: pathlib.Path, *, title: str, command: str, datasets,
                  scale: str) -> dict:
     """Write ``summary.json``/``.md``, the plots and a provenance README for ``results``
@@ -292,7 +264,7 @@ def write_report(results: dict, out: pathlib.Path, *, title: str, command: str, 
         "seeds": sorted({k.seed for k in results}),
         "devices": devices,
         "report_commit": code_commit(),
-        "versions": _versions(),
+        "versions": versions(),
         "runs": {k.id: {"config": r.config.to_dict(), "config_hash": r.config.config_hash()}
                  for k, r in results.items()},
     }

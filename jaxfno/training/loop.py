@@ -38,6 +38,7 @@ from jaxfno.io import write_json
 from jaxfno.models import build_model, reachable_shapes
 from jaxfno.models.layers import execution_choices
 from jaxfno.physics import forward_probe
+from jaxfno.provenance import code_commit
 from jaxfno.training import checkpoint
 from jaxfno.training.engine import Engine, TrainState
 from jaxfno.training.optim import LRSchedule, build_transforms, clip_threshold, with_hyperparam
@@ -327,6 +328,7 @@ def train_members(
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
                                   "processes": jax.process_count(),
                                   "member_axis": engine.member_axis, "update": engine.update_scope,
+                                  "commit": code_commit(),
                                   **execution_choices()}
 
     # --- epochs ---------------------------------------------------------------------------
