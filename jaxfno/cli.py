@@ -272,6 +272,14 @@ def cmd_bench(a) -> int:
     from jaxfno.io import write_json
 
     model = _model_config(a)
+    if a.what == "study":
+        from jaxfno.study.throughput import bench_study
+
+        result = bench_study(a.scale, a.members, a.epochs, _dataset_loader(), with_torch=not a.no_torch)
+        print(json.dumps(result, indent=2))
+        if a.json_out:
+            write_json(a.json_out, result)
+        return 0
     if a.what == "model":
         result = bench.bench_model(model, a.batch, a.repeats)
     elif a.what == "layers":
@@ -504,9 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
     bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "profile", "loop",
-                                          "compile"))
+                                          "compile", "study"))
+    bench.add_argument("--scale", default="smoke", choices=tuple(SCALES),
+                       help="'study': the scale whose seed-runs per hour are measured")
+    bench.add_argument("--epochs", type=_positive_int, default=2,
+                       help="'study': epochs timed per run (extrapolated to the scale's length)")
     _add_model_args(bench)
-    bench.add_argument("--members", type=_positive_int, default=8, help="K for 'seeds' and 'profile'")
+    bench.add_argument("--members", type=_positive_int, default=8, help="K for 'seeds', 'profile' and 'study'")
     bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
     bench.add_argument("--batch", type=_positive_int, default=16,
                        help="training batch ('data': the evaluation keeps the inference batch, 8)")

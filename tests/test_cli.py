@@ -232,6 +232,19 @@ def test_loop_overhead_benchmark_runs(grid_lines_dataset):
     assert result["loop_step_s"] > 0 and result["bare_step_s"] > 0 and result["batch"] == 4
 
 
+def test_study_throughput_benchmark(grid_lines_dataset, monkeypatch):
+    """Seed-runs per hour: K members together, K sequential runs, the PyTorch twin's run."""
+    from jaxfno.study import stage_a, throughput
+
+    tiny = stage_a.Scale("tiny", width=2, blocks=2, modes=2, train_subset=41, epochs=3, seeds=1)
+    monkeypatch.setitem(stage_a.SCALES, "tiny", tiny)
+    result = throughput.bench_study("tiny", 2, 1, lambda cfg: grid_lines_dataset, condition="fixed")
+    for way in ("together", "sequential", "torch"):
+        assert result[way]["seed_runs_per_hour"] > 0, way
+    assert result["epochs_per_run"] == 3 and result["together"]["programs"] == 1
+    assert result["best_jax"] in ("together", "sequential") and result["jax_over_torch"] > 0
+
+
 def test_profile_benchmark_traces_and_summarises_device_timelines(grid_lines_dataset, tmp_path):
     import gzip
 
