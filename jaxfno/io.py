@@ -5,10 +5,13 @@ crash or a bad input never leaves a half-written artifact) and the cache locatio
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
+import socket
 import tempfile
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,6 +46,40 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+class DirectoryBusy(RuntimeError):
+    """Another live process is writing the directory."""
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | os.PathLike) -> Iterator[str | None]:
+    """Hold ``path``'s writer lock (the file ``.<name>.lock`` beside it, so that wiping the
+    directory keeps it) while the block runs. A second process fails at once with
+    :class:`DirectoryBusy` naming the holder. The lock is an ``flock``, which the kernel
+    releases when its process dies: the lock file a killed process leaves is taken over, and
+    the block gets the old holder's description (else None)."""
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            raise DirectoryBusy(f"{path} is being written by another process ({holder}); wait for it "
+                                "to finish or choose another directory") from None
+        stale = os.pread(fd, 4096, 0).decode(errors="replace").strip() or None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}"
+                  .encode(), 0)
+        try:
+            yield stale
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def cache_root() -> pathlib.Path:

@@ -9,19 +9,22 @@ wipes it instead); a finished run of the same config is reused, an unfinished on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import shutil
 import time
+import warnings
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
 from jaxfno.evaluation.outcomes import amplitude_contrast, amplitude_cv, constant_plateau, judge
-from jaxfno.io import read_json, write_json, write_npz
+from jaxfno.io import directory_lock, read_json, write_json, write_npz
 from jaxfno.processes import primary_first
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
 from jaxfno.training import checkpoint
@@ -94,8 +97,21 @@ def run_members(
     on_epoch_end: Callable | None = None,
     member_axis: str | None = None,
 ) -> list[RunResult]:
-    """Train, evaluate and write K runs that share one compiled program."""
+    """Train, evaluate and write K runs that share one compiled program. Each run directory is
+    locked against other processes while this one writes it (:func:`jaxfno.io.directory_lock`;
+    in a multi-process job by process 0, for all of them)."""
     run_dirs = [pathlib.Path(d) for d in run_dirs]
+    with contextlib.ExitStack() as locks:
+        if jax.process_index() == 0:
+            for d in run_dirs:
+                stale = locks.enter_context(directory_lock(d))
+                if stale:
+                    warnings.warn(f"{d}: took over the lock of a process that is gone ({stale})")
+        return _run_members(configs, run_dirs, dataset, overwrite=overwrite, progress=progress,
+                            on_epoch_end=on_epoch_end, member_axis=member_axis)
+
+
+def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, member_axis):
     status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
     if todo:
