@@ -15,6 +15,7 @@ from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, Train
 from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
 from jaxfno.models.layers import execution_choices
+from jaxfno.provenance import code_commit
 from jaxfno.pipeline import RunDirError, branch_run, prepare_run_dir, run_members, run_one, run_stats
 from jaxfno.report.study import PLOTS, write_report
 from jaxfno.study.runner import RunKey
@@ -111,7 +112,7 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert result.stats["best_val_loss"] == min(h["val_loss"])
     assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
                               "processes": 1, "member_axis": default_member_axis(), "update": "reachable",
-                              **execution_choices()}
+                              "commit": code_commit(), **execution_choices()}
     # Where the wall time went, beyond the epochs' own seconds.
     assert set(h["timing"]) == {"setup_seconds", "bookkeeping_seconds", "checkpoint_wait_seconds",
                                 "final_prediction_seconds"}
