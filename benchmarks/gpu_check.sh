@@ -90,10 +90,10 @@ PY
 # the runs finished so far is written to OUT/factorial each time.
 FACTORIAL_DIR=${FACTORIAL_DIR:-runs/gpu_factorial}
 FACTORIAL_SECONDS=${FACTORIAL_SECONDS:-480}
-[ $DRY -eq 0 ] && FACTORIAL_SEEDS=8 || FACTORIAL_SEEDS=1
-[ $DRY -eq 0 ] && FACTORIAL_ARMS="" || FACTORIAL_ARMS="--arms stable"
-stage factorial "$FACTORIAL_SECONDS" "$PY" -m jaxfno study stage-a --scale $SCALE --conditions asrun fixed \
-  --seeds $FACTORIAL_SEEDS $FACTORIAL_ARMS --out "$FACTORIAL_DIR"
+# The dry run: one smoke run of `stable` in asrun (the study tests run the fixed condition).
+[ $DRY -eq 0 ] && FACTORIAL=(--conditions asrun fixed --seeds 8) || FACTORIAL=(--conditions asrun --seeds 1 --arms stable)
+stage factorial "$FACTORIAL_SECONDS" "$PY" -m jaxfno study stage-a --scale $SCALE "${FACTORIAL[@]}" \
+  --out "$FACTORIAL_DIR"
 if [[ $STAGES == *" factorial "* ]] && compgen -G "$FACTORIAL_DIR/*/*/seed*/verdict.json" > /dev/null; then
   "$PY" -m jaxfno study report "$FACTORIAL_DIR" --scale $SCALE > "$OUT/factorial_report.txt" 2>&1
   mkdir -p "$OUT/factorial" && cp -r "$FACTORIAL_DIR/report/." "$OUT/factorial/"

@@ -238,7 +238,7 @@ def test_study_throughput_benchmark(grid_lines_dataset, monkeypatch):
 
     tiny = stage_a.Scale("tiny", width=2, blocks=2, modes=2, train_subset=41, epochs=3, seeds=1)
     monkeypatch.setitem(stage_a.SCALES, "tiny", tiny)
-    result = throughput.bench_study("tiny", 2, 1, lambda cfg: grid_lines_dataset, condition="fixed")
+    result = throughput.bench_study("tiny", 1, 1, lambda cfg: grid_lines_dataset, condition="fixed")
     for way in ("together", "sequential", "torch"):
         assert result[way]["seed_runs_per_hour"] > 0, way
     assert result["epochs_per_run"] == 3 and result["together"]["programs"] == 1

@@ -52,8 +52,8 @@ def torch_run_seconds(cfg, dataset: Dataset, epochs: int) -> tuple[float, list[f
     support = torch.zeros(64, 64)
     support[16:48, 16:48] = 1.0
     n = cfg.train.train_subset or dataset.train.diffraction.shape[0]
-    train = torch.from_numpy(np.ascontiguousarray(dataset.train.diffraction[:n]))
-    test = torch.from_numpy(np.ascontiguousarray(dataset.test.diffraction))
+    train = torch.from_numpy(np.array(dataset.train.diffraction[:n]))
+    test = torch.from_numpy(np.array(dataset.test.diffraction))
     b = cfg.train.batch_size
 
     def loss_of(x):
