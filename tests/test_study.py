@@ -19,20 +19,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_conditions_set_data_physics_and_batches():
     asrun = stage_a.config("stable_warmup_clip", "full", 7, condition="asrun")
-    assert not asrun.data.set_phi and asrun.physics.batch_gain == "upstream" and not asrun.train.drop_last
+    assert asrun.data.set_phi and asrun.physics.batch_gain == "upstream" and not asrun.train.drop_last
+    assert not stage_a.config("stable", "full", 7, condition="asrun_zero_phase").data.set_phi
     assert asrun.optim == stage_a.ARMS["stable_warmup_clip"].optim  # the arm's recipe is untouched
     fixed = stage_a.config("stable_warmup_clip", "full", 7, condition="fixed")
     assert fixed.data.set_phi and fixed.physics.batch_gain == "none"
-    assert stage_a.config("stable", "full", 7, condition="asrun_drop_last").train.drop_last
+    assert stage_a.config("stable", "full", 7, condition="asrun_zero_phase_drop_last").train.drop_last
     assert stage_a.config("stable", "full", 7, condition="asrun_central").physics.object_support == "central"
     with pytest.raises(ValueError, match="runs only in the 'fixed' condition"):
         stage_a.config("stable_upstream_gain", "full", 7, condition="asrun")
 
 
 def test_identify_finds_every_arm_and_condition_of_a_config():
-    cfg = stage_a.config("stable", "full", 20260130, condition="asrun_phi")
+    cfg = stage_a.config("stable", "full", 20260130, condition="asrun")
     # upstream's batch gain with set_phi on is both a hypothesis arm and a condition of `stable`
-    assert set(stage_a.identify(cfg, "full")) == {("stable", "asrun_phi"), ("stable_upstream_gain", "fixed")}
+    assert set(stage_a.identify(cfg, "full")) == {("stable", "asrun"), ("stable_upstream_gain", "fixed")}
     assert stage_a.identify(stage_a.config("control", "smoke", 1, condition="asrun"), "smoke") == [("control", "asrun")]
     assert stage_a.identify(stage_a.config("control", "smoke", 1), "full") == []
 

@@ -133,15 +133,18 @@ def branch_section(folders: list[pathlib.Path]) -> list[str]:
 def answer_paragraph(fidelity: dict, factorial: dict) -> str:
     """The answer, sentence by sentence from the cells (nothing typed by hand)."""
     parts = []
-    asrun, fixed = fidelity.get("stable@asrun"), fidelity.get("stable@fixed")
-    phi = fidelity.get("stable@asrun_phi")
+    asrun, zero, fixed = (fidelity.get(f"stable@{c}") for c in ("asrun", "asrun_zero_phase", "fixed"))
+    if zero:
+        verdict = ("Upstream's early collapse did not reproduce at full scale" if zero["collapsed"] == 0
+                   else "Upstream's early collapse reproduced at full scale")
+        parts.append(f"{verdict}: on the zero-phase object with the batch gain and the short last batch (SPEC "
+                     f"§10's lead) `stable` collapsed in {_ci(zero)} of its seeds within {max(zero['epochs'])} "
+                     f"epochs (outcomes: {outcome_text(zero['outcomes'])}).")
     if asrun:
-        parts.append(f"At full scale in the `asrun` condition (zero phase, batch gain, short last batch) "
-                     f"`stable` collapsed in {_ci(asrun)} of its seeds within {max(asrun['epochs'])} epochs "
-                     f"(outcomes: {outcome_text(asrun['outcomes'])}).")
-    if phi:
-        parts.append(f"With set_phi on and the gain on (`asrun_phi`, 20 epochs) it collapsed in {_ci(phi)} "
-                     f"(outcomes: {outcome_text(phi['outcomes'])}), late (epochs {_epochs(phi)}).")
+        parts.append(f"With set_phi on (`asrun`: the gain and the short batch, {max(asrun['epochs'])} epochs) it "
+                     f"collapsed in "
+                     f"{_ci(asrun)} (outcomes: {outcome_text(asrun['outcomes'])}), late (epochs "
+                     f"{_epochs(asrun)}), by divergence rather than to a constant output.")
     if fixed:
         parts.append(f"In the `fixed` condition (SPEC as written) it collapsed in {_ci(fixed)} "
                      f"(outcomes: {outcome_text(fixed['outcomes'])}).")
