@@ -61,6 +61,8 @@ def fidelity_section(folder: pathlib.Path) -> tuple[list[str], dict]:
                      f"{', '.join(map(str, c['epochs']))} | {outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | "
                      f"{_fmt(c['best_val_loss'])} | {_fmt(c['final_val_loss'])} | {_fmt(c['final_contrast'], 3)} |")
     lines += ["", UPSTREAM, ""]
+    if (folder / "report" / "survival.png").exists():
+        lines += [f"![Time to the first divergence event, full scale]({folder}/report/survival.png)", ""]
     return lines, cells
 
 

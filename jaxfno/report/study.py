@@ -228,20 +228,27 @@ def _block_figure(results: dict):
 
 
 def _reconstruction_grid(results: dict):
+    """Ground truth and the first kept reconstruction of each cell (a run committed without its
+    ``recon.npz`` is skipped; a cell with none gets an empty panel)."""
     grouped = _by_cell(results)
+    kept = {cell: next((r for _, r in runs if (r.run_dir / "recon.npz").exists()), None)
+            for cell, runs in grouped.items()}
     fig, axes = plt.subplots(2, len(grouped) + 1, figsize=(2.4 * (len(grouped) + 1), 5))
     axes = np.atleast_2d(axes).reshape(2, -1)
-    first = next(iter(grouped.values()))[0][1]
-    with np.load(first.run_dir / "recon.npz") as f:
-        truth = f["ground_truth"]
-    panels = [("ground truth", truth)]
-    for arm, runs in grouped.items():
-        _, r = runs[0]
+    truth = None
+    panels = []
+    for cell, r in kept.items():
+        if r is None:
+            panels.append((f"{cell}\n(no recon.npz kept)", None))
+            continue
         with np.load(r.run_dir / "recon.npz") as f:
-            panels.append((f"{arm}\nSSIM {format_value(r.stats['amp_ssim'], 3)}", f["prediction"]))
+            truth = f["ground_truth"] if truth is None else truth
+            panels.append((f"{cell}\nSSIM {format_value(r.stats['amp_ssim'], 3)}", f["prediction"]))
+    panels.insert(0, ("ground truth", truth))
     for col, (label, image) in enumerate(panels):
-        axes[0, col].imshow(np.abs(image), cmap="gray")
-        axes[1, col].imshow(np.angle(image), cmap="twilight")
+        if image is not None:
+            axes[0, col].imshow(np.abs(image), cmap="gray")
+            axes[1, col].imshow(np.angle(image), cmap="twilight")
         axes[0, col].set_title(label, fontsize=7)
         for ax in axes[:, col]:
             ax.axis("off")
