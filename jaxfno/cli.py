@@ -386,7 +386,12 @@ CAVEATS = [
     "One trajectory can be moved by any single step (the branch experiments show it); seeds are the unit of "
     "replication, and the runs of one cell differ only in the seed (initialisation and data order).",
     "Runs on other hardware can take other trajectories from the same seed (floating-point rounding); every "
-    "number here comes from the devices named in each folder's README.",
+    "number here comes from the devices named in each folder's README. SPEC §10 reports the zero-phase "
+    "condition collapsing for seeds 20260128 and 20260129 on another machine with the same command; on this "
+    "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
+    "Upstream concluded that the collapse is architectural. Here the hybrid control has not been run in a "
+    "collapsing condition yet, so this project can neither confirm nor refute that; SPEC §9.7 notes upstream's own "
+    "control runs collapsed too.",
 ]
 
 

@@ -87,6 +87,8 @@ def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
                 plow, phigh = c["p_collapse_wilson95"]
                 inside = low <= c["p_collapse"] <= high and plow <= ref["p_collapse"] <= phigh
                 verdict = "yes" if inside else "no"
+                if inside and c["collapsed"] == 0 and ref["collapsed"] == 0:
+                    verdict = "yes, but neither collapses: nothing for a remedy to prevent"
             s = stage_a.SCALES.get(scale_dir.name)
             size = (f"width {s.width}, {s.train_subset or n_positions(4) ** 2} patterns, {s.epochs} epochs"
                     + (f" (stops after {s.stop_after})" if s and s.stop_after else "")) if s else "?"
