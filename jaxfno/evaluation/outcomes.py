@@ -31,6 +31,14 @@ DIVERGENCE_RATIO, AHEAD, BEHIND, PEAK_WINDOW = 3.0, 10, 100, 100
 SPIKE_RATIO = 10.0
 
 
+def epoch_steps(history: Mapping[str, Any]) -> list[int]:
+    """The number of steps of each recorded epoch. A branch may change it (``drop_last``,
+    ``batch_size``); a history written before ``epoch_steps`` existed has one count for all."""
+    if "epoch_steps" in history:
+        return list(history["epoch_steps"])
+    return [history["steps_per_epoch"]] * len(history["val_loss"])
+
+
 # --- quantities ---------------------------------------------------------------------------------
 
 def amplitude_cv(image, trim: int = TRIM) -> float:
@@ -151,7 +159,7 @@ def judge(history: Mapping[str, Any], plateau: float, contrast: float | None) ->
     where the history predates it). ``time_to_divergence`` is the survival variable of SPEC §7.2:
     the first event's step, or the run's last step, censored."""
     val = np.asarray(history.get("val_loss", []), np.float64)
-    steps = list(history.get("epoch_steps") or [history.get("steps_per_epoch") or 0] * len(val))
+    steps = epoch_steps(history) if history.get("steps_per_epoch") or history.get("epoch_steps") else []
     events, spikes = divergence_events(history.get("step_loss", []), history.get("grad_norm", []), steps)
     non_finite = history.get("nonfinite_step") is not None or not np.all(np.isfinite(val))
     finite_val = val[np.isfinite(val)]

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxfno.io import read_json  # noqa: E402
-from jaxfno.training.loop import epoch_steps  # noqa: E402
+from jaxfno.evaluation.outcomes import epoch_steps  # noqa: E402
 
 
 def load_histories(run_dirs: list[pathlib.Path], labels: list[str]) -> dict[str, dict]:

@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from jaxfno.data.simulate import n_positions
+from jaxfno.evaluation.outcomes import epoch_steps
 from jaxfno.pipeline import RunResult
 
 
@@ -33,7 +34,7 @@ def run_row(result: RunResult) -> dict:
     h, v = result.history, result.verdict
     d = v["outcome_details"]
     loss, grad = np.asarray(h["step_loss"], float), np.asarray(h["grad_norm"], float)
-    steps = np.asarray(h.get("epoch_steps") or [h["steps_per_epoch"]] * len(h["val_loss"]))
+    steps = np.asarray(epoch_steps(h))
     ends = np.cumsum(steps) - 1
     cfg = result.config
     n_train = cfg.train.train_subset or n_positions(cfg.data.train_stride) ** 2 * cfg.data.nimgs_train

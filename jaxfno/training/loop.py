@@ -33,7 +33,7 @@ from flax import nnx
 from jaxfno.config import ConfigError, ModelConfig, RunConfig
 from jaxfno.data import Dataset, stitch_geometry
 from jaxfno.evaluation import score, stitch
-from jaxfno.evaluation.outcomes import amplitude_contrast
+from jaxfno.evaluation.outcomes import amplitude_contrast, epoch_steps
 from jaxfno.io import write_json
 from jaxfno.models import build_model, reachable_shapes
 from jaxfno.models.layers import execution_choices
@@ -416,14 +416,6 @@ def _compile_evaluation(engine: Engine, params, test_x, val_idx, val_mask, probe
     engine.evaluate.lower(abstract, test_x, val_idx, val_mask).compile()
     engine.diagnostics.lower(abstract, probe_x).compile()
     engine.predict.lower(abstract, test_x, infer_idx).compile()
-
-
-def epoch_steps(history: dict) -> list[int]:
-    """The number of steps of each recorded epoch. A branch may change it (``drop_last``,
-    ``batch_size``); a history written before ``epoch_steps`` existed has one count for all."""
-    if "epoch_steps" in history:
-        return list(history["epoch_steps"])
-    return [history["steps_per_epoch"]] * len(history["val_loss"])
 
 
 def _record_epoch(m: Member, k: int, epoch: int, logs: dict, val_losses: tuple[float, float], lr: float,
