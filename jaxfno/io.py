@@ -1,10 +1,12 @@
 """Files: atomic writes (a temp file in the destination folder, fsync, then ``os.replace``, so a
-crash or a bad input never leaves a half-written artifact) and the cache location.
+crash or a bad input never leaves a half-written artifact), reads that name the file they cannot
+parse, and the cache location.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -17,12 +19,29 @@ from typing import Any, Iterator
 import numpy as np
 
 
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class NoSpaceError(RuntimeError):
+    """A file could not be written for lack of disk space (or over a file size limit); the
+    message names the file. The file's previous version, if any, is untouched."""
+
+
+class UnreadableFile(ValueError):
+    """A file holds no valid JSON (cut short, hand-edited, foreign); the message names it."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[pathlib.Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically. A
+    write that fails for lack of space raises :class:`NoSpaceError` naming ``path``."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    except OSError as exc:
+        _raise_if_no_space(path, exc)
+        raise
     os.close(fd)
     tmp = pathlib.Path(tmp)
     try:
@@ -30,8 +49,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[pathlib.P
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _raise_if_no_space(path, exc)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _raise_if_no_space(path: pathlib.Path, exc: OSError) -> None:
+    if exc.errno in SPACE_ERRNOS:
+        kept = "its previous version is intact" if path.exists() else "nothing was written"
+        raise NoSpaceError(f"cannot write {path}: no space left on the device ({exc.strerror}); "
+                           f"{kept}: free space and run the same command again") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -40,7 +69,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(pathlib.Path(path).read_text())
+    """The JSON in ``path``; :class:`UnreadableFile` naming it when it is not valid JSON (e.g.
+    cut short). A missing file raises FileNotFoundError, which names it too."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnreadableFile(f"{path} is not valid JSON ({exc}): cut short, hand-edited or foreign") from None
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

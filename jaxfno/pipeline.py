@@ -64,10 +64,21 @@ class RunResult:
 
 
 def prepare_run_dir(run_dir: pathlib.Path, cfg: RunConfig, overwrite: bool = False) -> str:
-    """Bind ``run_dir`` to ``cfg``. Returns "finished" (reusable), "started" or "new"."""
+    """Bind ``run_dir`` to ``cfg``. Returns "finished" (reusable), "started" or "new". A
+    ``config.json`` that cannot be read is an error naming it (``overwrite`` starts afresh); a
+    finished run whose artifacts cannot be read is evaluated again from its last checkpoint
+    (with a warning), which rewrites them."""
     config_file = run_dir / "config.json"
     if config_file.exists():
-        existing = RunConfig.from_dict(read_json(config_file))
+        try:
+            existing = RunConfig.from_dict(read_json(config_file))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # ConfigError is a ValueError
+            if not overwrite:
+                raise RunDirError(f"{config_file} is not a run config ({exc}); restore it, choose "
+                                  "another directory or pass --overwrite") from None
+            shutil.rmtree(run_dir)
+            write_json(config_file, cfg.to_dict())
+            return "new"
         if existing.config_hash() != cfg.config_hash():
             if not overwrite:
                 raise RunDirError(
@@ -76,7 +87,15 @@ def prepare_run_dir(run_dir: pathlib.Path, cfg: RunConfig, overwrite: bool = Fal
                 )
             shutil.rmtree(run_dir)
         elif all((run_dir / name).exists() for name in ARTIFACTS):
-            return "finished"
+            unreadable = _unreadable_artifacts(run_dir)
+            if not unreadable:
+                return "finished"
+            if checkpoint.latest_epoch(run_dir) is None:
+                raise RunDirError(f"{run_dir}: {unreadable[0]}, and there is no checkpoint to evaluate "
+                                  "the run again from; pass --overwrite to train it again")
+            warnings.warn(f"{run_dir}: {unreadable[0]}; evaluating the run again from its last checkpoint")
+            (run_dir / "verdict.json").unlink()  # the run is unfinished until its artifacts are rewritten
+            return "started"
         else:
             return "started"
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -111,10 +130,45 @@ def run_members(
                             on_epoch_end=on_epoch_end, member_axis=member_axis)
 
 
+def _unreadable_artifacts(run_dir: pathlib.Path) -> list[str]:
+    """What is wrong with a finished run's JSON artifacts, one line each (empty: nothing)."""
+    problems = []
+    for name in ARTIFACTS:
+        try:
+            value = read_json(run_dir / name)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{run_dir / name} holds a {type(value).__name__}, not a JSON object")
+    return problems
+
+
+def align_checkpoints(run_dirs: Sequence[pathlib.Path]) -> None:
+    """Members of one program resume from one epoch. A process killed between the members' saves
+    leaves some a ``last`` checkpoint one epoch ahead of the others; their newer steps are dropped
+    (with a warning), so that every member resumes from the epoch all of them reached (the kept
+    spare, :data:`checkpoint.KEEP`), and the dropped epoch is trained again, to the same result."""
+    if len(run_dirs) < 2:
+        return
+    latest = [checkpoint.latest_epoch(d) for d in run_dirs]
+    if any(e is None for e in latest) or len(set(latest)) == 1:
+        return  # none to resume (every member starts afresh), or all at one epoch
+    common = min(latest)
+    if not all(common in checkpoint.good_epochs(d) for d, e in zip(run_dirs, latest) if e > common):
+        return  # nothing to align to: the training loop reports the mismatch
+    for d, e in zip(run_dirs, latest):
+        if e > common:
+            warnings.warn(f"{d}: its checkpoint of epoch {e + 1} is dropped: the other runs of its "
+                          f"program stopped after epoch {common + 1}, which all of them resume from")
+            checkpoint.discard_after(d, "last", common)
+
+
 def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, member_axis):
     status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
     if todo:
+        primary_first(lambda: align_checkpoints([run_dirs[k] for k in todo]))
         program = train_members(
             [configs[k] for k in todo], [run_dirs[k] for k in todo], dataset,
             progress=progress, on_epoch_end=on_epoch_end, member_axis=member_axis,
