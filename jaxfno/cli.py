@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
 import platform
 import sys
+import typing
 
 from jaxfno.data.errors import DatasetError
 from jaxfno.io import cache_root, enable_compilation_cache, read_json
-from jaxfno.config import (
-    ConfigError, DataConfig, ModelConfig, OptimConfig, PhysicsConfig, RunConfig, TrainConfig,
-)
+from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, parse_field
+from jaxfno.study import stage_a
 from jaxfno.study.stage_a import CONDITIONS, SCALES
 
 
@@ -24,25 +25,114 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# --- flags derived from the config dataclasses ----------------------------------------------
+#
+# Every field of a config section is a flag: ``--FIELD-NAME`` (underscores as dashes), typed and
+# with choices from the field's annotation and metadata, its help line from the metadata
+# (``jaxfno.config.field``). A flag's value lands in the namespace as ``SECTION.FIELD`` only when
+# given, so defaults live in the dataclasses alone. ``--set SECTION.FIELD=VALUE`` reaches every
+# field, flag or not.
+
+# Older names kept for committed scripts.
+FLAG_ALIASES = {"data.noise_seed": ("--data-seed",), "model.max_hidden_channels": ("--cap",)}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``jaxfno train: error: ... (see --help)``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag_type(cls: type, name: str):
+    def convert(text: str):
+        try:
+            return parse_field(cls, name, text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, section: str,
+                     aliases: dict[str, tuple[str, ...]] = FLAG_ALIASES) -> None:
+    """One flag per field of the dataclass ``cls`` (a config section, e.g. ``ModelConfig`` as
+    ``model``), in a help group of its own; read them back with :func:`config_from_args`.
+    Field metadata: ``help`` (its help line), ``choices``, ``metavar``, ``flag=False`` (no
+    flag). A bool field is ``--NAME/--no-NAME``; an optional one also takes ``none``."""
+    doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."
+    group = parser.add_argument_group(f"{section} ({cls.__name__})", doc)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True):
+            continue
+        key = f"{section}.{f.name}"
+        names = [f"--{f.name.replace('_', '-')}", *aliases.get(key, ())]
+        default = "none" if f.default is None else f"{f.default:g}" if type(f.default) is float else f.default
+        help_text = f"{f.metadata.get('help', f.name)} [{key}; default: {default}]".replace("%", "%%")
+        kwargs: dict[str, typing.Any] = dict(dest=key, default=argparse.SUPPRESS, help=help_text)
+        if hints[f.name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _flag_type(cls, f.name)
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            if "metavar" in f.metadata or "choices" not in f.metadata:
+                kwargs["metavar"] = f.metadata.get("metavar", getattr(hints[f.name], "__name__", "VALUE").upper())
+        group.add_argument(*names, **kwargs)
+
+
+def given_fields(args: argparse.Namespace, section: str) -> dict[str, typing.Any]:
+    """The fields of ``section`` given as flags on this command line."""
+    prefix = section + "."
+    return {key[len(prefix):]: value for key, value in vars(args).items() if key.startswith(prefix)}
+
+
+def config_from_args(args: argparse.Namespace, cls: type, section: str, base=None):
+    """``base`` (default: ``cls()``) with the flags of ``section`` given on the command line;
+    validated by the dataclass."""
+    return dataclasses.replace(base if base is not None else cls(), **given_fields(args, section))
+
+
+def add_set_flag(parser: argparse.ArgumentParser, what: str = "the run's config") -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help=f"change one field of {what}, repeatable, after the flags (e.g. optim.lr=5e-4, "
+                             "train.drop_last=true, model.max_hidden_channels=null); reaches every field, "
+                             "including those without a flag")
+
+
+def _set_keys(sets: list[str]) -> list[str]:
+    return [item.partition("=")[0] for item in sets]
+
+
+def run_config_from_args(a, base: RunConfig = RunConfig()) -> RunConfig:
+    """``base`` with the flags given on the command line, then the ``--set`` changes; a field
+    given both ways is refused."""
+    sections = RunConfig.sections()
+    twice = [k for k in _set_keys(a.set) if k.partition(".")[2] in given_fields(a, k.partition(".")[0])]
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given both by a flag and by --set")
+    cfg = RunConfig(**{name: config_from_args(a, cls, name, getattr(base, name))
+                       for name, cls in sections.items()})
+    return _absolute_probe(cfg.with_overrides(a.set))
+
+
+def _absolute_probe(cfg: RunConfig) -> RunConfig:
+    """A probe file named relative to the working directory, as an absolute path."""
+    return cfg.replace(data=_absolute_probe_data(cfg.data))
+
+
+def _absolute_probe_data(data: DataConfig) -> DataConfig:
+    if data.probe in DataConfig.PROBES:
+        return data
+    return data.replace(probe=str(pathlib.Path(data.probe).absolute()))
+
+
 # --- data -----------------------------------------------------------------------------------
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    d = DataConfig()
-    p.add_argument("--nimgs-train", type=int, default=d.nimgs_train)
-    p.add_argument("--nimgs-test", type=int, default=d.nimgs_test)
-    p.add_argument("--nphotons", type=float, default=d.nphotons)
-    p.add_argument("--set-phi", action=argparse.BooleanOptionalAction, default=d.set_phi)
-    p.add_argument("--noise-seed", "--data-seed", dest="noise_seed", type=int, default=d.noise_seed,
-                   help="seed of the Poisson noise draw")
-    p.add_argument("--probe", default=d.probe,
-                   help="'synthetic' (default), 'gaussian', or an NPZ file with probeGuess")
-
-
 def _data_config(a) -> DataConfig:
-    probe = a.probe if a.probe in ("synthetic", "gaussian") else str(pathlib.Path(a.probe).absolute())
-    return DataConfig(nimgs_train=a.nimgs_train, nimgs_test=a.nimgs_test, nphotons=a.nphotons,
-                      set_phi=a.set_phi, noise_seed=a.noise_seed, probe=probe)
+    return _absolute_probe_data(config_from_args(a, DataConfig, "data"))
 
 
 def cmd_data_build(a) -> int:
@@ -80,8 +170,8 @@ def load_or_build_dataset(data_cfg: DataConfig, dataset_dir: str | None):
 def _add_process_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("multi-process job (all three, in every process; see README)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
-    g.add_argument("--num-processes", type=_positive_int)
-    g.add_argument("--process-id", type=int)
+    g.add_argument("--num-processes", type=_positive_int, help="how many processes join")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 … N-1")
 
 
 def _join_processes(a) -> None:
@@ -97,22 +187,8 @@ def _join_processes(a) -> None:
 # --- model ----------------------------------------------------------------------------------
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    m = ModelConfig()
-    p.add_argument("--arch", default=m.arch, choices=ModelConfig.ARCHS)
-    p.add_argument("--width", type=int, default=m.width)
-    p.add_argument("--blocks", type=int, default=m.blocks)
-    p.add_argument("--modes", type=int, default=m.modes)
-    p.add_argument("--cap", "--max-hidden-channels", dest="cap", type=int, default=None)
-    p.add_argument("--spectral", default=m.spectral, choices=ModelConfig.SPECTRAL)
-    p.add_argument("--layerscale-init", type=float, default=m.layerscale_init)
-    p.add_argument("--zero-gamma", action="store_true")
-
-
 def _model_config(a) -> ModelConfig:
-    return ModelConfig(arch=a.arch, width=a.width, blocks=a.blocks, modes=a.modes,
-                       max_hidden_channels=a.cap, spectral=a.spectral,
-                       layerscale_init=a.layerscale_init, zero_gamma=a.zero_gamma)
+    return config_from_args(a, ModelConfig, "model")
 
 
 def cmd_model_summary(a) -> int:
@@ -133,44 +209,11 @@ def cmd_model_summary(a) -> int:
 # --- training -------------------------------------------------------------------------------
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    o, t = OptimConfig(), TrainConfig()
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--seed", type=int, default=t.seed)
-    p.add_argument("--epochs", type=int, default=t.epochs)
-    p.add_argument("--batch-size", type=int, default=t.batch_size)
-    p.add_argument("--infer-batch-size", type=int, default=t.infer_batch_size)
-    p.add_argument("--drop-last", action="store_true")
-    p.add_argument("--train-subset", type=int, default=t.train_subset)
-    p.add_argument("--optimizer", default=o.optimizer, choices=OptimConfig.OPTIMIZERS)
-    p.add_argument("--lr", type=float, default=o.lr)
-    p.add_argument("--weight-decay", type=float, default=o.weight_decay)
-    p.add_argument("--momentum", type=float, default=o.momentum)
-    p.add_argument("--scheduler", default=o.scheduler, choices=OptimConfig.SCHEDULERS)
-    p.add_argument("--warmup-epochs", type=int, default=o.warmup_epochs)
-    p.add_argument("--lr-min-ratio", type=float, default=o.lr_min_ratio)
-    p.add_argument("--grad-clip", type=float, default=o.grad_clip, help="0 = no clipping")
-    p.add_argument("--grad-clip-algorithm", default=o.grad_clip_algorithm, choices=OptimConfig.CLIPS)
-    p.add_argument("--loss", default="mae", choices=PhysicsConfig.LOSSES)
-    p.add_argument("--batch-gain", default="none", choices=PhysicsConfig.BATCH_GAINS)
-    p.add_argument("--object-support", default="full", choices=PhysicsConfig.OBJECT_SUPPORTS)
-    p.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
-    p.add_argument("--overwrite", action="store_true")
-
-
-def run_config_from_args(a) -> RunConfig:
-    return RunConfig(
-        data=_data_config(a),
-        model=_model_config(a),
-        physics=PhysicsConfig(loss=a.loss, batch_gain=a.batch_gain, object_support=a.object_support),
-        optim=OptimConfig(optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay,
-                          momentum=a.momentum, scheduler=a.scheduler,
-                          warmup_epochs=a.warmup_epochs, lr_min_ratio=a.lr_min_ratio,
-                          grad_clip=a.grad_clip, grad_clip_algorithm=a.grad_clip_algorithm),
-        train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size,
-                          infer_batch_size=a.infer_batch_size, seed=a.seed,
-                          drop_last=a.drop_last, train_subset=a.train_subset),
-    )
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """A flag for every field of every section of :class:`RunConfig`, and ``--set``."""
+    for name, cls in RunConfig.sections().items():
+        add_config_flags(p, cls, name)
+    add_set_flag(p)
 
 
 def cmd_train(a) -> int:
@@ -243,22 +286,64 @@ def cmd_stats(a) -> int:
 # --- study and inspection -----------------------------------------------------------------
 
 
+# What ``study stage-a --set`` may change besides the dataset (data.*): the scale's fields. The
+# arms, conditions and seeds set every other field of a run, and the study exists to vary them.
+SCALE_FIELDS = {"model.width": "width", "model.blocks": "blocks", "model.modes": "modes",
+                "train.epochs": "epochs", "train.train_subset": "train_subset", "train.stop_after": "stop_after"}
+
+
+def study_data_and_scale(a):
+    """The study's base data config (data flags, then ``--set data.*``) and its scale (``--set``
+    on a scale field, e.g. ``model.width=8``, ``train.stop_after=2``); other fields are refused."""
+    sections = RunConfig.sections()
+    data, scale, scale_changes = _data_config(a), SCALES[a.scale], {}
+    for item in a.set:
+        key, sep, text = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or section not in sections or name not in typing.get_type_hints(sections[section]):
+            RunConfig().with_overrides([item])  # raises the message of a malformed override
+        if section == "data" or key in SCALE_FIELDS:
+            try:
+                value = parse_field(sections[section], name, text)
+            except ConfigError as err:
+                raise ConfigError(f"override {item!r}: {section}.{err}") from None
+        if section == "data":
+            if name in given_fields(a, "data"):
+                raise ConfigError(f"{key} given both by a flag and by --set")
+            data = _absolute_probe_data(data.replace(**{name: value}))
+        elif key in SCALE_FIELDS:
+            scale_changes[SCALE_FIELDS[key]] = value
+        else:
+            raise ConfigError(f"study stage-a --set {key}: the arms, conditions or seeds set this field; "
+                              f"a study changes data.* and the scale's {', '.join(SCALE_FIELDS)} "
+                              "(jaxfno train --set changes any field of one run)")
+    scale = dataclasses.replace(scale, **scale_changes)
+    for arm in a.arms or stage_a.default_arms(a.conditions):  # every run's config is valid
+        for condition in a.conditions:
+            try:
+                stage_a.config(arm, scale, stage_a.STUDY_SEED, data, condition)
+            except ConfigError:
+                raise
+            except (KeyError, ValueError):
+                pass  # an unknown arm, or one that sets its own physics: the Study names it
+    return data, scale
+
+
 def cmd_study_stage_a(a) -> int:
+    data, scale = study_data_and_scale(a)  # a bad config fails here, before any process joins
     _join_processes(a)
     enable_compilation_cache()
     from jaxfno.report.study import summary_markdown, write_report
-    from jaxfno.study import stage_a
     from jaxfno.study.runner import Study
     from jaxfno.training.loop import Progress
 
     seeds = stage_a.seeds_for(a.seeds if a.seeds is not None else stage_a.SCALES[a.scale].seeds)
     out = pathlib.Path(a.out)
-    data = _data_config(a)
-    study = Study(a.arms or stage_a.default_arms(a.conditions), a.scale, seeds, out, _dataset_loader(), Progress(),
+    study = Study(a.arms or stage_a.default_arms(a.conditions), scale, seeds, out, _dataset_loader(), Progress(),
                   conditions=a.conditions, data=data)
     results = study.run_all()
     command = "jaxfno " + " ".join(sys.argv[1:])
-    title = f"Stage A study ({a.scale} scale{_probe_note(data)})"
+    title = f"Stage A study ({a.scale} scale{_probe_note(data)}{''.join(', ' + s for s in a.set)})"
     cells = write_report(results, out / "report", title=title, command=command,
                          datasets=_datasets_of(study, results), scale=a.scale)
     print(summary_markdown(cells, title))
@@ -273,9 +358,8 @@ def cmd_bench(a) -> int:
 
     model = _model_config(a)
     if a.what == "study":
-        from jaxfno.study.throughput import bench_study
 
-        result = bench_study(a.scale, a.members, a.epochs, _dataset_loader(), with_torch=not a.no_torch)
+        result = bench.bench_study(a.scale, a.members, a.epochs, _dataset_loader(), with_torch=not a.no_torch)
         print(json.dumps(result, indent=2))
         if a.json_out:
             write_json(a.json_out, result)
@@ -449,29 +533,32 @@ def cmd_inspect(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxfno", description=__doc__)
+    parser = ArgumentParser(prog="jaxfno", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build or describe a grid_lines dataset").add_subparsers(
         dest="data_command", required=True)
     build = data.add_parser("build", help="simulate the dataset (reused when already built)")
-    build.add_argument("--out", required=True)
-    _add_data_args(build)
+    build.add_argument("--out", required=True, help="dataset directory")
+    add_config_flags(build, DataConfig, "data")
     build.set_defaults(func=cmd_data_build)
     show = data.add_parser("show", help="shapes, ranges, probe, photon scale, noise floor, hashes")
-    show.add_argument("dir")
+    show.add_argument("dir", help="dataset directory")
     show.set_defaults(func=cmd_data_show)
 
     model = sub.add_parser("model", help="generator tools").add_subparsers(dest="model_command", required=True)
     summary = model.add_parser("summary", help="per-layer table and parameter counts")
-    _add_model_args(summary)
-    summary.add_argument("--json", action="store_true")
+    add_config_flags(summary, ModelConfig, "model")
+    summary.add_argument("--json", action="store_true", help="print config, counts and layers as JSON")
     summary.set_defaults(func=cmd_model_summary)
 
-    train = sub.add_parser("train", help="train one run and write its artifacts")
-    _add_data_args(train)
-    _add_model_args(train)
-    _add_train_args(train)
+    train = sub.add_parser("train", help="train one run and write its artifacts",
+                           description="Train one run and write its artifacts. Every config field is a flag "
+                                       "(defaults: jaxfno/config.py) and --set reaches any field.")
+    train.add_argument("--out", required=True, help="run directory (bound to the config; resumed if unfinished)")
+    train.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
+    train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    add_run_flags(train)
     _add_process_args(train)
     train.set_defaults(func=cmd_train)
 
@@ -482,11 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     branch.add_argument("--from", dest="kind", choices=("last", "best"), default=None,
                         help="which checkpoint of the source run (default: the one named by SOURCE)")
     branch.add_argument("--out", required=True, help="run directory of the branch")
-    branch.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="config change, repeatable: e.g. train.drop_last=true, "
-                             "physics.batch_gain=none, optim.lr=5e-4 (default: none, a replay)")
+    add_set_flag(branch, "the source run's config (none: a replay)")
     branch.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
-    branch.add_argument("--overwrite", action="store_true")
+    branch.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     branch.set_defaults(func=cmd_branch)
 
     compare = sub.add_parser("compare", help="runs side by side (e.g. a branch and its source): "
@@ -498,31 +583,33 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     stats = sub.add_parser("stats", help="print a finished run's stats and verdict")
-    stats.add_argument("run_dir")
+    stats.add_argument("run_dir", help="a finished run directory")
     stats.set_defaults(func=cmd_stats)
 
     study = sub.add_parser("study", help="run a study and write its report").add_subparsers(
         dest="study_name", required=True)
     stage_a = study.add_parser("stage-a", help="the grid_lines Stage A stability study")
-    stage_a.add_argument("--scale", default="smoke", choices=tuple(SCALES))
+    stage_a.add_argument("--scale", default="smoke", choices=tuple(SCALES),
+                         help="problem size (jaxfno/study/stage_a.py; default: smoke)")
     stage_a.add_argument("--seeds", type=_positive_int, default=None, help="seeds per arm (default: the scale's)")
     stage_a.add_argument("--arms", nargs="+", default=None,
                          help="arm names (default: all in the fixed condition alone, else SPEC §7's six)")
     stage_a.add_argument("--conditions", nargs="+", default=["fixed"], choices=tuple(CONDITIONS),
                          help="conditions every arm runs in (SPEC §7.1; default: fixed)")
-    stage_a.add_argument("--out", required=True)
-    _add_data_args(stage_a)  # the dataset every arm trains on (e.g. --probe gaussian)
+    stage_a.add_argument("--out", required=True, help="study directory: OUT/<condition>/<arm>/seed<seed>/")
+    add_config_flags(stage_a, DataConfig, "data")  # the dataset every arm trains on (e.g. --probe gaussian)
+    add_set_flag(stage_a, "every run: data.* or a scale field (" + ", ".join(SCALE_FIELDS) + ")")
     _add_process_args(stage_a)
     stage_a.set_defaults(func=cmd_study_stage_a)
 
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
     bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "profile", "loop",
-                                          "compile", "study"))
+                                          "compile", "study"), help="what is timed")
     bench.add_argument("--scale", default="smoke", choices=tuple(SCALES),
                        help="'study': the scale whose seed-runs per hour are measured")
     bench.add_argument("--epochs", type=_positive_int, default=2,
                        help="'study': epochs timed per run (extrapolated to the scale's length)")
-    _add_model_args(bench)
+    add_config_flags(bench, ModelConfig, "model")
     bench.add_argument("--members", type=_positive_int, default=8, help="K for 'seeds', 'profile' and 'study'")
     bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
     bench.add_argument("--batch", type=_positive_int, default=16,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import shutil
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxfno import cli
+from jaxfno.config import RunConfig
 from jaxfno.inspect import describe_checkpoint, evaluate_checkpoint
 from jaxfno.report.study import wilson_interval
 from jaxfno.study import stage_a
@@ -130,6 +133,115 @@ def test_bad_training_input_fails_before_compiling(args, message, tmp_path, caps
     assert not out.exists()
 
 
+def test_train_set_changes_the_written_config(grid_lines_dataset_path, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--out", str(out), "--dataset", str(grid_lines_dataset_path), "--width", "2",
+                     "--blocks", "2", "--modes", "2", "--train-subset", "16", "--epochs", "3",
+                     "--set", "optim.lr=5e-4", "--set", "train.stop_after=1"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optim"]["lr"] == 5e-4 and cfg["train"]["stop_after"] == 1 and cfg["model"]["width"] == 2
+    assert len(json.loads((out / "history.json").read_text())["val_loss"]) == 1
+
+
+@pytest.mark.parametrize("item, message", [
+    ("optim.lr=abc", "optim.lr takes float, not 'abc'"),
+    ("optim.learning_rate=1", "optim has no field 'learning_rate'"),
+    ("solver.lr=1", "no config section 'solver'"),
+    ("optim.lr", "is not SECTION.FIELD=VALUE"),
+    ("optim.lr=0", "lr=0.0 must be > 0"),
+    ("train.seed=true", "train.seed takes int, not True"),
+    ("model.blocks=8", "at most 7 blocks fit"),
+    ("model.in_channels=2", "the input is one channel"),
+])
+def test_bad_set_is_one_line_before_anything_is_built(item, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli.main(["train", "--out", str(out), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxfno: invalid configuration: ") and message in err
+    assert not out.exists()
+
+
+def test_a_field_given_by_a_flag_and_by_set_is_refused(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "x"), "--lr", "1e-3", "--set", "optim.lr=5e-4"]) == 2
+    assert "optim.lr given both by a flag and by --set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train"], ["study", "stage-a"], ["branch"], ["data", "build"],
+                                     ["model", "summary"], ["bench"]])
+def test_every_flag_has_a_help_line(command):
+    parser = cli.build_parser()
+    for name in command:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    for action in parser._actions:
+        assert action.help and action.help != argparse.SUPPRESS, (command, action.option_strings or action.dest)
+
+
+def test_flags_come_from_the_dataclasses():
+    """No flag given: the dataclass defaults (the hash of the default config is unchanged);
+    the older flag names of committed scripts still name their fields."""
+    parse = cli.build_parser().parse_args
+    assert cli.run_config_from_args(parse(["train", "--out", "x"])) == RunConfig()
+    assert RunConfig().config_hash() == "c3c9f987f258"
+    cfg = cli.run_config_from_args(parse([
+        "train", "--out", "x", "--cap", "64", "--data-seed", "3", "--no-set-phi", "--drop-last", "--zero-gamma",
+        "--batch-gain", "upstream", "--arch", "stable_hybrid", "--grad-clip", "0", "--lr", "1e-3",
+        "--scheduler", "constant", "--epochs", "8", "--batch-size", "16", "--seed", "20260130",
+        "--nphotons", "1e9", "--probe", "gaussian", "--stop-after", "2", "--b2", "0.99"]))
+    assert (cfg.model.max_hidden_channels, cfg.data.noise_seed, cfg.data.set_phi, cfg.train.drop_last) == (64, 3, False, True)
+    assert (cfg.model.zero_gamma, cfg.physics.batch_gain, cfg.train.seed, cfg.train.stop_after) == (True, "upstream", 20260130, 2)
+    assert cfg.optim.b2 == 0.99 and cfg.data.probe == "gaussian"
+    probe = cli.run_config_from_args(parse(["train", "--out", "x", "--set", "data.probe=my_probe.npz"])).data.probe
+    assert probe == str(pathlib.Path("my_probe.npz").absolute())
+
+
+def test_add_config_flags_takes_any_dataclass():
+    """How another section (e.g. execution) gets its flags: one call, read back with config_from_args."""
+    import dataclasses
+
+    from jaxfno.config import field
+
+    @dataclasses.dataclass(frozen=True)
+    class Extra:
+        """How it runs. More words."""
+        kernel: str = field("auto", "which kernel", choices=("auto", "fast"))
+        threads: int = field(2, "threads")
+
+    parser = cli.ArgumentParser(prog="x")
+    cli.add_config_flags(parser, Extra, "extra")
+    assert cli.config_from_args(parser.parse_args([]), Extra, "extra") == Extra()
+    assert cli.config_from_args(parser.parse_args(["--kernel", "fast", "--threads", "4"]), Extra, "extra") \
+        == Extra("fast", 4)
+    assert "which kernel [extra.kernel; default: auto]" in " ".join(parser.format_help().split())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--threads", "many"])
+
+
+def test_study_set_changes_the_dataset_and_the_scale():
+    parse = cli.build_parser().parse_args
+    base = ["study", "stage-a", "--out", "x", "--scale", "smoke"]
+    data, scale = cli.study_data_and_scale(parse([*base, "--set", "model.width=8", "--set", "train.stop_after=2",
+                                                  "--set", "data.probe=gaussian"]))
+    assert (scale.name, scale.width, scale.stop_after, scale.epochs) == ("smoke", 8, 2, stage_a.SCALES["smoke"].epochs)
+    assert data.probe == "gaussian"
+    cfg = stage_a.config("stable", scale, 1, data)
+    assert cfg.model.width == 8 and cfg.train.stop_after == 2 and cfg.data.probe == "gaussian"
+    for item, message in [("optim.lr=1e-4", "the arms, conditions or seeds set this field"),
+                          ("train.seed=1", "the arms, conditions or seeds set this field"),
+                          ("model.blocks=9", "at most 7 blocks fit"),
+                          ("train.stop_after=7", "stop_after=7 must be in [0, epochs=6]"),
+                          ("model.width=x", "model.width takes int")]:
+        with pytest.raises(cli.ConfigError, match=re.escape(message)):
+            cli.study_data_and_scale(parse([*base, "--set", item]))
+
+
+def test_argument_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--out", "x", "--epochs", "2.5"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "argument --epochs: epochs takes int, not 2.5" in err
+
+
 @pytest.mark.parametrize("argv", [["bench", "seeds", "--members", "0"], ["bench", "model", "--repeats", "0"],
                                   ["bench", "model", "--batch", "-1"],
                                   ["study", "stage-a", "--out", "x", "--seeds", "0"]])
@@ -234,11 +346,12 @@ def test_loop_overhead_benchmark_runs(grid_lines_dataset):
 
 def test_study_throughput_benchmark(grid_lines_dataset, monkeypatch):
     """Seed-runs per hour: K members together, K sequential runs, the PyTorch twin's run."""
-    from jaxfno.study import stage_a, throughput
+    from jaxfno.bench import bench_study
+    from jaxfno.study import stage_a
 
     tiny = stage_a.Scale("tiny", width=2, blocks=2, modes=2, train_subset=41, epochs=3, seeds=1)
     monkeypatch.setitem(stage_a.SCALES, "tiny", tiny)
-    result = throughput.bench_study("tiny", 1, 1, lambda cfg: grid_lines_dataset, condition="fixed")
+    result = bench_study("tiny", 1, 1, lambda cfg: grid_lines_dataset, condition="fixed")
     for way in ("together", "sequential", "torch"):
         assert result[way]["seed_runs_per_hour"] > 0, way
     assert result["epochs_per_run"] == 3 and result["together"]["programs"] == 1
