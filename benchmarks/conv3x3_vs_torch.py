@@ -10,8 +10,9 @@ import sys
 import jax
 import torch
 
-from jaxfno.models.bench import median_seconds
-from jaxfno.models.layers import _conv3x3_xla, compiler_options
+from jaxfno.bench import median_seconds
+from jaxfno.execution import ExecutionConfig
+from jaxfno.models.kernels import conv3x3
 
 BATCH = 16
 # (map size, in, out channels): how many of each the default hybrid generator has
@@ -27,8 +28,8 @@ def main(repeats: int) -> None:
         x = jax.random.normal(keys[0], (BATCH, size, size, c_in))
         kernel = 0.1 * jax.random.normal(keys[1], (3, 3, c_in, c_out))
         cotangent = jax.random.normal(keys[2], (BATCH, size, size, c_out))
-        grads = jax.jit(lambda x, k, g: jax.vjp(_conv3x3_xla, x, k)[1](g)).lower(
-            x, kernel, cotangent).compile(compiler_options())
+        grads = jax.jit(lambda x, k, g: jax.vjp(lambda x, k: conv3x3(x, k, "xla"), x, k)[1](g)).lower(
+            x, kernel, cotangent).compile(ExecutionConfig().compiler_options())
         jax.block_until_ready(grads(x, kernel, cotangent))  # warm-up: first-run allocations
         jax_s = median_seconds(lambda: grads(x, kernel, cotangent), repeats)
 

@@ -7,7 +7,6 @@ import pathlib
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxfno.config import RunConfig
 from jaxfno.data import ensure_dataset
@@ -15,7 +14,7 @@ from jaxfno.evaluation import score
 from jaxfno.io import cache_root
 from jaxfno.models import block_parameter_stats
 from jaxfno.training import checkpoint
-from jaxfno.training.loop import init_params, build_engine, sequential_batches
+from jaxfno.training import abstract_model, predictor
 
 
 def resolve(path: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -32,7 +31,7 @@ def load_params(run_dir: pathlib.Path, kind: str):
     """(config, meta, graphdef, params as nnx.State, rest) of a checkpoint."""
     plain, meta = checkpoint.restore(run_dir, kind)
     cfg = RunConfig.from_dict(meta["config"])
-    graphdef, params, rest = nnx.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
+    graphdef, params, rest = abstract_model(cfg.model)
     params = checkpoint.from_plain(params, plain["params"])
     return cfg, meta, graphdef, params, rest
 
@@ -59,10 +58,7 @@ def describe_checkpoint(path: pathlib.Path) -> str:
 def evaluate_checkpoint(path: pathlib.Path) -> dict:
     """Metrics of the checkpoint's weights on the test split, as ``metrics.json`` computes them."""
     run_dir, kind = resolve(path)
-    cfg, _, graphdef, params, rest = load_params(run_dir, kind)
+    cfg, _, _, params, _ = load_params(run_dir, kind)
     dataset = ensure_dataset(cfg.data, cache_root() / "datasets")
-    engine, test_x = build_engine(cfg, dataset, graphdef, rest)
-    idx, _ = sequential_batches(test_x.shape[0], cfg.train.infer_batch_size)
-    stacked = jax.tree.map(lambda x: np.asarray(x)[None], params)
-    stitched = np.asarray(engine.predict(stacked, test_x, idx))[0]
+    stitched = predictor(cfg, dataset)(jax.tree.map(lambda x: np.asarray(x)[None], params))[0]
     return score(stitched, dataset.test.ground_truth)

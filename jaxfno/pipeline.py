@@ -24,11 +24,12 @@ from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
 from jaxfno.evaluation.outcomes import amplitude_contrast, amplitude_cv, constant_plateau, judge
+from jaxfno.execution import ExecutionConfig
 from jaxfno.io import directory_lock, read_json, write_json, write_npz
 from jaxfno.processes import primary_first
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
 from jaxfno.training import checkpoint
-from jaxfno.training.loop import Member, Progress, train_members
+from jaxfno.training import Member, Progress, train_members
 
 ARTIFACTS = ("config.json", "history.json", "metrics.json", "stats.json", "verdict.json")
 NORM_SCALE_NEAR_ZERO = 1e-2  # |mean InstanceNorm scale| below this: the block's output is muted
@@ -114,7 +115,7 @@ def run_members(
     overwrite: bool = False,
     progress: Progress | None = None,
     on_epoch_end: Callable | None = None,
-    member_axis: str | None = None,
+    execution: ExecutionConfig = ExecutionConfig(),
 ) -> list[RunResult]:
     """Train, evaluate and write K runs that share one compiled program. Each run directory is
     locked against other processes while this one writes it (:func:`jaxfno.io.directory_lock`;
@@ -127,7 +128,7 @@ def run_members(
                 if stale:
                     warnings.warn(f"{d}: took over the lock of a process that is gone ({stale})")
         return _run_members(configs, run_dirs, dataset, overwrite=overwrite, progress=progress,
-                            on_epoch_end=on_epoch_end, member_axis=member_axis)
+                            on_epoch_end=on_epoch_end, execution=execution)
 
 
 def _unreadable_artifacts(run_dir: pathlib.Path) -> list[str]:
@@ -164,14 +165,14 @@ def align_checkpoints(run_dirs: Sequence[pathlib.Path]) -> None:
             checkpoint.discard_after(d, "last", common)
 
 
-def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, member_axis):
+def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, execution):
     status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
     if todo:
         primary_first(lambda: align_checkpoints([run_dirs[k] for k in todo]))
         program = train_members(
             [configs[k] for k in todo], [run_dirs[k] for k in todo], dataset,
-            progress=progress, on_epoch_end=on_epoch_end, member_axis=member_axis,
+            progress=progress, on_epoch_end=on_epoch_end, execution=execution,
         )
         start = time.perf_counter()
         stitched = program.predict()

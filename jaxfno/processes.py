@@ -2,7 +2,7 @@
 work that one process must finish before the others look.
 
 Every process runs the same command on the same data and sees the same files (a shared
-filesystem, or identical copies); :class:`jaxfno.training.loop.MemberPlacement` spreads the
+filesystem, or identical copies); :class:`jaxfno.training.placement.MemberPlacement` spreads the
 members over all processes' devices and gathers every member's results to every process.
 """
 

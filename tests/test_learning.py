@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxfno.config import ModelConfig, RunConfig
-from jaxfno.training.loop import build_engine, init_params, initial_state
+from jaxfno.training import abstract_model, build_engine, initial_state
 
 STEPS = 240
 
 
 def test_small_stable_hybrid_learns(grid_lines_dataset):
     cfg = RunConfig(model=ModelConfig(arch="stable_hybrid", width=8, blocks=2, modes=4))
-    graphdef, _, rest = nnx.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
+    graphdef, _, rest = abstract_model(cfg.model)
     engine, _ = build_engine(cfg, grid_lines_dataset, graphdef, rest)
     state = jax.device_put(engine.step_layout(initial_state(engine, [cfg])))
     train_x = jax.numpy.asarray(grid_lines_dataset.train.diffraction[:64])

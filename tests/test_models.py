@@ -12,9 +12,11 @@ import pytest
 from flax import nnx
 
 from jaxfno.config import ModelConfig
-from jaxfno.models import (PtychoBlock, SpectralConv2d, StablePtychoBlock,
-                           benchmark_forward_backward, block_parameter_stats, build_model,
-                           build_stacked, parameter_counts, summary_table)
+from jaxfno.bench import bench_layers, bench_model
+from jaxfno.config import ConfigError
+from jaxfno.execution import ExecutionConfig
+from jaxfno.models import (PtychoBlock, SpectralConv2d, StablePtychoBlock, block_parameter_stats,
+                           build_model, build_stacked, parameter_counts, summary_table)
 
 SMALL = ModelConfig(width=4, blocks=3, modes=4)
 
@@ -285,20 +287,20 @@ def _assert_trees_close(a, b, rtol, atol):
 
 
 @pytest.mark.parametrize("members", [None, 3])
-def test_conv3x3_implementations_agree(members, monkeypatch):
+def test_conv3x3_implementations_agree(members):
     """``im2col`` and ``taps`` compute the same convolution (values and gradients) as ``xla``,
     alone and vmapped over members with their own kernels; ``auto`` picks ``taps`` for a small
     convolution on the CPU."""
     from jaxfno.models.layers import Conv3x3
 
-    graphdef, params = nnx.split(Conv3x3(5, 6, rngs=nnx.Rngs(0)))
+    _, params = nnx.split(Conv3x3(5, 6, rngs=nnx.Rngs(0)))
     if members:
         keys = jax.random.split(jax.random.key(1), members)
         params = jax.vmap(lambda k: nnx.state(Conv3x3(5, 6, rngs=nnx.Rngs(k))))(keys)
     x = jax.random.normal(jax.random.key(2), (2, 9, 7, 5))
 
-    def traced(impl):  # a new function per choice: the choice is read when tracing
-        monkeypatch.setenv("JAXFNO_CONV3X3", impl)
+    def traced(impl):  # the implementation is a constructor argument (static in the graphdef)
+        graphdef = nnx.graphdef(Conv3x3(5, 6, impl=impl, rngs=nnx.Rngs(0)))
         value_and_grads = _sin_sum_value_and_grads(graphdef)
         fn = jax.vmap(value_and_grads, in_axes=(0, None)) if members else value_and_grads
         return str(jax.make_jaxpr(fn)(params, x)), jax.jit(fn)(params, x)
@@ -308,65 +310,67 @@ def test_conv3x3_implementations_agree(members, monkeypatch):
     assert "custom_vjp_call" in taps_jaxpr and "custom_vjp_call" not in xla_jaxpr
     _assert_trees_close(xla, im2col, rtol=1e-4, atol=1e-5)
     _assert_trees_close(xla, taps, rtol=1e-4, atol=1e-5)
-    assert ("custom_vjp_call" in traced("auto")[0]) == (jax.default_backend() == "cpu")  # 5×6 ≤ 64
-    with pytest.raises(ValueError, match="JAXFNO_CONV3X3='winograd'"):
+    assert "custom_vjp_call" in traced("auto")[0]  # 5×6 ≤ 64
+    with pytest.raises(ValueError, match="conv3x3 implementation 'winograd'"):
         traced("winograd")
+    # the execution config resolves "auto" per backend: the CPU keeps the per-layer rule
+    assert ExecutionConfig().resolved("cpu").conv3x3 == "auto"
+    assert ExecutionConfig().resolved("gpu").conv3x3 == "xla"
+    with pytest.raises(ConfigError, match="execution.conv3x3='winograd'"):
+        ExecutionConfig(conv3x3="winograd")
 
 
 @pytest.mark.parametrize("variant", ["upstream", "symmetric"])
-def test_spectral_mixings_agree(variant, monkeypatch):
+def test_spectral_mixings_agree(variant):
     """The ``real`` mode mixing (two real matmuls, each weight part read once) computes the
     same layer, values and gradients, as the ``complex`` einsum, on a map small enough to cap
     the modes."""
     from jaxfno.models.layers import SpectralConv2d
 
-    graphdef, params = nnx.split(SpectralConv2d(4, 5, 6, variant, rngs=nnx.Rngs(0)))
+    _, params = nnx.split(SpectralConv2d(4, 5, 6, variant, rngs=nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(2), (2, 8, 6, 4))
 
-    monkeypatch.setenv("JAXFNO_SPECTRAL_TRANSFORM", "fft")  # the dft path always mixes in reals
-
-    def traced(mixing):  # a new function per choice: the choice is read when tracing
-        monkeypatch.setenv("JAXFNO_SPECTRAL_MIX", mixing)
+    def traced(mixing):  # fft: the dft path always mixes in reals
+        graphdef = nnx.graphdef(SpectralConv2d(4, 5, 6, variant, transform="fft", mixing=mixing,
+                                               rngs=nnx.Rngs(0)))
         forward = str(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
         return forward.count("dot_general"), jax.jit(_sin_sum_value_and_grads(graphdef))(params, x)
 
     (complex_dots, complex_), (real_dots, real) = traced("complex"), traced("real")
     assert real_dots == 2 * complex_dots > 0
     _assert_trees_close(complex_, real, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="JAXFNO_SPECTRAL_MIX='gauss'"):
+    with pytest.raises(ValueError, match="mixing 'gauss'"):
         traced("gauss")
 
 
 @pytest.mark.parametrize("variant", ["upstream", "symmetric"])
 @pytest.mark.parametrize("shape", [(8, 8), (9, 7), (64, 64)], ids=["nyquist", "odd", "uncapped"])
-def test_spectral_transforms_agree(variant, shape, monkeypatch):
+def test_spectral_transforms_agree(variant, shape):
     """The ``dft`` transform (matmuls with the kept modes' cosine and sine tables) computes the
     same layer, values and gradients, as rfft2/irfft2: with modes capped by the map and the
     Nyquist column kept (8×8), on an odd map (9×7), and with modes below the map's (64×64)."""
     from jaxfno.models.layers import SpectralConv2d
 
-    graphdef, params = nnx.split(SpectralConv2d(4, 5, 12, variant, rngs=nnx.Rngs(0)))
+    _, params = nnx.split(SpectralConv2d(4, 5, 12, variant, rngs=nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(2), (2, *shape, 4))
 
-    def traced(transform):  # a new function per choice: the choice is read when tracing
-        monkeypatch.setenv("JAXFNO_SPECTRAL_TRANSFORM", transform)
+    def traced(transform):
+        graphdef = nnx.graphdef(SpectralConv2d(4, 5, 12, variant, transform=transform, rngs=nnx.Rngs(0)))
         forward = str(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
         return "fft" in forward, jax.jit(_sin_sum_value_and_grads(graphdef))(params, x)
 
     (fft_used, fft), (dft_fft_used, dft) = traced("fft"), traced("dft")
     assert fft_used and not dft_fft_used
     _assert_trees_close(fft, dft, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="JAXFNO_SPECTRAL_TRANSFORM='fftw'"):
+    with pytest.raises(ValueError, match="transform 'fftw'"):
         traced("fftw")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="compiler_options() sets an XLA:CPU option only; elsewhere it is None")
-def test_cpu_convolution_engines_agree(monkeypatch):
+def test_cpu_convolution_engines_agree():
     """``eigen`` (the default) keeps convolutions out of YNNPACK and computes the same
     convolution, values and gradients, as jaxlib's default."""
-    from jaxfno.models.layers import compiler_options
-
     def conv(x, k):
         return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -376,9 +380,8 @@ def test_cpu_convolution_engines_agree(monkeypatch):
     k = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) / np.sqrt(9 * 32)  # outputs ~ 1
 
     def compiled(engine):
-        monkeypatch.setenv("JAXFNO_CPU_CONV", engine)
         fn = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k))), argnums=(0, 1)),
-                     compiler_options=compiler_options())
+                     compiler_options=ExecutionConfig(cpu_conv=engine).compiler_options())
         return fn.lower(x, k).compile()
 
     def fused_convolutions(executable) -> int:
@@ -390,27 +393,38 @@ def test_cpu_convolution_engines_agree(monkeypatch):
     # jaxlib's default puts the convolutions in YNNPACK fusions; the option takes them out
     assert fused_convolutions(ynnpack) == 3 and fused_convolutions(eigen) == 0
     _assert_trees_close(eigen(x, k), ynnpack(x, k), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="JAXFNO_CPU_CONV='mkl'"):
+    with pytest.raises(ConfigError, match="execution.cpu_conv='mkl'"):
         compiled("mkl")
 
 
 def test_benchmark_smoke():
-    result = benchmark_forward_backward(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
+    result = bench_model(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
     assert result["forward_s"] > 0 and result["forward_backward_s"] > 0
     assert result["forward_compile_s"] > 0
 
 
-def test_layer_benchmark_counts_every_layer_call_and_restores_the_classes():
-    from jaxfno.models.bench import benchmark_layers
-    from jaxfno.models.layers import Conv3x3
-
-    original = Conv3x3.__call__
-    result = benchmark_layers(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
+def test_layer_benchmark_counts_every_layer_call():
+    result = bench_layers(ModelConfig(width=2, blocks=2, modes=2), batch=1, repeats=1)
     counts = {}
     for row in result["layers"]:
         counts[row["layer"]] = counts.get(row["layer"], 0) + row["count"]
         assert row["forward_s"] > 0 and row["forward_backward_s"] > 0
     # lifter 2 + two encoder blocks + bottleneck + one decoder stage 2; three Fourier layers
     assert counts == {"Conv3x3": 7, "SpectralConv2d": 3, "Down2x2": 1, "Up2x2": 1, "Conv1x1": 1}
-    assert Conv3x3.__call__ is original
     assert result["model_forward_backward_s"] > 0
+
+
+def test_execution_choices_change_no_numbers():
+    """The generator's parameters, output and gradients are the same function of the inputs
+    whatever the execution config chooses (up to float rounding)."""
+    x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 1))
+    results = []
+    for execution in (ExecutionConfig(conv3x3="xla", spectral_transform="fft", spectral_mixing="complex"),
+                      ExecutionConfig(conv3x3="taps", spectral_transform="dft"),
+                      ExecutionConfig(conv3x3="im2col", spectral_transform="fft", spectral_mixing="real")):
+        graphdef, params = nnx.split(build_model(SMALL, 0, execution=execution))
+        loss = lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x)))  # noqa: E731
+        results.append((params, jax.jit(jax.value_and_grad(loss))(params)))
+    for params, value_and_grads in results[1:]:
+        _assert_trees_close(results[0][0], params, rtol=0, atol=0)
+        _assert_trees_close(results[0][1], value_and_grads, rtol=1e-4, atol=1e-6)

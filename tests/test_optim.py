@@ -123,8 +123,7 @@ def test_config_json_round_trip_and_stable_hash():
     ({"grad_clip_algorithm": "agc"}, "full"),  # reads the whole parameter's norm
     ({"grad_clip_algorithm": "agc_tensor"}, "full"),
 ])
-def test_update_is_restricted_only_where_exact(changes, scope, monkeypatch):
+def test_update_is_restricted_only_where_exact(changes, scope):
     transforms = build_transforms(OptimConfig(grad_clip=1.0, **changes))
     assert update_scope(transforms) == scope
-    monkeypatch.setenv("JAXFNO_UPDATE", "full")
-    assert update_scope(transforms) == "full"
+    assert update_scope(transforms, "full") == "full"

@@ -14,7 +14,8 @@ import textwrap
 import numpy as np
 
 from jaxfno.config import ModelConfig, RunConfig, TrainConfig
-from jaxfno.training.loop import train_members
+from jaxfno.execution import ExecutionConfig
+from jaxfno.training import train_members
 
 SEEDS = (21, 22, 23, 24)
 
@@ -23,7 +24,7 @@ SHARDED_RUN = textwrap.dedent("""
     import jax
     from jaxfno.config import RunConfig
     from jaxfno.data import load_dataset
-    from jaxfno.training.loop import MemberPlacement, train_members
+    from jaxfno.training import MemberPlacement, train_members
 
     dataset_dir, out, configs = sys.argv[1], pathlib.Path(sys.argv[2]), json.loads(sys.argv[3])
     configs = [RunConfig.from_dict(c) for c in configs]
@@ -45,7 +46,7 @@ PROCESS_RUN = textwrap.dedent("""
     from jaxfno.config import RunConfig
     from jaxfno.data import load_dataset
     from jaxfno.pipeline import run_members
-    from jaxfno.training.loop import MemberPlacement
+    from jaxfno.training import MemberPlacement
 
     configs = [RunConfig.from_dict(c) for c in json.loads(configs)]
     assert (jax.device_count(), jax.local_device_count()) == (4, 2)
@@ -68,7 +69,7 @@ def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_
         for s in SEEDS
     ]
     unsharded = train_members(configs, [tmp_path / f"u{s}" for s in SEEDS], grid_lines_dataset,
-                              member_axis="unroll").members
+                              execution=ExecutionConfig(member_axis="unroll")).members
     args = [str(grid_lines_dataset_path), str(tmp_path / "sharded"), json.dumps([c.to_dict() for c in configs])]
     one = subprocess.run(
         [sys.executable, "-c", SHARDED_RUN, *args], capture_output=True, text=True, timeout=600,

@@ -14,14 +14,13 @@ from flax import nnx
 from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
-from jaxfno.models.layers import execution_choices
+from jaxfno.execution import ExecutionConfig
 from jaxfno.provenance import code_commit
 from jaxfno.pipeline import RunDirError, branch_run, prepare_run_dir, run_members, run_one, run_stats
 from jaxfno.report.study import PLOTS, write_report
 from jaxfno.study.runner import RunKey
 from jaxfno.training import checkpoint
-from jaxfno.training.engine import default_member_axis
-from jaxfno.training.loop import build_engine, epoch_batches, init_params, initial_state, train_members
+from jaxfno.training import abstract_model, build_engine, epoch_batches, initial_state, train_members
 from jaxfno.training.optim import scheduled_lr, with_hyperparam
 
 
@@ -38,9 +37,9 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def engine_state(configs, dataset, member_axis=None):
-    graphdef, _, rest = nnx.eval_shape(lambda: init_params(configs[0].model, jax.random.key(0)))
-    engine, _ = build_engine(configs[0], dataset, graphdef, rest, member_axis=member_axis)
+def engine_state(configs, dataset, execution=ExecutionConfig()):
+    graphdef, _, rest = abstract_model(configs[0].model, execution)
+    engine, _ = build_engine(configs[0], dataset, graphdef, rest, execution)
     return engine, jax.device_put(engine.step_layout(initial_state(engine, configs)))
 
 
@@ -111,8 +110,8 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert checkpoint.latest_epoch(result.run_dir, "best") == int(np.argmin(h["val_loss"]))
     assert result.stats["best_val_loss"] == min(h["val_loss"])
     assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                              "processes": 1, "member_axis": default_member_axis(), "update": "reachable",
-                              "commit": code_commit(), **execution_choices()}
+                              "processes": 1, "commit": code_commit(), **ExecutionConfig().record()}
+    assert h["execution"]["member_axis"] in ("vmap", "unroll") and h["execution"]["update"] == "reachable"
     # Where the wall time went, beyond the epochs' own seconds.
     assert set(h["timing"]) == {"setup_seconds", "bookkeeping_seconds", "checkpoint_wait_seconds",
                                 "final_prediction_seconds"}
@@ -164,8 +163,7 @@ def test_reachable_update_trains_like_the_full_update(grid_lines_dataset, monkey
     assert shapes["bottleneck"]["spectral"]["weight_re"] == (20, 17, 8, 8)
     trained = {}
     for scope in ("full", "reachable"):
-        monkeypatch.setenv("JAXFNO_UPDATE", scope)
-        engine, state = engine_state([cfg], grid_lines_dataset)
+        engine, state = engine_state([cfg], grid_lines_dataset, ExecutionConfig(update=scope))
         assert engine.update_scope == scope
         trained_shape = (1, 40, 33, 4, 4) if scope == "reachable" else (1, 40, 40, 4, 4)
         assert state.params["enc"][0]["spectral"]["weight_im"].shape == trained_shape
@@ -256,7 +254,7 @@ def test_liftings_train_members_alike(grid_lines_dataset):
     configs = [tiny(train=dict(seed=s), optim=dict(lr=lr)) for s, lr in ((1, 1e-3), (2, 5e-4))]
     trained = {}
     for axis in ("vmap", "unroll"):
-        engine, state = engine_state(configs, grid_lines_dataset, member_axis=axis)
+        engine, state = engine_state(configs, grid_lines_dataset, ExecutionConfig(member_axis=axis))
         assert engine.member_axis == axis
         state, losses = run_steps(engine, state, grid_lines_dataset, 3, lrs=np.array([1e-3, 5e-4], np.float32))
         trained[axis] = losses, leaves(state.params)
@@ -276,7 +274,7 @@ def test_seeds_in_one_program_match_separate_runs(grid_lines_dataset, separate_r
     # evaluates the final parameters on the whole test split.
     configs = [run.config for run in separate_runs]
     together = train_members(configs, [tmp_path / f"k{s}" for s in SEEDS], grid_lines_dataset,
-                             member_axis=member_axis)
+                             execution=ExecutionConfig(member_axis=member_axis))
     for joint, alone in zip(together.members, separate_runs):
         for key in ("train_loss", "val_loss", "grad_norm", "val_amp_ssim"):
             np.testing.assert_allclose(joint.history[key], alone.history[key], rtol=1e-5)

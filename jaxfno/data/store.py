@@ -16,7 +16,6 @@ import pathlib
 import platform
 import shutil
 import tempfile
-import time
 import zipfile
 from typing import Any, Optional
 
@@ -313,23 +312,3 @@ def ensure_dataset(cfg: DataConfig, cache_root) -> Dataset:
     generator = hashlib.sha256(json.dumps(GENERATOR, sort_keys=True).encode()).hexdigest()[:8]
     path = build_dataset(cfg, pathlib.Path(cache_root) / f"{cfg.config_hash()}-{generator}")
     return load_dataset(path, expected=cfg)
-
-
-def benchmark_build(tmpdir) -> dict[str, Any]:
-    """Time a fresh default (1 + 1 image) build in a new folder under ``tmpdir``, then delete it."""
-    cfg = DataConfig()
-    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-data-", dir=tmpdir))
-    try:
-        t0 = time.perf_counter()
-        probe, description = resolve_probe(cfg.probe)
-        train, test, scalars = simulate(cfg, probe)
-        t1 = time.perf_counter()
-        path = _publish(work / cfg.config_hash(), cfg, probe, description, train, test, scalars)
-        t2 = time.perf_counter()
-        load_dataset(path, expected=cfg)
-        t3 = time.perf_counter()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {"config_hash": cfg.config_hash(), "n_train": len(train["Y_I"]),
-            "n_test": len(test["Y_I"]), "simulate_s": t1 - t0, "write_s": t2 - t1,
-            "build_s": t2 - t0, "load_verify_s": t3 - t2}

@@ -16,14 +16,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxfno.config import ModelConfig
-from jaxfno.models.bench import benchmark_forward_backward
+from jaxfno.execution import ExecutionConfig
 from jaxfno.models.generators import FNOGenerator, HybridGenerator, check_depth, level_channels
 from jaxfno.models.layers import (Conv1x1, Conv3x3, Down2x2, InstanceNorm, PtychoBlock,
                                   SpectralConv2d, StablePtychoBlock, Up2x2)
 
 __all__ = [
     "Conv1x1", "Conv3x3", "Down2x2", "FNOGenerator", "HybridGenerator", "InstanceNorm",
-    "PtychoBlock", "SpectralConv2d", "StablePtychoBlock", "Up2x2", "benchmark_forward_backward",
+    "PtychoBlock", "SpectralConv2d", "StablePtychoBlock", "Up2x2",
     "block_parameter_stats", "build_model", "build_stacked", "check_depth", "level_channels",
     "parameter_counts", "reachable_shapes", "summary_table",
 ]
@@ -31,16 +31,18 @@ __all__ = [
 Path = tuple[str | int, ...]
 
 
-def build_model(cfg: ModelConfig, rngs: nnx.Rngs | int | jax.Array, *,
-                resolution: int = 64) -> nnx.Module:
-    """The generator named by ``cfg.arch``. ``rngs`` may be an ``nnx.Rngs``, an int seed or a
-    PRNG key (a traced key works, e.g. under ``jax.vmap``)."""
+def build_model(cfg: ModelConfig, rngs: nnx.Rngs | int | jax.Array, *, resolution: int = 64,
+                execution: ExecutionConfig = ExecutionConfig()) -> nnx.Module:
+    """The generator named by ``cfg.arch``, its layers computed as ``execution`` says (the
+    parameters do not depend on it). ``rngs`` may be an ``nnx.Rngs``, an int seed or a PRNG key
+    (a traced key works, e.g. under ``jax.vmap``)."""
     if not isinstance(rngs, nnx.Rngs):
         rngs = nnx.Rngs(rngs)
+    execution = execution.resolved()
     if cfg.arch == "fno":
-        return FNOGenerator(cfg, rngs=rngs, resolution=resolution)
+        return FNOGenerator(cfg, rngs=rngs, resolution=resolution, execution=execution)
     return HybridGenerator(cfg, stable=cfg.arch == "stable_hybrid", rngs=rngs,
-                           resolution=resolution)
+                           resolution=resolution, execution=execution)
 
 
 def build_stacked(cfg: ModelConfig, keys: jax.Array, *,

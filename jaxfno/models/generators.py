@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxfno.config import ModelConfig
+from jaxfno.execution import ExecutionConfig
 from jaxfno.models.layers import (Conv1x1, Conv3x3, Down2x2, PtychoBlock, StablePtychoBlock,
                                   Up2x2, gelu)
 
@@ -43,19 +44,22 @@ def check_depth(blocks: int, resolution: int) -> None:
 class DoubleConv(nnx.Module):
     """Conv3x3 → GELU → Conv3x3: the lifter and each decoder stage."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
-        self.conv1 = Conv3x3(in_channels, out_channels, rngs=rngs)
-        self.conv2 = Conv3x3(out_channels, out_channels, rngs=rngs)
+    def __init__(self, in_channels: int, out_channels: int, *, execution: ExecutionConfig,
+                 rngs: nnx.Rngs):
+        impl = execution.resolved().conv3x3
+        self.conv1 = Conv3x3(in_channels, out_channels, impl=impl, rngs=rngs)
+        self.conv2 = Conv3x3(out_channels, out_channels, impl=impl, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv2(gelu(self.conv1(x)))
 
 
-def _block(cfg: ModelConfig, channels: int, modes: int, stable: bool, rngs: nnx.Rngs):
+def _block(cfg: ModelConfig, channels: int, modes: int, stable: bool, execution: ExecutionConfig,
+           rngs: nnx.Rngs):
     if stable:
         return StablePtychoBlock(channels, modes, cfg.spectral, layerscale_init=cfg.layerscale_init,
-                                 zero_gamma=cfg.zero_gamma, rngs=rngs)
-    return PtychoBlock(channels, modes, cfg.spectral, rngs=rngs)
+                                 zero_gamma=cfg.zero_gamma, execution=execution, rngs=rngs)
+    return PtychoBlock(channels, modes, cfg.spectral, execution=execution, rngs=rngs)
 
 
 class HybridGenerator(nnx.Module):
@@ -65,18 +69,19 @@ class HybridGenerator(nnx.Module):
     Conv1x1 head. ``stable=True`` (arm ``stable_hybrid``) uses StablePtychoBlock for every
     encoder block and the bottleneck."""
 
-    def __init__(self, cfg: ModelConfig, *, stable: bool, rngs: nnx.Rngs, resolution: int = 64):
+    def __init__(self, cfg: ModelConfig, *, stable: bool, rngs: nnx.Rngs, resolution: int = 64,
+                 execution: ExecutionConfig = ExecutionConfig()):
         check_depth(cfg.blocks, resolution)
         self.resolution = resolution
         n = cfg.blocks
         ch = [level_channels(cfg, level) for level in range(n)]
-        self.lifter = DoubleConv(cfg.in_channels, cfg.width, rngs=rngs)
-        self.enc = nnx.List([_block(cfg, ch[l], cfg.modes, stable, rngs) for l in range(n)])
+        self.lifter = DoubleConv(cfg.in_channels, cfg.width, execution=execution, rngs=rngs)
+        self.enc = nnx.List([_block(cfg, ch[l], cfg.modes, stable, execution, rngs) for l in range(n)])
         self.down = nnx.List([Down2x2(ch[l], ch[l + 1], rngs=rngs) for l in range(n - 1)])
-        self.bottleneck = _block(cfg, ch[-1], cfg.modes // 2, stable, rngs)
+        self.bottleneck = _block(cfg, ch[-1], cfg.modes // 2, stable, execution, rngs)
         levels = range(n - 2, -1, -1)  # decoder order: coarsest skip first
         self.up = nnx.List([Up2x2(ch[l + 1], ch[l], rngs=rngs) for l in levels])
-        self.dec = nnx.List([DoubleConv(2 * ch[l], ch[l], rngs=rngs) for l in levels])
+        self.dec = nnx.List([DoubleConv(2 * ch[l], ch[l], execution=execution, rngs=rngs) for l in levels])
         self.head = Conv1x1(ch[0], 2, rngs=rngs)
 
     def blocks(self) -> list[tuple[str, nnx.Module, int]]:
@@ -108,10 +113,11 @@ class FNOGenerator(nnx.Module):
     full resolution with ``modes`` → Conv1x1 head (no U-shape). Only the hybrid arms are
     specified exactly; this one is a cheap control, not a parity target."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, resolution: int = 64):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, resolution: int = 64,
+                 execution: ExecutionConfig = ExecutionConfig()):
         self.resolution = resolution
-        self.lifter = DoubleConv(cfg.in_channels, cfg.width, rngs=rngs)
-        self.enc = nnx.List([_block(cfg, cfg.width, cfg.modes, False, rngs)
+        self.lifter = DoubleConv(cfg.in_channels, cfg.width, execution=execution, rngs=rngs)
+        self.enc = nnx.List([_block(cfg, cfg.width, cfg.modes, False, execution, rngs)
                              for _ in range(cfg.blocks)])
         self.head = Conv1x1(cfg.width, 2, rngs=rngs)
 

@@ -9,195 +9,14 @@ stores its weight as (in, out, kh, kw) and reads fan_in from dim 1).
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxfno.config import ModelConfig
-
-# Execution choices: how a function is computed, not which function (all choices agree up to
-# float rounding; tests check it). Each is read from the environment when a function is traced.
-CONV3X3_IMPLS = ("auto", "xla", "im2col", "taps")
-CPU_CONV_ENGINES = ("eigen", "ynnpack")
-SPECTRAL_MIXINGS = ("complex", "real")
-SPECTRAL_TRANSFORMS = ("fft", "dft")
-
-
-def env_choice(variable: str, choices: tuple[str, ...], default: str) -> str:
-    """The execution choice set by ``$variable`` (``default`` when unset), checked against ``choices``."""
-    value = os.environ.get(variable) or default
-    if value not in choices:
-        raise ValueError(f"{variable}={value!r} is not one of {choices}")
-    return value
-
-
-def conv3x3_impl() -> str:
-    """How :class:`Conv3x3` is computed. ``xla``: ``lax.conv_general_dilated``, which XLA turns
-    into a grouped convolution when the member axis is vmapped. ``im2col``: the nine shifted
-    copies of the input side by side on the channel axis and one matmul, which stays a
-    (batched) matmul under vmap. ``taps``: the nine shifted copies multiplied by their kernel
-    taps and summed over the broadcast input channels, one fused elementwise loop, with
-    ``xla``'s gradients (custom VJP). ``auto`` (the default): ``taps`` on the CPU for
-    convolutions of at most :data:`SMALL_CONV3X3` input × output channels, ``xla`` otherwise.
-    ``$JAXFNO_CONV3X3`` chooses."""
-    return env_choice("JAXFNO_CONV3X3", CONV3X3_IMPLS, "auto")
-
-
-# XLA:CPU's convolution runs at ~4 GFLOP/s with a handful of channels. Forward, batch 16 on the
-# 2-core CPU: 64×64, 4→4 channels 4.2 ms (taps 0.84 ms), 1→4 2.9 ms (0.13), 8→4 5.9 ms (1.8),
-# 8→8 3.0 ms (1.7); at 32→32 taps loses (34 ms against 6.9). This is the CI/smoke model's size
-# and the reduced study's (width 8), whose full validation passes are mostly convolutions.
-SMALL_CONV3X3 = 64
-
-
-def _conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _shifted(x: jax.Array) -> list[jax.Array]:
-    """The nine zero-padded shifts of ``x`` that a 3×3 kernel's taps (dy, dx) read."""
-    _, h, w, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
-
-
-@jax.custom_vjp
-def _conv3x3_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    taps = kernel.reshape(9, *kernel.shape[2:])
-    return sum(jnp.sum(shift[..., None] * tap, axis=-2) for shift, tap in zip(_shifted(x), taps))
-
-
-def _conv3x3_taps_fwd(x, kernel):
-    return _conv3x3_taps(x, kernel), (x, kernel)
-
-
-def _conv3x3_taps_bwd(residuals, grad):
-    # Autodiff of the broadcast form builds (…, in, out) intermediates: 46 ms against XLA's
-    # 5 ms for the 4→4 case above.
-    return jax.vjp(_conv3x3_xla, *residuals)[1](grad)
-
-
-_conv3x3_taps.defvjp(_conv3x3_taps_fwd, _conv3x3_taps_bwd)
-
-
-def spectral_mixing() -> str:
-    """How :class:`SpectralConv2d` applies its per-mode complex matrices. ``complex``: one
-    complex einsum. ``real``: two real matmuls batched over the modes, modes-major
-    (:func:`_mix_stacked`). On the 2-core CPU XLA's complex matmul is slow: forward + backward
-    of the 8×8×256 bottleneck-level mixing (40 modes) took 39.5 ms complex against 16.9 ms
-    real (then as four matmuls), 12×9 modes at 128 channels 22.3 against 12.9 ms.
-    ``$JAXFNO_SPECTRAL_MIX`` chooses; default ``real`` on the CPU, ``complex`` elsewhere (one
-    GPU kernel instead of two)."""
-    return env_choice("JAXFNO_SPECTRAL_MIX", SPECTRAL_MIXINGS,
-                   "real" if jax.default_backend() == "cpu" else "complex")
-
-
-def spectral_transform() -> str:
-    """How :class:`SpectralConv2d` goes to its kept Fourier modes and back. ``fft``: rfft2 of
-    the whole map, the kept block cut out, zero-padded back, irfft2. ``dft``: the kept modes
-    only, as matmuls with their cosine and sine tables (separable: along W, then H; and back),
-    mixed by :func:`_mix_stacked` whatever :func:`spectral_mixing` says. Measured forward +
-    backward on the 2-core CPU, batch 16: 64×64×32 with 12×12 modes 30.5 ms fft against 13.5
-    ms dft, 8×8×256 with 6×5 modes 16.4 against 12.8 ms, equal (±2 ms) at the levels between;
-    the two agree to 3e-7 relative. Stacking the cosine and sine tables (two matmuls per
-    direction instead of six) took the five layers' forward + backward from 59–65 to 52–58 ms.
-    ``$JAXFNO_SPECTRAL_TRANSFORM`` chooses; default ``dft`` on the CPU, ``fft`` elsewhere
-    (cuFFT is fast, and GPU matmuls would need full float32 precision, which the dft tables
-    request)."""
-    return env_choice("JAXFNO_SPECTRAL_TRANSFORM", SPECTRAL_TRANSFORMS,
-                      "dft" if jax.default_backend() == "cpu" else "fft")
-
-
-def compiler_options() -> dict[str, str] | None:
-    """XLA options for every program that runs the generator. On the CPU, jaxlib 0.10 hands
-    convolutions to YNNPACK, which runs each one on a single thread; measured on the 2-core CPU
-    (batch 16, 64×64, 32→32 channels, forward + both gradients) 70 ms against 34 ms for XLA's
-    own multi-threaded (Eigen) convolution, and the full generator's forward + backward 1011 ms
-    against 608 ms. So on the CPU YNNPACK is kept for matmuls and reductions only;
-    ``$JAXFNO_CPU_CONV=ynnpack`` restores jaxlib's default. Without YNNPACK's reductions XLA
-    splits every large sum into a materialised elementwise part and a tree of reduce-windows:
-    the squared norm of 16.7 M parameters took 28–33 ms instead of 2.5 ms, and the training
-    step (gradient norms, bias gradients) 0.60 s instead of 0.565 s. YNNPACK's elementwise
-    fusions made the step slower (0.69 s). Other backends: no options."""
-    engine = env_choice("JAXFNO_CPU_CONV", CPU_CONV_ENGINES, "eigen")
-    if jax.default_backend() != "cpu" or engine == "ynnpack":
-        return None
-    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-
-
-def execution_choices() -> dict:
-    """The execution choices in effect, for run histories and benchmark results."""
-    return {"conv3x3": conv3x3_impl(), "spectral_transform": spectral_transform(),
-            "spectral_mixing": spectral_mixing(), "xla_options": compiler_options(),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
-
-
-def _mix_stacked(x: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Real and imaginary parts of ``Σ_i x[x, y, b, i] · w[x, y, i, o]``, modes-major, from the
-    input's real and imaginary parts stacked on the batch axis (``x``: (x, y, 2·B, i), real
-    parts first). Two matmuls that read each weight part once, where the four products
-    (re, im) × (re, im) read each part twice: the mixing is bound by reading the weights and
-    writing their gradients (M = batch), and forward + backward of the five Fourier layers'
-    mixing on the 2-core CPU took 14.5 ms against 40.6 ms."""
-    batch = x.shape[2] // 2
-    by_re = jnp.einsum("xybi,xyio->xybo", x, weight_re)  # [x_re·w_re; x_im·w_re]
-    by_im = jnp.einsum("xybi,xyio->xybo", x, weight_im)  # [x_re·w_im; x_im·w_im]
-    return (by_re[:, :, :batch] - by_im[:, :, batch:],
-            by_im[:, :, :batch] + by_re[:, :, batch:])
-
-
-def mix_modes(x_ft: jax.Array, weight_re: jax.Array, weight_im: jax.Array) -> jax.Array:
-    """``y[b, x, y, o] = Σ_i x_ft[b, x, y, i] · w[x, y, i, o]`` with ``w = weight_re + i·weight_im``
-    (computed as :func:`spectral_mixing` chooses)."""
-    if spectral_mixing() == "complex":
-        return jnp.einsum("bxyi,xyio->bxyo", x_ft, jax.lax.complex(weight_re, weight_im))
-    stacked = jnp.transpose(jnp.concatenate([x_ft.real, x_ft.imag]), (1, 2, 0, 3))
-    y = jax.lax.complex(*_mix_stacked(stacked, weight_re, weight_im))
-    return jnp.transpose(y, (2, 0, 1, 3))
-
-
-def _dft_tables(n: int, freqs: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of 2π·f·t/n, shape (len(freqs), n), float32; f·t is reduced mod n exactly."""
-    angle = 2 * np.pi * ((np.asarray(freqs)[:, None] * np.arange(n)[None, :]) % n) / n
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
-
-
-def _einsum(spec: str, *operands) -> jax.Array:
-    return jnp.einsum(spec, *operands, precision=jax.lax.Precision.HIGHEST)
-
-
-def _forward_dft(x: jax.Array, rows: list[int], cols: int) -> jax.Array:
-    """``rfft2(x)[:, rows, :cols]`` modes-major, its real and imaginary parts stacked on the
-    batch axis as :func:`_mix_stacked` reads them: (row, col, 2·b, c). One matmul along W with
-    the stacked cosine and sine tables, one along H that contracts the (cosine, sine) parts
-    too."""
-    _, height, width, _ = x.shape
-    cos_w, sin_w = _dft_tables(width, list(range(cols)))
-    cos_h, sin_h = _dft_tables(height, rows)
-    parts = _einsum("bhwc,pkw->hpkbc", x, np.stack([cos_w, sin_w]))  # Σ_w x·e^(−iφ) = a − i·s
-    table = np.stack([np.stack([cos_h, -sin_h]), np.stack([-sin_h, -cos_h])])  # (re|im, a|s, row, h)
-    spectrum = _einsum("hpkbc,qprh->rkqbc", parts, table)
-    return spectrum.reshape(len(rows), cols, -1, x.shape[-1])
-
-
-def _inverse_dft(y_re: jax.Array, y_im: jax.Array, rows: list[int], height: int,
-                 width: int) -> jax.Array:
-    """``irfft2`` (s = (height, width)) of the spectrum that holds ``y`` (modes-major, as from
-    :func:`_forward_dft`) at ``rows`` × the first columns and zeros elsewhere: an inverse DFT
-    along H, then the Hermitian half-spectrum sum along W, where columns other than 0 and
-    width/2 stand for their conjugates too and only the real part of those two is read."""
-    cols = y_re.shape[1]
-    cos_h, sin_h = _dft_tables(height, rows)
-    table_h = np.stack([np.stack([cos_h, -sin_h]), np.stack([sin_h, cos_h])])  # (re|im out, re|im in, row, h)
-    z = _einsum("prkbo,qprh->qhkbo", jnp.stack([y_re, y_im]), table_h)
-    cos_w, sin_w = _dft_tables(width, list(range(cols)))
-    k = np.arange(cols)[:, None]
-    weight = np.where((k == 0) | (2 * k == width), 1.0, 2.0).astype(np.float32) / (height * width)
-    return _einsum("qhkbo,qkw->bhwo", z, np.stack([cos_w, -sin_w]) * weight)
+from jaxfno.execution import ExecutionConfig
+from jaxfno.models import kernels
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -239,7 +58,12 @@ class SpectralConv2d(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, modes: int,
-                 variant: str = "upstream", *, rngs: nnx.Rngs):
+                 variant: str = "upstream", *, transform: str = "fft", mixing: str = "complex",
+                 rngs: nnx.Rngs):
+        if transform not in kernels.SPECTRAL_TRANSFORMS or mixing not in kernels.SPECTRAL_MIXINGS:
+            raise ValueError(f"spectral transform {transform!r} / mixing {mixing!r}: not one of "
+                             f"{kernels.SPECTRAL_TRANSFORMS} / {kernels.SPECTRAL_MIXINGS}")
+        self.transform, self.mixing = transform, mixing
         if variant not in ModelConfig.SPECTRAL:
             raise ValueError(f"spectral variant {variant!r} is not one of {ModelConfig.SPECTRAL}")
         min_modes = 1 if variant == "upstream" else 2
@@ -287,11 +111,12 @@ class SpectralConv2d(nnx.Module):
         freq_rows = list(range(rows)) + list(range(height - tail, height))
         w_re, w_im = (jnp.concatenate([w[:rows, :cols], w[w.shape[0] - tail:, :cols]])
                       for w in (self.weight_re[...], self.weight_im[...]))
-        if spectral_transform() == "dft":
-            spectrum = _forward_dft(x, freq_rows, cols)
-            return _inverse_dft(*_mix_stacked(spectrum, w_re, w_im), freq_rows, height, width)
+        if self.transform == "dft":  # always mixed in reals
+            spectrum = kernels.forward_dft(x, freq_rows, cols)
+            return kernels.inverse_dft(*kernels.mix_stacked(spectrum, w_re, w_im), freq_rows, height, width)
         x_ft = jnp.fft.rfft2(x, axes=(1, 2))[:, :, :cols]
-        y = mix_modes(jnp.concatenate([x_ft[:, :rows], x_ft[:, height - tail:]], axis=1), w_re, w_im)
+        y = kernels.mix_modes(jnp.concatenate([x_ft[:, :rows], x_ft[:, height - tail:]], axis=1),
+                              w_re, w_im, self.mixing)
         gap = jnp.zeros((y.shape[0], height - rows - tail) + y.shape[2:], y.dtype)
         y = jnp.concatenate([y[:, :rows], gap, y[:, rows:]], axis=1)
         y = jnp.pad(y, ((0, 0), (0, 0), (0, width // 2 + 1 - cols), (0, 0)))
@@ -299,26 +124,19 @@ class SpectralConv2d(nnx.Module):
 
 
 class Conv3x3(nnx.Module):
-    """3×3 conv, zero padding 1, bias (PyTorch ``Conv2d(in, out, 3, padding=1)``)."""
+    """3×3 conv, zero padding 1, bias (PyTorch ``Conv2d(in, out, 3, padding=1)``), computed by
+    :func:`jaxfno.models.kernels.conv3x3` as ``impl`` says."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, out_channels: int, *, impl: str = "xla", rngs: nnx.Rngs):
+        if impl not in kernels.CONV3X3_IMPLS:
+            raise ValueError(f"conv3x3 implementation {impl!r} is not one of {kernels.CONV3X3_IMPLS}")
         fan_in = in_channels * 9
+        self.impl = impl
         self.kernel = nnx.Param(_uniform(rngs.params(), (3, 3, in_channels, out_channels), fan_in))
         self.bias = nnx.Param(_uniform(rngs.params(), (out_channels,), fan_in))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...]
-        impl = conv3x3_impl()
-        if impl == "auto":
-            small = kernel.shape[2] * kernel.shape[3] <= SMALL_CONV3X3
-            impl = "taps" if small and jax.default_backend() == "cpu" else "xla"
-        if impl == "im2col":
-            y = jnp.concatenate(_shifted(x), axis=-1) @ kernel.reshape(-1, kernel.shape[3])  # (dy, dx, c)
-        elif impl == "taps":
-            y = _conv3x3_taps(x, kernel)
-        else:
-            y = _conv3x3_xla(x, kernel)
-        return y + self.bias[...]
+        return kernels.conv3x3(x, self.kernel[...], self.impl) + self.bias[...]
 
 
 class Down2x2(nnx.Module):
@@ -378,13 +196,21 @@ class InstanceNorm(nnx.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 
+def _mixers(channels: int, modes: int, spectral: str, execution: ExecutionConfig,
+            rngs: nnx.Rngs) -> tuple[SpectralConv2d, Conv3x3]:
+    """A block's Fourier layer and 3×3 conv, with the kernels ``execution`` resolves to."""
+    execution = execution.resolved()
+    return (SpectralConv2d(channels, channels, modes, spectral, transform=execution.spectral_transform,
+                           mixing=execution.spectral_mixing, rngs=rngs),
+            Conv3x3(channels, channels, impl=execution.conv3x3, rngs=rngs))
+
+
 class PtychoBlock(nnx.Module):
     """``y = x + GELU(S(x) + Conv3x3(x))``. Returns (y, update) with update = y − x."""
 
     def __init__(self, channels: int, modes: int, spectral: str = "upstream", *,
-                 rngs: nnx.Rngs):
-        self.spectral = SpectralConv2d(channels, channels, modes, spectral, rngs=rngs)
-        self.conv = Conv3x3(channels, channels, rngs=rngs)
+                 execution: ExecutionConfig = ExecutionConfig(), rngs: nnx.Rngs):
+        self.spectral, self.conv = _mixers(channels, modes, spectral, execution, rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         update = gelu(self.spectral(x) + self.conv(x))
@@ -397,9 +223,9 @@ class StablePtychoBlock(nnx.Module):
     at 0, so the block is exactly the identity at init. Returns (y, update)."""
 
     def __init__(self, channels: int, modes: int, spectral: str = "upstream", *,
-                 layerscale_init: float = 1e-3, zero_gamma: bool = False, rngs: nnx.Rngs):
-        self.spectral = SpectralConv2d(channels, channels, modes, spectral, rngs=rngs)
-        self.conv = Conv3x3(channels, channels, rngs=rngs)
+                 layerscale_init: float = 1e-3, zero_gamma: bool = False,
+                 execution: ExecutionConfig = ExecutionConfig(), rngs: nnx.Rngs):
+        self.spectral, self.conv = _mixers(channels, modes, spectral, execution, rngs)
         self.norm = InstanceNorm(channels, scale_init=0.0 if zero_gamma else 1.0)
         self.layerscale = (None if zero_gamma else
                            nnx.Param(jnp.full((channels,), layerscale_init, jnp.float32)))

@@ -19,9 +19,10 @@ import jax
 
 from jaxfno.config import DataConfig, RunConfig
 from jaxfno.data import Dataset
+from jaxfno.execution import ExecutionConfig
 from jaxfno.pipeline import RunResult, run_members
 from jaxfno.study import stage_a
-from jaxfno.training.loop import Progress, program_signature
+from jaxfno.training import Progress, program_signature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +51,10 @@ class Study:
     def __init__(self, arms: Iterable[str], scale: str, seeds: Iterable[int],
                  out_dir: pathlib.Path, datasets: Dataset | Callable[[DataConfig], Dataset],
                  progress: Progress | None = None, max_members: int | None = None,
-                 conditions: Iterable[str] = ("fixed",), data: DataConfig = DataConfig()):
+                 conditions: Iterable[str] = ("fixed",), data: DataConfig = DataConfig(),
+                 execution: ExecutionConfig = ExecutionConfig()):
         self.arms, self.scale, self.seeds = list(arms), scale, list(seeds)
-        self.conditions = list(conditions)
+        self.conditions, self.execution = list(conditions), execution
         unknown = [a for a in self.arms if a not in stage_a.ARMS]
         unknown += [c for c in self.conditions if c not in stage_a.CONDITIONS]
         if unknown:
@@ -86,7 +88,7 @@ class Study:
         if key not in self.results:
             group = next(g for g in self.groups if key in g)
             results = run_members([self.configs[k] for k in group], [self.run_dir(k) for k in group],
-                                  self.dataset(key), progress=self.progress)
+                                  self.dataset(key), progress=self.progress, execution=self.execution)
             self.results.update(zip(group, results))
         return self.results[key]
 

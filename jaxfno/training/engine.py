@@ -28,8 +28,8 @@ from flax import nnx
 
 from jaxfno import physics
 from jaxfno.config import PhysicsConfig
+from jaxfno.execution import ExecutionConfig
 from jaxfno.models import block_parameter_stats
-from jaxfno.models.layers import compiler_options, env_choice
 from jaxfno.training.optim import Transforms
 
 UPDATE_SCOPES = ("reachable", "full")
@@ -47,10 +47,6 @@ def _all_finite(tree) -> jax.Array:
 
 
 MEMBER_AXES = ("vmap", "unroll")
-
-
-def default_member_axis() -> str:
-    return env_choice("JAXFNO_MEMBER_AXIS", MEMBER_AXES, "unroll" if jax.default_backend() == "cpu" else "vmap")
 
 
 def lift(fn: Callable, in_axes: tuple, strategy: str) -> Callable:
@@ -81,7 +77,7 @@ def shard_members(fn: Callable, in_axes: tuple, mesh: jax.sharding.Mesh | None) 
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=members, check_vma=False)
 
 
-def update_scope(transforms: Transforms) -> str:
+def update_scope(transforms: Transforms, requested: str = "reachable") -> str:
     """Which entries the training step differentiates and updates. ``reachable``: only the
     leading block of each parameter that can receive a gradient (``reachable_shapes``), which
     gives the same training as ``full`` when the update rule is zero-gradient invariant
@@ -91,9 +87,10 @@ def update_scope(transforms: Transforms) -> str:
     inside the step cost ≈ 100 ms of slice copies and 35 ms of write-backs per step on the 2-core
     CPU (step 0.62–0.67 s against 0.56–0.57 s), and the ``full`` scope's zero gradients, Adam
     moments and norms of the unreachable entries cost more (``results/cpu/update_scope_ab.json``).
-    ``$JAXFNO_UPDATE=full`` forces the whole tensors."""
-    scope = env_choice("JAXFNO_UPDATE", UPDATE_SCOPES, "reachable")
-    return scope if transforms.zero_gradient_invariant else "full"
+    ``requested="full"`` (``ExecutionConfig.update``) forces the whole tensors."""
+    if requested not in UPDATE_SCOPES:
+        raise ValueError(f"update scope {requested!r} is not one of {UPDATE_SCOPES}")
+    return requested if transforms.zero_gradient_invariant else "full"
 
 
 def _leading_blocks(tree, shapes):
@@ -122,22 +119,27 @@ def _embedded(template, blocks):
 class Engine:
     """Compiled functions for one program (fixed architecture, physics and batch shapes).
     ``reachable_shapes``: the parameters' gradient-receiving blocks, for the ``reachable``
-    :func:`update_scope`."""
+    :func:`update_scope`. ``execution`` chooses the member lifting, the update scope and the
+    compiler options (the model's kernels are in ``graphdef``)."""
 
     def __init__(self, graphdef, rest, transforms: Transforms, physics_cfg: PhysicsConfig, probe,
-                 stitch_fn: Callable[[jax.Array], jax.Array], member_axis: str | None = None,
+                 stitch_fn: Callable[[jax.Array], jax.Array],
+                 execution: ExecutionConfig = ExecutionConfig(),
                  mesh: jax.sharding.Mesh | None = None, reachable_shapes=None):
         self.graphdef, self.rest = graphdef, rest
-        self.update_scope = "full" if reachable_shapes is None else update_scope(transforms)
+        execution = execution.resolved()
+        self.update_scope = "full" if reachable_shapes is None else update_scope(transforms, execution.update)
         self.reachable_shapes = reachable_shapes
         self.stitch_fn = stitch_fn
         self.transforms = transforms
         self.physics_cfg = physics_cfg
         self.probe = jnp.asarray(probe)
-        self.member_axis = member_axis or default_member_axis()
+        self.member_axis = execution.member_axis
+        options = execution.compiler_options()
+
         def compile_(fn, in_axes, **jit_kwargs):
             return jax.jit(shard_members(lift(fn, in_axes, self.member_axis), in_axes, mesh),
-                           compiler_options=compiler_options(), **jit_kwargs)
+                           compiler_options=options, **jit_kwargs)
 
         self.train_step = compile_(self._step, (0, None, 0, 0), donate_argnums=(0,))
         self.evaluate = compile_(self._evaluate, (0, None, None, None))

@@ -1,4 +1,4 @@
-"""Study throughput: seed-runs per hour at a scale, measured side by side in one process.
+"""Study throughput (``jaxfno bench study``): seed-runs per hour at a scale, measured side by side in one process.
 
 Three ways to run K seeds of `stable` in a condition (default `asrun`), each for a truncated horizon of
 ``epochs`` epochs (the first epochs of the real runs) and extrapolated to the scale's length
@@ -19,16 +19,19 @@ import time
 import numpy as np
 
 from jaxfno.data import Dataset
+from jaxfno.execution import ExecutionConfig
 from jaxfno.pipeline import run_members
 from jaxfno.study import stage_a
 
 
-def _jax_runs(configs, dataset: Dataset, root: pathlib.Path, together: bool) -> tuple[float, list[dict]]:
+def _jax_runs(configs, dataset: Dataset, root: pathlib.Path, together: bool,
+              execution: ExecutionConfig) -> tuple[float, list[dict]]:
     start = time.perf_counter()
     if together:
-        results = run_members(configs, [root / f"m{k}" for k in range(len(configs))], dataset)
+        results = run_members(configs, [root / f"m{k}" for k in range(len(configs))], dataset, execution=execution)
     else:
-        results = [run_members([c], [root / f"s{k}"], dataset)[0] for k, c in enumerate(configs)]
+        results = [run_members([c], [root / f"s{k}"], dataset, execution=execution)[0]
+                   for k, c in enumerate(configs)]
     return time.perf_counter() - start, [r.history for r in results]
 
 
@@ -84,17 +87,17 @@ def torch_run_seconds(cfg, dataset: Dataset, epochs: int) -> tuple[float, list[f
 
 
 def bench_study(scale: str, members: int, epochs: int, dataset_for, with_torch: bool = True,
-                condition: str = "asrun") -> dict:
+                condition: str = "asrun", execution: ExecutionConfig = ExecutionConfig()) -> dict:
     """Seed-runs per hour of the three ways (module docstring); ``dataset_for(data_cfg)``."""
     configs = [stage_a.config("stable", scale, s, condition=condition) for s in stage_a.seeds_for(members)]
     configs = [c.replace(train=c.train.replace(stop_after=epochs)) for c in configs]
     length = stage_a.config("stable", scale, condition=condition).train.trained_epochs
     dataset = dataset_for(configs[0].data)
     result = {"scale": scale, "condition": condition, "members": members, "epochs_timed": epochs,
-              "epochs_per_run": length}
+              "epochs_per_run": length, "execution": execution.record()}
     with tempfile.TemporaryDirectory() as tmp:
         for way, together in (("together", True), ("sequential", False)):
-            seconds, histories = _jax_runs(configs, dataset, pathlib.Path(tmp) / way, together)
+            seconds, histories = _jax_runs(configs, dataset, pathlib.Path(tmp) / way, together, execution)
             steady = _steady_epoch(histories)
             programs = 1 if together else members
             full = seconds + (length - epochs) * steady * (1 if together else members)

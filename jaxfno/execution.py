@@ -1,0 +1,90 @@
+"""How a program executes, as configuration: kernels, member lifting, update scope, compiler
+options. Every choice computes the same function up to float rounding (tests check it), so it
+is kept out of the science config and its hash; it is chosen at the edge (CLI, study, bench),
+passed down to the layers and the engine, and recorded with every run (``history["execution"]``).
+Measurements behind each default: ``docs/performance.md`` and ``results/cpu/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+
+from jaxfno.config import ConfigError
+
+# Options that may be "auto": resolved per backend by :meth:`ExecutionConfig.resolved`.
+CHOICES: dict[str, tuple[str, ...]] = {
+    # 3×3 convolutions: XLA's convolution; nine shifted copies and one matmul (stays a batched
+    # matmul under vmap); shifted copies × kernel taps fused (XLA:CPU is slow at few channels).
+    # auto: taps on the CPU for convolutions of at most SMALL_CONV3X3 input × output channels.
+    "conv3x3": ("auto", "xla", "im2col", "taps"),
+    # Fourier layers: rfft2 → kept block → irfft2, or matmuls with the kept modes' cos/sin tables.
+    "spectral_transform": ("auto", "fft", "dft"),
+    # Per-mode complex matrices: one complex einsum, or two real matmuls.
+    "spectral_mixing": ("auto", "complex", "real"),
+    # XLA:CPU convolutions: XLA's own multi-threaded (eigen) or jaxlib's default YNNPACK.
+    "cpu_conv": ("eigen", "ynnpack"),
+    # Members of one program: vmapped (batched kernels) or written out one after another.
+    "member_axis": ("auto", "vmap", "unroll"),
+    # Train only each weight's gradient-receiving block, or whole tensors.
+    "update": ("reachable", "full"),
+}
+
+# CPU defaults where "auto": each measured faster on the 2-core CPU (docs/performance.md);
+# elsewhere the portable choice (cuFFT, one complex GPU kernel, batched kernels).
+_AUTO = {"cpu": {"conv3x3": "auto", "spectral_transform": "dft", "spectral_mixing": "real",
+                 "member_axis": "unroll"},
+         "other": {"conv3x3": "xla", "spectral_transform": "fft", "spectral_mixing": "complex",
+                   "member_axis": "vmap"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+    conv3x3: str = "auto"
+    spectral_transform: str = "auto"
+    spectral_mixing: str = "auto"
+    cpu_conv: str = "eigen"
+    member_axis: str = "auto"
+    update: str = "reachable"
+
+    def __post_init__(self):
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"execution.{name}={value!r} is not one of {choices}")
+
+    def resolved(self, backend: str | None = None) -> "ExecutionConfig":
+        """The concrete choices on ``backend`` (default: JAX's default backend). ``conv3x3``
+        stays ``auto`` on the CPU: each convolution then picks by its channel count."""
+        table = _AUTO["cpu" if (backend or jax.default_backend()) == "cpu" else "other"]
+        return dataclasses.replace(self, **{name: table[name] for name in table
+                                            if getattr(self, name) == "auto"})
+
+    def compiler_options(self, backend: str | None = None) -> dict[str, str] | None:
+        """XLA options for every program that runs the generator. On the CPU jaxlib hands
+        convolutions to YNNPACK, single-threaded; ``eigen`` keeps YNNPACK for matmuls and
+        reductions only. Other backends: none."""
+        if (backend or jax.default_backend()) != "cpu" or self.cpu_conv == "ynnpack":
+            return None
+        return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ExecutionConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ConfigError(f"ExecutionConfig: unknown field(s) {sorted(unknown)}")
+        return cls(**raw)
+
+    def record(self) -> dict[str, Any]:
+        """What a run's history and a benchmark's JSON keep: the resolved choices, the XLA
+        options they imply, and the process's glibc tunables (set by the CLI, see
+        ``jaxfno.cli.reexec_with_huge_pages``)."""
+        return {**self.resolved().to_dict(), "xla_options": self.compiler_options(),
+                "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
