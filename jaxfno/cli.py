@@ -62,6 +62,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, section: str,
     flag). A bool field is ``--NAME/--no-NAME``; an optional one also takes ``none``."""
     doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."
     group = parser.add_argument_group(f"{section} ({cls.__name__})", doc)
+    parser.set_defaults(config_sections=(*(parser.get_default("config_sections") or ()), (section, cls)))
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("flag", True):
@@ -88,33 +89,60 @@ def given_fields(args: argparse.Namespace, section: str) -> dict[str, typing.Any
     return {key[len(prefix):]: value for key, value in vars(args).items() if key.startswith(prefix)}
 
 
+def parse_set(item: str, sections: dict[str, type]) -> tuple[str, str, typing.Any]:
+    """``SECTION.FIELD=VALUE`` → (section, field, value), ``sections`` naming the dataclass of
+    each section; ConfigError (one line, naming the item) when malformed or mistyped."""
+    key, sep, text = item.partition("=")
+    section, _, name = key.partition(".")
+    if not sep or not name:
+        raise ConfigError(f"override {item!r} is not SECTION.FIELD=VALUE")
+    if section not in sections:
+        raise ConfigError(f"override {item!r}: no config section {section!r} (one of {', '.join(sections)})")
+    if name not in {f.name for f in dataclasses.fields(sections[section])}:
+        raise ConfigError(f"override {item!r}: {section} has no field {name!r}")
+    try:
+        return section, name, parse_field(sections[section], name, text)
+    except ConfigError as err:
+        raise ConfigError(f"override {item!r}: {section}.{err}") from None
+
+
+def _flag_sections(args: argparse.Namespace) -> dict[str, type]:
+    return dict(getattr(args, "config_sections", ()))
+
+
 def config_from_args(args: argparse.Namespace, cls: type, section: str, base=None):
-    """``base`` (default: ``cls()``) with the flags of ``section`` given on the command line;
-    validated by the dataclass."""
-    return dataclasses.replace(base if base is not None else cls(), **given_fields(args, section))
+    """``base`` (default: ``cls()``) with the flags of ``section`` given on the command line
+    and its ``--set SECTION.FIELD=VALUE`` items, in one change validated by the dataclass; a
+    field given both ways is refused."""
+    flags = given_fields(args, section)
+    changes = dict(flags)
+    for item in getattr(args, "set", None) or ():  # the last of repeated items wins
+        if item.partition(".")[0] != section:
+            continue
+        _, name, value = parse_set(item, {section: cls})
+        if name in flags:
+            raise ConfigError(f"{section}.{name} given both by a flag and by --set")
+        changes[name] = value
+    return dataclasses.replace(base if base is not None else cls(), **changes)
 
 
 def add_set_flag(parser: argparse.ArgumentParser, what: str = "the run's config") -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help=f"change one field of {what}, repeatable, after the flags (e.g. optim.lr=5e-4, "
+                        help=f"change one field of {what}, repeatable (e.g. optim.lr=5e-4, "
                              "train.drop_last=true, model.max_hidden_channels=null); reaches every field, "
                              "including those without a flag")
 
 
-def _set_keys(sets: list[str]) -> list[str]:
-    return [item.partition("=")[0] for item in sets]
-
-
 def run_config_from_args(a, base: RunConfig = RunConfig()) -> RunConfig:
-    """``base`` with the flags given on the command line, then the ``--set`` changes; a field
-    given both ways is refused."""
+    """``base`` with the flags given on the command line and the ``--set`` changes (a field
+    given both ways is refused), validated once as a whole. ``--set`` items of another section
+    with flags on this parser (e.g. ``execution``) are left to its :func:`config_from_args`."""
     sections = RunConfig.sections()
-    twice = [k for k in _set_keys(a.set) if k.partition(".")[2] in given_fields(a, k.partition(".")[0])]
-    if twice:
-        raise ConfigError(f"{', '.join(twice)} given both by a flag and by --set")
+    for item in a.set:
+        parse_set(item, {**_flag_sections(a), **sections})
     cfg = RunConfig(**{name: config_from_args(a, cls, name, getattr(base, name))
                        for name, cls in sections.items()})
-    return _absolute_probe(cfg.with_overrides(a.set))
+    return _absolute_probe(cfg)
 
 
 def _absolute_probe(cfg: RunConfig) -> RunConfig:
@@ -296,28 +324,18 @@ def study_data_and_scale(a):
     """The study's base data config (data flags, then ``--set data.*``) and its scale (``--set``
     on a scale field, e.g. ``model.width=8``, ``train.stop_after=2``); other fields are refused."""
     sections = RunConfig.sections()
-    data, scale, scale_changes = _data_config(a), SCALES[a.scale], {}
+    data = _absolute_probe_data(config_from_args(a, DataConfig, "data"))  # flags and --set data.*
+    scale_changes = {}
     for item in a.set:
-        key, sep, text = item.partition("=")
-        section, _, name = key.partition(".")
-        if not sep or section not in sections or name not in typing.get_type_hints(sections[section]):
-            RunConfig().with_overrides([item])  # raises the message of a malformed override
-        if section == "data" or key in SCALE_FIELDS:
-            try:
-                value = parse_field(sections[section], name, text)
-            except ConfigError as err:
-                raise ConfigError(f"override {item!r}: {section}.{err}") from None
-        if section == "data":
-            if name in given_fields(a, "data"):
-                raise ConfigError(f"{key} given both by a flag and by --set")
-            data = _absolute_probe_data(data.replace(**{name: value}))
-        elif key in SCALE_FIELDS:
+        section, name, value = parse_set(item, {**_flag_sections(a), **sections})
+        key = f"{section}.{name}"
+        if key in SCALE_FIELDS:
             scale_changes[SCALE_FIELDS[key]] = value
-        else:
+        elif section in sections and section != "data":
             raise ConfigError(f"study stage-a --set {key}: the arms, conditions or seeds set this field; "
                               f"a study changes data.* and the scale's {', '.join(SCALE_FIELDS)} "
                               "(jaxfno train --set changes any field of one run)")
-    scale = dataclasses.replace(scale, **scale_changes)
+    scale = dataclasses.replace(SCALES[a.scale], **scale_changes)
     for arm in a.arms or stage_a.default_arms(a.conditions):  # every run's config is valid
         for condition in a.conditions:
             try:

@@ -190,6 +190,10 @@ def test_flags_come_from_the_dataclasses():
     assert (cfg.model.max_hidden_channels, cfg.data.noise_seed, cfg.data.set_phi, cfg.train.drop_last) == (64, 3, False, True)
     assert (cfg.model.zero_gamma, cfg.physics.batch_gain, cfg.train.seed, cfg.train.stop_after) == (True, "upstream", 20260130, 2)
     assert cfg.optim.b2 == 0.99 and cfg.data.probe == "gaussian"
+    # Flags and --set are validated together: a warmup shorter than the changed epochs is fine.
+    cfg = cli.run_config_from_args(parse(["train", "--out", "x", "--epochs", "3", "--scheduler", "warmup_cosine",
+                                          "--set", "optim.warmup_epochs=2"]))
+    assert (cfg.train.epochs, cfg.optim.warmup_epochs) == (3, 2)
     probe = cli.run_config_from_args(parse(["train", "--out", "x", "--set", "data.probe=my_probe.npz"])).data.probe
     assert probe == str(pathlib.Path("my_probe.npz").absolute())
 
@@ -207,6 +211,7 @@ def test_add_config_flags_takes_any_dataclass():
         threads: int = field(2, "threads")
 
     parser = cli.ArgumentParser(prog="x")
+    cli.add_run_flags(parser)
     cli.add_config_flags(parser, Extra, "extra")
     assert cli.config_from_args(parser.parse_args([]), Extra, "extra") == Extra()
     assert cli.config_from_args(parser.parse_args(["--kernel", "fast", "--threads", "4"]), Extra, "extra") \
@@ -214,6 +219,12 @@ def test_add_config_flags_takes_any_dataclass():
     assert "which kernel [extra.kernel; default: auto]" in " ".join(parser.format_help().split())
     with pytest.raises(SystemExit):
         parser.parse_args(["--threads", "many"])
+    # --set reaches the extra section too; the run config leaves those items to it.
+    args = parser.parse_args(["--set", "extra.threads=8", "--set", "optim.lr=5e-4"])
+    assert cli.config_from_args(args, Extra, "extra") == Extra(threads=8)
+    assert cli.run_config_from_args(args) == RunConfig().with_overrides(["optim.lr=5e-4"])
+    with pytest.raises(cli.ConfigError, match="extra has no field 'thread'"):
+        cli.run_config_from_args(parser.parse_args(["--set", "extra.thread=8"]))
 
 
 def test_study_set_changes_the_dataset_and_the_scale():

@@ -154,6 +154,16 @@ def _text(hint, choices):
                      st.text(st.characters(codec="ascii", exclude_characters="\x00"), max_size=4))
 
 
+ALL_FIELDS = [(section, f, typing.get_type_hints(cls)[f.name]) for section, cls in SECTIONS.items()
+              for f in dataclasses.fields(cls)]
+SET_ITEMS = st.one_of(
+    st.sampled_from(ALL_FIELDS).flatmap(
+        lambda t: _text(t[2], t[1].metadata.get("choices")).map(lambda text: f"{t[0]}.{t[1].name}={text}")),
+    st.sampled_from(["optim.lr", "optim=1", "optim.learning_rate=1", "solver.lr=1", "=", ".lr=1",
+                     "model.in_channels=2", "train.stop_after=3", "model.max_hidden_channels=null"]),
+)
+
+
 @st.composite
 def train_argv(draw):
     """(argv, {(section, field): text}) for a random subset of the train flags."""
@@ -188,21 +198,29 @@ def _run_train(argv, tmp_path):
     return "refused", code, err.getvalue()
 
 
-def _expected(given: dict) -> RunConfig:
-    """The config a command line names, built independently of the parser (ConfigError if none)."""
-    raw = RunConfig().to_dict()
+def _expected(given: dict, sets: list[str]) -> RunConfig:
+    """The config a command line names, built independently of the parser: the flags' values,
+    then the --set items (the last of one field wins), validated once; ConfigError if none."""
+    raw = {name: dict(dataclasses.asdict(cls())) for name, cls in SECTIONS.items()}
     for (section, name), text in given.items():
+        raw[section][name] = parse_field(SECTIONS[section], name, text)
+    for item in sets:
+        key, sep, text = item.partition("=")
+        section, _, name = key.partition(".")
+        if not (sep and section in SECTIONS and name in raw[section]) or (section, name) in given:
+            raise ConfigError(item)
         raw[section][name] = parse_field(SECTIONS[section], name, text)
     return cli._absolute_probe(RunConfig.from_dict(raw))
 
 
 @FAST
-@given(train_argv())
-def test_train_flags_name_the_config_or_fail_in_one_line(tmp_path_factory, case):
+@given(train_argv(), st.lists(SET_ITEMS, max_size=2))
+def test_train_flags_name_the_config_or_fail_in_one_line(tmp_path_factory, case, sets):
     argv, given = case
+    argv = argv + [arg for item in sets for arg in ("--set", item)]
     outcome, code, stderr = _run_train(argv, tmp_path_factory.mktemp("cli"))
     try:
-        expected = _expected(given)
+        expected = _expected(given, sets)
     except ConfigError:
         assert outcome == "refused" and code == 2, (argv, stderr)
         _assert_one_line(stderr)
@@ -211,16 +229,6 @@ def test_train_flags_name_the_config_or_fail_in_one_line(tmp_path_factory, case)
     cfg = cli.run_config_from_args(cli.build_parser().parse_args(["train", "--out", "x", *argv]))
     assert cfg == expected and cfg.config_hash() == expected.config_hash()
     assert RunConfig.from_json(cfg.to_json()).config_hash() == cfg.config_hash()
-
-
-ALL_FIELDS = [(section, f, typing.get_type_hints(cls)[f.name]) for section, cls in SECTIONS.items()
-              for f in dataclasses.fields(cls)]
-SET_ITEMS = st.one_of(
-    st.sampled_from(ALL_FIELDS).flatmap(
-        lambda t: _text(t[2], t[1].metadata.get("choices")).map(lambda text: f"{t[0]}.{t[1].name}={text}")),
-    st.sampled_from(["optim.lr", "optim=1", "optim.learning_rate=1", "solver.lr=1", "=", ".lr=1",
-                     "model.in_channels=2", "train.stop_after=3", "model.max_hidden_channels=null"]),
-)
 
 
 @FAST
