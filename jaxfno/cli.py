@@ -370,6 +370,8 @@ def cmd_study_stage_a(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    for item in a.set:  # each section's items are read by config_from_args; none may be unknown
+        parse_set(item, _flag_sections(a))
     enable_compilation_cache()
     from jaxfno import bench
     from jaxfno.io import write_json
@@ -628,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=_positive_int, default=2,
                        help="'study': epochs timed per run (extrapolated to the scale's length)")
     add_config_flags(bench, ModelConfig, "model")
+    add_set_flag(bench, "the benchmarked config (model.*)")
     bench.add_argument("--members", type=_positive_int, default=8, help="K for 'seeds', 'profile' and 'study'")
     bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
     bench.add_argument("--batch", type=_positive_int, default=16,

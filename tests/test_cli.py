@@ -245,6 +245,13 @@ def test_study_set_changes_the_dataset_and_the_scale():
             cli.study_data_and_scale(parse([*base, "--set", item]))
 
 
+def test_bench_set_reaches_its_sections_only(capsys):
+    args = cli.build_parser().parse_args(["bench", "model", "--set", "model.width=2", "--modes", "2"])
+    assert cli._model_config(args) == cli.ModelConfig(width=2, modes=2)
+    assert cli.main(["bench", "model", "--set", "optim.lr=1"]) == 2  # bench has no optim section
+    assert "no config section 'optim'" in capsys.readouterr().err
+
+
 def test_argument_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--out", "x", "--epochs", "2.5"])
