@@ -17,7 +17,8 @@
 # arguments (the K-member profile, im2col seed throughput, the multi-seed arm). With
 # GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints and raw traces) is packed into that
 # file after every stage, so that a run cut short still hands back what it finished.
-# JAXFNO_CONV3X3 (auto|xla|im2col|taps) applies to every stage that does not set it.
+# CONV3X3 (auto|xla|im2col|taps) overrides the multi-seed arm's 3×3 convolution, which is
+# otherwise the one that stepped K members faster (--set execution.conv3x3=...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -72,17 +73,17 @@ done
 stage arm_1seed 150 "$PY" -m jaxfno study stage-a --scale $SCALE --seeds 1 --arms $ARM --out "$OUT/arm_1seed"
 stage bench_seeds 60 "$PY" -m jaxfno bench seeds "${SIZE[@]}" --members $MEMBERS --repeats $REPEATS \
   --json-out "$OUT/bench_seeds.json"
-stage bench_seeds_im2col 60 env JAXFNO_CONV3X3=im2col "$PY" -m jaxfno bench seeds "${SIZE[@]}" \
+stage bench_seeds_im2col 60 "$PY" -m jaxfno bench seeds "${SIZE[@]}" --set execution.conv3x3=im2col \
   --members $MEMBERS --repeats $REPEATS --json-out "$OUT/bench_seeds_im2col.json"
 # The multi-seed arm runs with the Conv3x3 implementation that stepped K members faster above.
 MULTI_CONV=$("$PY" - "$OUT" <<'PY'
 import json, pathlib, sys
 runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("bench_seeds*.json")]
-print(min(runs, key=lambda r: r[f"step_s_k{r['members']}"])["conv3x3"] if runs else "xla")
+print(min(runs, key=lambda r: r[f"step_s_k{r['members']}"])["execution"]["conv3x3"] if runs else "xla")
 PY
 )
-[ "$SEEDS" -eq 1 ] || stage arm_${SEEDS}seeds 240 env JAXFNO_CONV3X3=${JAXFNO_CONV3X3:-$MULTI_CONV} \
-  "$PY" -m jaxfno study stage-a --scale $SCALE --seeds $SEEDS --arms $ARM --out "$OUT/arm_${SEEDS}seeds"
+[ "$SEEDS" -eq 1 ] || stage arm_${SEEDS}seeds 240 "$PY" -m jaxfno study stage-a --scale $SCALE --seeds $SEEDS \
+  --arms $ARM --set execution.conv3x3=${CONV3X3:-$MULTI_CONV} --out "$OUT/arm_${SEEDS}seeds"
 # The full-scale factorial (SPEC §7: six arms × asrun, fixed × 8 seeds) in chunks: the stage
 # stops after at most FACTORIAL_SECONDS (default 480) and the next call resumes it from its
 # checkpoints in $FACTORIAL_DIR (an ignored path of the tree, kept while the machine stays

@@ -21,7 +21,7 @@ def study_plan(config) -> tuple[str, list[str], list[int], list[str]]:
     scale = config.getoption("--scale")
     seeds = config.getoption("--seeds") or stage_a.SCALES[scale].seeds
     conditions = config.getoption("--conditions") or list(stage_a.SCALES[scale].conditions)
-    arms = config.getoption("--arms") or stage_a.default_arms(conditions)
+    arms = config.getoption("--arms") or stage_a.default_arms(conditions, scale)
     return scale, arms, stage_a.seeds_for(seeds), conditions
 
 

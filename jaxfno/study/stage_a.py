@@ -11,6 +11,8 @@ Scales:
   * ``reduced``: width 8, the first 512 (pre-shuffled) training patterns, 20 epochs.
   * ``smoke``: the same code paths in minutes for CI: width 4, 3 blocks, 6 modes,
     128 training patterns, 6 epochs (warmup 5 needs at least 6).
+  * ``demo``: the README's first command, minutes on a 2-core CPU: SPEC §7's six arms at width
+    8 on 512 training patterns for 8 epochs, long enough for the arms to learn.
   * ``proxy_*``: candidates for the proxy of SPEC §7.3 (see the comment at ``SCALES``).
 """
 
@@ -91,6 +93,10 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
 )}
 
 
+SPEC_ARMS = ("control", "stable", "stable_warmup", "stable_lowlr", "stable_warmup_lowlr",
+             "stable_warmup_clip")
+
+
 @dataclasses.dataclass(frozen=True)
 class Scale:
     """Problem size. ``stop_after`` > 0 truncates the horizon (SPEC §7.3): the run trains that
@@ -105,12 +111,15 @@ class Scale:
     seeds: int
     stop_after: int = 0
     conditions: tuple[str, ...] = ("fixed",)  # the study's default conditions at this scale
+    arms: tuple[str, ...] = ()  # the study's default arms at this scale (empty: default_arms)
 
 
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("full", width=32, blocks=4, modes=12, train_subset=0, epochs=20, seeds=1),
     Scale("reduced", width=8, blocks=4, modes=12, train_subset=512, epochs=20, seeds=3),
     Scale("smoke", width=4, blocks=3, modes=6, train_subset=128, epochs=6, seeds=1),
+    Scale("demo", width=8, blocks=4, modes=12, train_subset=512, epochs=8, seeds=1,
+          arms=SPEC_ARMS),
     # Proxy candidates (SPEC §7.3), calibrated against full scale for `stable` in asrun and fixed
     # (results/stage_a_proxy/calibration): 1609 = 100 × 16 + 9 patterns keep a 9-sample last batch.
     Scale("proxy_w8", width=8, blocks=4, modes=12, train_subset=1609, epochs=20, seeds=3,
@@ -120,13 +129,12 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
 )}
 
 
-SPEC_ARMS = ("control", "stable", "stable_warmup", "stable_lowlr", "stable_warmup_lowlr",
-             "stable_warmup_clip")
-
-
-def default_arms(conditions) -> list[str]:
-    """Every arm in the fixed condition alone; SPEC §7's six where another condition sets the
-    physics (the hypothesis arms set their own)."""
+def default_arms(conditions, scale: str | None = None) -> list[str]:
+    """The scale's own default arms if it names them; else every arm in the fixed condition
+    alone, SPEC §7's six where another condition sets the physics (the hypothesis arms set
+    their own)."""
+    if scale is not None and SCALES[scale].arms:
+        return list(SCALES[scale].arms)
     return list(ARMS) if list(conditions) == ["fixed"] else list(SPEC_ARMS)
 
 

@@ -34,6 +34,19 @@ def test_no_collapse(study, run_key, expectations, request):
     assert result.verdict["outcome"] not in COLLAPSE_OUTCOMES, describe(result)
 
 
+# Real progress: the best validation loss after the first epoch at most this fraction of the
+# first epoch's (every smoke arm reaches ≤ 0.89 in 6 epochs; a run whose update is broken stays at 1).
+PROGRESS = 0.95
+
+
+def test_learns_from_the_first_epoch(study, run_key):
+    """Every run's validation loss falls below its first epoch's, whatever its outcome (the
+    listed collapses diverge after they learned). A regression that stops the update or
+    flattens the output fails here, not only at the collapse rules' edge."""
+    val = study.result(run_key).history["val_loss"]
+    assert len(val) >= 2 and min(val[1:]) <= PROGRESS * val[0], f"{run_key.id}: val_loss {val}"
+
+
 def test_report(study):
     """Aggregate every run of the session into summary.json/.md, plots and provenance."""
     results = study.run_all()
