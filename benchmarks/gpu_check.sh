@@ -123,7 +123,7 @@ for name in ("bench_seeds.json", "bench_seeds_im2col.json"):
         k = seeds["members"]
         lines.append(f"- {k} members in one program: {seeds[f'step_s_k{k}']:.4f} s per step = "
                      f"{seeds['together_over_one']:.2f}× one member ({seeds['step_s_k1']:.4f} s; "
-                     f"{seeds['member_axis']}, conv3x3={seeds['conv3x3']})")
+                     f"{seeds['member_axis']}, conv3x3={seeds['execution']['conv3x3']})")
 for profile in sorted(out.glob("profile_*.json")):
     p = json.loads(profile.read_text())
     busy = {line: info["busy_s_per_step"] for line, info in p["timelines"].items()}

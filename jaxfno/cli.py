@@ -14,6 +14,7 @@ import typing
 from jaxfno.data.errors import DatasetError
 from jaxfno.io import cache_root, enable_compilation_cache, read_json
 from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, parse_field
+from jaxfno.execution import ExecutionConfig
 from jaxfno.study import stage_a
 from jaxfno.study.stage_a import CONDITIONS, SCALES
 
@@ -238,20 +239,28 @@ def cmd_model_summary(a) -> int:
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """A flag for every field of every section of :class:`RunConfig`, and ``--set``."""
+    """A flag for every field of every section of :class:`RunConfig` and of the execution
+    config, and ``--set``."""
     for name, cls in RunConfig.sections().items():
         add_config_flags(p, cls, name)
+    add_config_flags(p, ExecutionConfig, "execution")
     add_set_flag(p)
+
+
+def execution_from_args(a) -> ExecutionConfig:
+    """How the command's programs execute: the execution flags and ``--set execution.*``."""
+    return config_from_args(a, ExecutionConfig, "execution")
 
 
 def cmd_train(a) -> int:
     cfg = run_config_from_args(a)  # validated before anything is compiled
+    execution = execution_from_args(a)
     _join_processes(a)
     enable_compilation_cache()
     from jaxfno.pipeline import run_one
 
     dataset = load_or_build_dataset(cfg.data, a.dataset)
-    result = run_one(cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite)
+    result = run_one(cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite, execution=execution)
     print(format_stats(result.stats, result.verdict))
     return 0
 
@@ -280,10 +289,13 @@ def cmd_branch(a) -> int:
     source_dir, kind = resolve(pathlib.Path(a.source))
     kind = a.kind or kind
     # The run's config.json is its checkpoints' config (a run directory is bound to it).
-    cfg = RunConfig.from_dict(read_json(source_dir / "config.json")).with_overrides(a.set)
+    run_sets = [item for item in a.set if not item.startswith("execution.")]
+    cfg = RunConfig.from_dict(read_json(source_dir / "config.json")).with_overrides(run_sets)
+    execution = execution_from_args(a)
     enable_compilation_cache()
     dataset = load_or_build_dataset(cfg.data, a.dataset)
-    result = branch_run(source_dir, kind, cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite)
+    result = branch_run(source_dir, kind, cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite,
+                        execution=execution)
     print(f"branch of {source_dir} after epoch {result.history['branch']['epoch'] + 1} ({kind}), "
           f"changed: {', '.join(a.set) or 'nothing (a replay)'}")
     print(format_stats(result.stats, result.verdict))
@@ -336,7 +348,7 @@ def study_data_and_scale(a):
                               f"a study changes data.* and the scale's {', '.join(SCALE_FIELDS)} "
                               "(jaxfno train --set changes any field of one run)")
     scale = dataclasses.replace(SCALES[a.scale], **scale_changes)
-    for arm in a.arms or stage_a.default_arms(a.conditions):  # every run's config is valid
+    for arm in a.arms or stage_a.default_arms(a.conditions, a.scale):  # every run's config is valid
         for condition in a.conditions:
             try:
                 stage_a.config(arm, scale, stage_a.STUDY_SEED, data, condition)
@@ -349,16 +361,17 @@ def study_data_and_scale(a):
 
 def cmd_study_stage_a(a) -> int:
     data, scale = study_data_and_scale(a)  # a bad config fails here, before any process joins
+    execution = execution_from_args(a)
     _join_processes(a)
     enable_compilation_cache()
     from jaxfno.report.study import summary_markdown, write_report
     from jaxfno.study.runner import Study
-    from jaxfno.training.loop import Progress
+    from jaxfno.training import Progress
 
     seeds = stage_a.seeds_for(a.seeds if a.seeds is not None else stage_a.SCALES[a.scale].seeds)
     out = pathlib.Path(a.out)
-    study = Study(a.arms or stage_a.default_arms(a.conditions), scale, seeds, out, _dataset_loader(), Progress(),
-                  conditions=a.conditions, data=data)
+    study = Study(a.arms or stage_a.default_arms(a.conditions, a.scale), scale, seeds, out, _dataset_loader(),
+                  Progress(), conditions=a.conditions, data=data, execution=execution)
     results = study.run_all()
     command = "jaxfno " + " ".join(sys.argv[1:])
     title = f"Stage A study ({a.scale} scale{_probe_note(data)}{''.join(', ' + s for s in a.set)})"
@@ -376,34 +389,35 @@ def cmd_bench(a) -> int:
     from jaxfno import bench
     from jaxfno.io import write_json
 
-    model = _model_config(a)
+    model, execution = _model_config(a), execution_from_args(a)
     if a.what == "study":
-
-        result = bench.bench_study(a.scale, a.members, a.epochs, _dataset_loader(), with_torch=not a.no_torch)
+        result = bench.bench_study(a.scale, a.members, a.epochs, _dataset_loader(), with_torch=not a.no_torch,
+                                   execution=execution)
         print(json.dumps(result, indent=2))
         if a.json_out:
             write_json(a.json_out, result)
         return 0
     if a.what == "model":
-        result = bench.bench_model(model, a.batch, a.repeats)
+        result = bench.bench_model(model, a.batch, a.repeats, execution=execution)
     elif a.what == "layers":
-        result = bench.bench_layers(model, a.batch, a.repeats)
+        result = bench.bench_layers(model, a.batch, a.repeats, execution=execution)
     else:
         dataset = load_or_build_dataset(DataConfig(), None)
         if a.what == "step":
             result = bench.bench_step(dataset, batch=a.batch, repeats=a.repeats,
-                                      with_torch=not a.no_torch, model=model)
+                                      with_torch=not a.no_torch, model=model, execution=execution)
         elif a.what == "seeds":
-            result = bench.bench_seeds(dataset, model, a.members, a.batch, a.repeats)
+            result = bench.bench_seeds(dataset, model, a.members, a.batch, a.repeats, execution=execution)
         elif a.what == "profile":
             result = bench.bench_profile(dataset, model, pathlib.Path(a.trace_dir), a.members, a.batch,
-                                         a.repeats)
+                                         a.repeats, execution=execution)
         elif a.what == "loop":
-            result = bench.bench_loop_overhead(dataset, model, batch=a.batch, repeats=a.repeats)
+            result = bench.bench_loop_overhead(dataset, model, batch=a.batch, repeats=a.repeats,
+                                               execution=execution)
         elif a.what == "compile":
             result = bench.bench_compile_cache(dataset, model, a.batch)
         else:
-            result = bench.bench_data_and_eval(dataset, model, a.repeats)
+            result = bench.bench_data_and_eval(dataset, model, a.repeats, execution=execution)
     formats = {"layers": bench.format_layers, "profile": bench.format_profile}
     print(formats.get(a.what, bench.format_table)(result))
     if a.json_out:
@@ -589,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     branch.add_argument("--from", dest="kind", choices=("last", "best"), default=None,
                         help="which checkpoint of the source run (default: the one named by SOURCE)")
     branch.add_argument("--out", required=True, help="run directory of the branch")
-    add_set_flag(branch, "the source run's config (none: a replay)")
+    add_config_flags(branch, ExecutionConfig, "execution")
+    add_set_flag(branch, "the source run's config (none: a replay), or execution.*")
     branch.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
     branch.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     branch.set_defaults(func=cmd_branch)
@@ -609,16 +624,18 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a study and write its report").add_subparsers(
         dest="study_name", required=True)
     stage_a = study.add_parser("stage-a", help="the grid_lines Stage A stability study")
-    stage_a.add_argument("--scale", default="smoke", choices=tuple(SCALES),
-                         help="problem size (jaxfno/study/stage_a.py; default: smoke)")
+    stage_a.add_argument("--scale", default="demo", choices=tuple(SCALES),
+                         help="problem size (jaxfno/study/stage_a.py; default: demo, minutes on a CPU)")
     stage_a.add_argument("--seeds", type=_positive_int, default=None, help="seeds per arm (default: the scale's)")
     stage_a.add_argument("--arms", nargs="+", default=None,
-                         help="arm names (default: all in the fixed condition alone, else SPEC §7's six)")
+                         help="arm names (default: the scale's; else all in the fixed condition alone, "
+                              "SPEC §7's six in other conditions)")
     stage_a.add_argument("--conditions", nargs="+", default=["fixed"], choices=tuple(CONDITIONS),
                          help="conditions every arm runs in (SPEC §7.1; default: fixed)")
     stage_a.add_argument("--out", required=True, help="study directory: OUT/<condition>/<arm>/seed<seed>/")
     add_config_flags(stage_a, DataConfig, "data")  # the dataset every arm trains on (e.g. --probe gaussian)
-    add_set_flag(stage_a, "every run: data.* or a scale field (" + ", ".join(SCALE_FIELDS) + ")")
+    add_config_flags(stage_a, ExecutionConfig, "execution")
+    add_set_flag(stage_a, "every run: data.*, execution.* or a scale field (" + ", ".join(SCALE_FIELDS) + ")")
     _add_process_args(stage_a)
     stage_a.set_defaults(func=cmd_study_stage_a)
 
@@ -630,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=_positive_int, default=2,
                        help="'study': epochs timed per run (extrapolated to the scale's length)")
     add_config_flags(bench, ModelConfig, "model")
-    add_set_flag(bench, "the benchmarked config (model.*)")
+    add_config_flags(bench, ExecutionConfig, "execution")
+    add_set_flag(bench, "the benchmarked config (model.*, execution.*)")
     bench.add_argument("--members", type=_positive_int, default=8, help="K for 'seeds', 'profile' and 'study'")
     bench.add_argument("--trace-dir", default="jaxfno_trace", help="where 'profile' writes its trace")
     bench.add_argument("--batch", type=_positive_int, default=16,

@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from jaxfno.config import ConfigError
+from jaxfno.config import ConfigError, field
 
 # Options that may be "auto": resolved per backend by :meth:`ExecutionConfig.resolved`.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -43,12 +43,22 @@ _AUTO = {"cpu": {"conv3x3": "auto", "spectral_transform": "dft", "spectral_mixin
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
-    conv3x3: str = "auto"
-    spectral_transform: str = "auto"
-    spectral_mixing: str = "auto"
-    cpu_conv: str = "eigen"
-    member_axis: str = "auto"
-    update: str = "reachable"
+    """How a program executes (kernels, member lifting, update scope): never what it computes."""
+
+    conv3x3: str = field("auto", "3x3 convolution: XLA's, im2col (one matmul), taps (fused); auto: taps "
+                         "on the CPU for <= 64 in x out channels, else xla", choices=CHOICES["conv3x3"])
+    spectral_transform: str = field("auto", "Fourier layers: rfft2 of the map (fft) or matmuls with the "
+                                    "kept modes' tables (dft); auto: dft on the CPU, else fft",
+                                    choices=CHOICES["spectral_transform"])
+    spectral_mixing: str = field("auto", "mode mixing: one complex einsum or two real matmuls (fft "
+                                 "transform only); auto: real on the CPU, else complex",
+                                 choices=CHOICES["spectral_mixing"])
+    cpu_conv: str = field("eigen", "XLA:CPU convolutions: XLA's multi-threaded (eigen) or jaxlib's "
+                          "YNNPACK", choices=CHOICES["cpu_conv"])
+    member_axis: str = field("auto", "members of one program: vmapped or unrolled; auto: unroll on "
+                             "the CPU, else vmap", choices=CHOICES["member_axis"])
+    update: str = field("reachable", "train only each weight's gradient-receiving block, or whole "
+                        "tensors", choices=CHOICES["update"])
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
