@@ -56,6 +56,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[pathlib.P
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """Remove the temporary files that writers killed mid-write left in ``directory`` (the
+    ``.<name>.<random>.tmp`` of :func:`atomic_path`; not recursive). Only for a directory that no
+    other process writes: call it holding :func:`directory_lock`. Returns what was removed."""
+    directory = pathlib.Path(directory)
+    removed = [p for p in directory.glob(".*.tmp") if p.is_file()] if directory.is_dir() else []
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
 def _raise_if_no_space(path: pathlib.Path, exc: OSError) -> None:
     if exc.errno in SPACE_ERRNOS:
         kept = "its previous version is intact" if path.exists() else "nothing was written"

@@ -25,7 +25,7 @@ from jaxfno.data import Dataset
 from jaxfno.evaluation import below_floor, collapse_verdict, constant_floor, meets_success, score
 from jaxfno.evaluation.outcomes import amplitude_contrast, amplitude_cv, constant_plateau, judge
 from jaxfno.execution import ExecutionConfig
-from jaxfno.io import directory_lock, read_json, write_json, write_npz
+from jaxfno.io import directory_lock, read_json, remove_stale_temporaries, write_json, write_npz
 from jaxfno.processes import primary_first
 from jaxfno.report.figures import format_value, reconstruction_figure, save_figure
 from jaxfno.training import checkpoint
@@ -127,6 +127,7 @@ def run_members(
                 stale = locks.enter_context(directory_lock(d))
                 if stale:
                     warnings.warn(f"{d}: took over the lock of a process that is gone ({stale})")
+                remove_stale_temporaries(d)
         return _run_members(configs, run_dirs, dataset, overwrite=overwrite, progress=progress,
                             on_epoch_end=on_epoch_end, execution=execution)
 

@@ -120,6 +120,20 @@ def file_exists(path: str) -> Callable[[pathlib.Path], bool]:
     return lambda out: (out / path).exists()
 
 
+def lock_taken(lock: pathlib.Path) -> Callable[[pathlib.Path], bool]:
+    """The attempt's process took the writer lock ``lock`` (its holder line changed from what it
+    was when first polled, at the attempt's start: a killed holder leaves its line behind)."""
+    before: list = []
+
+    def cond(out):
+        text = lock.read_text() if lock.exists() else ""
+        if not before:
+            before.append(text)
+            return False
+        return bool(text) and text != before[0]
+    return cond
+
+
 # --- what a run left -------------------------------------------------------------------------
 
 
@@ -155,6 +169,13 @@ def json_files_parse(out: pathlib.Path) -> list[str]:
         except ValueError:
             bad.append(str(p))
     return bad
+
+
+def leftovers(run_dir: pathlib.Path) -> list[str]:
+    """Partial files that killed writers left in a run directory and nothing removed: temporary
+    files of atomic writes, Orbax's unfinished step directories."""
+    found = [p for p in run_dir.glob(".*.tmp")] + [p for p in run_dir.glob("checkpoints/*/*") if "tmp" in p.name]
+    return sorted(str(p.relative_to(run_dir)) for p in found)
 
 
 def differences(a, b, where: str = "") -> list[str]:
@@ -265,17 +286,22 @@ def kill_chain(args: list[str], out: pathlib.Path, runs: list[str], kills: list[
                 resumed.append("reused")
                 continue
             history_file = out / r / "history.json"
-            if not history_file.exists():
-                resumed.append("not reached")
+            if epoch is None:
+                resumed.append("start" if history_file.exists() else "not reached")
                 continue
             history = json.loads(history_file.read_text())
-            if epoch is None:
-                resumed.append("start")
-            elif history["epoch_seconds"][: epoch + 1] != seconds:
-                problems.append(f"{r}: did not resume from its epoch {epoch + 1} checkpoint")
-                resumed.append("?")
-            else:
+            carried = _carried_epochs(history["epoch_seconds"], seconds)
+            dropped = f"{out / r}: its checkpoint of epoch {epoch + 1} is dropped" in next_attempt.stderr
+            if carried == epoch + 1:
                 resumed.append(f"epoch {epoch + 1}")
+            elif carried == epoch and dropped:  # realigned with the other runs of its program
+                resumed.append(f"epoch {epoch} (aligned)")
+            elif len(history["epoch_seconds"]) <= epoch + 1 and carried == len(history["epoch_seconds"]):
+                resumed.append(f"epoch {epoch + 1}?")  # killed again before its first new epoch
+            else:
+                problems.append(f"{r}: did not resume from its epoch {epoch + 1} checkpoint "
+                                f"(carried on {carried} epochs)")
+                resumed.append("?")
         rows.append(Row(kill.label, attempt.fired, ", ".join(_left_text(left[r], r in finished) for r in runs),
                         ", ".join(resumed), not problems, "; ".join(problems)[:600]))
 
@@ -312,11 +338,20 @@ def kill_chain(args: list[str], out: pathlib.Path, runs: list[str], kills: list[
     problems = [f"final run failed ({final.returncode}): {final.stderr[-800:]}"] if final.returncode else []
     if not problems:
         problems = [f"{r}: {d}" for r in runs for d in run_differences(out / r, reference / r)[:5]]
+        problems += [f"{r}: left behind: {', '.join(left)}" for r in runs if (left := leftovers(out / r))]
     for row in rows:
         if problems:
             row.equal = False
             row.detail = "; ".join(filter(None, [row.detail, "end result: " + "; ".join(problems)]))[:900]
     return rows
+
+
+def _carried_epochs(now: list, before: list) -> int:
+    """How many leading epochs ``now`` carries on from ``before`` (equal measured times)."""
+    k = 0
+    while k < min(len(now), len(before)) and now[k] == before[k]:
+        k += 1
+    return k
 
 
 def _left_text(left: tuple, finished: bool) -> str:

@@ -31,6 +31,7 @@ import json
 import logging
 import pathlib
 import shutil
+import sys
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
@@ -81,6 +82,25 @@ def _quiet_orbax_errors():
         yield
     finally:
         logger.removeFilter(quiet)
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """After a failed read TensorStore still completes the step's pending reads and calls back
+    into Orbax's event loop, closed by then: each call reports "Event loop is closed" as an
+    unraisable exception, a traceback per array on stderr. The error itself was reported
+    (:class:`CheckpointError`); drop these, and only these."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxfno_checkpoint", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._jaxfno_checkpoint = True
+    sys.unraisablehook = hook
 
 
 def is_space_error(exc: BaseException) -> bool:
@@ -271,6 +291,7 @@ def _read_step(directory: pathlib.Path, step: int) -> tuple[Any, dict]:
         plain = jax.tree.map(np.asarray, dict(restored["state"]))
         meta = dict(restored["meta"])
     except Exception as exc:  # a damaged step directory: Orbax and TensorStore raise many kinds
+        _ignore_closed_loop_callbacks()
         raise CheckpointError(f"{where}: checkpoint of step {step} cannot be read: {_first_line(exc)}") from None
     integrity = meta.pop(INTEGRITY_KEY, None)
     if integrity is not None:  # checkpoints written before 2026-12-03 carry no digests

@@ -10,7 +10,10 @@ SIGKILL (no cleanup, no ``finally``, no flush: what a lost node or ``kill -9`` d
 * ``ckpt-delete@<kind>/<epoch>``: an older step, being deleted, is half gone;
 * ``write@<name>``: an atomic write of the file ``<name>`` (history.json, metrics.json,
   recon.npz, a report file ...) has its temporary file written, not yet renamed over ``name``;
-* ``written@<name>``: the file ``<name>`` was just replaced.
+* ``written@<name>``: the file ``<name>`` was just replaced;
+* ``call@<module>:<Class>.<attribute>``: the instances' callable ``attribute`` (e.g. the
+  engine's jitted ``train_step``, ``evaluate``) was just called: its computation dispatched and
+  running (mid-step, mid-validation).
 
 ``<target>`` may end in ``#<n>``: the n-th match (default: the first). Before dying the process
 writes the point to ``$JAXFNO_FAULT_FIRED`` so that the harness knows the kill was the planned
@@ -23,7 +26,6 @@ _SPEC = os.environ.get("JAXFNO_FAULT")
 
 
 def _install(spec: str) -> None:
-    import asyncio  # noqa: F401  (orbax's finalize is a coroutine)
     import pathlib
     import shutil
     import signal
@@ -95,6 +97,33 @@ def _install(spec: str) -> None:
             return result
 
         os.replace = replace
+    elif point == "call":
+        import importlib
+
+        module, _, qualname = target.partition(":")
+        class_name, _, attribute = qualname.partition(".")
+        cls = getattr(importlib.import_module(module), class_name)
+        original_init = cls.__init__
+
+        class Wrapped:
+            """Calls ``fn`` and then fires; everything else (jit's ``lower`` ...) is ``fn``'s."""
+
+            def __init__(self, fn):
+                self._fn = fn
+
+            def __call__(self, *args, **kwargs):
+                result = self._fn(*args, **kwargs)
+                fire(qualname)
+                return result
+
+            def __getattr__(self, name):
+                return getattr(self._fn, name)
+
+        def __init__(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            setattr(self, attribute, Wrapped(getattr(self, attribute)))
+
+        cls.__init__ = __init__
     else:
         raise SystemExit(f"JAXFNO_FAULT: unknown point {point!r} in {spec!r}")
 
