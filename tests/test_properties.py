@@ -186,7 +186,7 @@ def _run_train(argv, tmp_path):
     """(outcome, exit code, stderr) of ``jaxfno train`` stopped where the dataset is loaded."""
     err = io.StringIO()
     out = tmp_path / "never"
-    with mock.patch.object(cli, "load_or_build_dataset", side_effect=Reached), \
+    with mock.patch("jaxfno.cli.runs.load_or_build_dataset", side_effect=Reached), \
             contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = cli.main(["train", "--out", str(out), *argv])
