@@ -442,6 +442,27 @@ def test_stopped_member_of_a_shared_program_trains_no_further(grid_lines_dataset
     jax.tree.map(np.testing.assert_array_equal, final, saved["params"])  # modes 4: blocks are whole
 
 
+def test_program_with_a_stopped_member_resumes_after_an_interruption(grid_lines_dataset, tmp_path):
+    """A member stopped by a non-finite step saves no more checkpoints; interrupted later, the
+    program resumes from the live members' epoch, the stopped one behind, to the uninterrupted
+    result."""
+    diverging = tiny(optim=dict(optimizer="sgd", momentum=0.0, lr=1e12), train=dict(epochs=3))
+    healthy = diverging.replace(optim=diverging.optim.replace(lr=1e-3))
+
+    def interrupt(epoch, members):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    dirs = [tmp_path / "bad", tmp_path / "good"]
+    with pytest.raises(KeyboardInterrupt):
+        train_members([diverging, healthy], dirs, grid_lines_dataset, on_epoch_end=interrupt)
+    assert [checkpoint.latest_epoch(d) for d in dirs] == [0, 1]
+    resumed = train_members([diverging, healthy], dirs, grid_lines_dataset).members
+    whole = train_members([diverging, healthy], [tmp_path / "bad2", tmp_path / "good2"], grid_lines_dataset).members
+    assert resumed[0].stopped and len(resumed[1].history["val_loss"]) == 3
+    np.testing.assert_allclose(resumed[1].history["val_loss"], whole[1].history["val_loss"], rtol=1e-6)
+
+
 def test_step_without_valid_samples_leaves_the_state_unchanged(grid_lines_dataset):
     """Adam's momentum would move the weights on a zero gradient; an all-masked step must not."""
     engine, state = engine_state([tiny()], grid_lines_dataset)

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"jaxfno: invalid configuration: {err}", file=sys.stderr)
         return 2
-    except (DatasetError, FileNotFoundError, RuntimeError, ValueError) as err:
+    except (DatasetError, OSError, RuntimeError, ValueError) as err:  # OSError: e.g. a permission
         print(f"jaxfno: error: {err}", file=sys.stderr)
         return 1
 

@@ -174,12 +174,12 @@ def _check_members(configs: Sequence[RunConfig], dataset: Dataset) -> int:
 
 def _resume(members: list[Member], template: TrainState, configs) -> tuple[TrainState, int]:
     """(whole-array state, first epoch to train): from every member's last checkpoint when all
-    have one, else the initial ``template`` and epoch 0."""
+    have one, else the initial ``template`` and epoch 0. Members still training must all be at
+    one epoch; a member stopped by a non-finite step saved nothing after it, so it may be behind
+    (its masked state no longer changes)."""
     done = [checkpoint.latest_epoch(m.run_dir) for m in members]
     if any(e is None for e in done):
         return template, 0
-    if len(set(done)) != 1:
-        raise RuntimeError(f"cannot resume members stopped at different epochs: {done}")
     restored = []
     for k, m in enumerate(members):
         member_state, meta = checkpoint.restore(m.run_dir, "last", member_slice(template, k))
@@ -188,8 +188,12 @@ def _resume(members: list[Member], template: TrainState, configs) -> tuple[Train
         m.history, m.best_val = meta["history"], meta["best_val"]
         m.schedule.load(meta["schedule"])
         restored.append(member_state)
+    live = {e for e, m in zip(done, members) if not m.stopped}
+    resume = max(live) if live else max(done)
+    if len(live) > 1 or any(e > resume for e in done):
+        raise RuntimeError(f"cannot resume members stopped at different epochs: {done}")
     state = jax.tree.map(lambda *xs: np.stack(xs), *restored)
-    return with_clip_thresholds(state, configs), done[0] + 1
+    return with_clip_thresholds(state, configs), resume + 1
 
 
 def _train_epoch(engine: Engine, state: TrainState, members: list[Member], train_x, n_train: int,
