@@ -17,7 +17,7 @@
 # arguments (the K-member profile, im2col seed throughput, the multi-seed arm). With
 # GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints and raw traces) is packed into that
 # file after every stage, so that a run cut short still hands back what it finished.
-# CONV3X3 (auto|xla|im2col|taps) overrides the multi-seed arm's 3×3 convolution, which is
+# CONV3X3 (xla|im2col) overrides the multi-seed arm's 3×3 convolution, which is
 # otherwise the one that stepped K members faster (--set execution.conv3x3=...).
 set -uo pipefail
 cd "$(dirname "$0")/.."

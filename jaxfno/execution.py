@@ -17,10 +17,9 @@ from jaxfno.config import ConfigError, field
 
 # Options that may be "auto": resolved per backend by :meth:`ExecutionConfig.resolved`.
 CHOICES: dict[str, tuple[str, ...]] = {
-    # 3×3 convolutions: XLA's convolution; nine shifted copies and one matmul (stays a batched
-    # matmul under vmap); shifted copies × kernel taps fused (XLA:CPU is slow at few channels).
-    # auto: taps on the CPU for convolutions of at most SMALL_CONV3X3 input × output channels.
-    "conv3x3": ("auto", "xla", "im2col", "taps"),
+    # 3×3 convolutions: XLA's convolution, or nine shifted copies and one matmul (stays a
+    # batched matmul under vmap: pays for vmapped members on the H200, results/gpu_2026-11-27).
+    "conv3x3": ("xla", "im2col"),
     # Fourier layers: rfft2 → kept block → irfft2, or matmuls with the kept modes' cos/sin tables.
     "spectral_transform": ("auto", "fft", "dft"),
     # Per-mode complex matrices: one complex einsum, or two real matmuls.
@@ -35,18 +34,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 # CPU defaults where "auto": each measured faster on the 2-core CPU (docs/performance.md);
 # elsewhere the portable choice (cuFFT, one complex GPU kernel, batched kernels).
-_AUTO = {"cpu": {"conv3x3": "auto", "spectral_transform": "dft", "spectral_mixing": "real",
-                 "member_axis": "unroll"},
-         "other": {"conv3x3": "xla", "spectral_transform": "fft", "spectral_mixing": "complex",
-                   "member_axis": "vmap"}}
+_AUTO = {"cpu": {"spectral_transform": "dft", "spectral_mixing": "real", "member_axis": "unroll"},
+         "other": {"spectral_transform": "fft", "spectral_mixing": "complex", "member_axis": "vmap"}}
 
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
     """How a program executes (kernels, member lifting, update scope): never what it computes."""
 
-    conv3x3: str = field("auto", "3x3 convolution: XLA's, im2col (one matmul), taps (fused); auto: taps "
-                         "on the CPU for <= 64 in x out channels, else xla", choices=CHOICES["conv3x3"])
+    conv3x3: str = field("xla", "3x3 convolution: XLA's, or nine shifted copies and one matmul (im2col)",
+                         choices=CHOICES["conv3x3"])
     spectral_transform: str = field("auto", "Fourier layers: rfft2 of the map (fft) or matmuls with the "
                                     "kept modes' tables (dft); auto: dft on the CPU, else fft",
                                     choices=CHOICES["spectral_transform"])
@@ -67,8 +64,7 @@ class ExecutionConfig:
                 raise ConfigError(f"execution.{name}={value!r} is not one of {choices}")
 
     def resolved(self, backend: str | None = None) -> "ExecutionConfig":
-        """The concrete choices on ``backend`` (default: JAX's default backend). ``conv3x3``
-        stays ``auto`` on the CPU: each convolution then picks by its channel count."""
+        """The concrete choices on ``backend`` (default: JAX's default backend)."""
         table = _AUTO["cpu" if (backend or jax.default_backend()) == "cpu" else "other"]
         return dataclasses.replace(self, **{name: table[name] for name in table
                                             if getattr(self, name) == "auto"})

@@ -148,7 +148,7 @@ def test_execution_choices_are_recorded_and_change_no_numbers(grid_lines_dataset
     and the run's numbers agree with the default's up to float rounding."""
     runs = {}
     for name, extra in (("default", []),
-                        ("other", ["--conv3x3", "xla", "--set", "execution.spectral_transform=fft",
+                        ("other", ["--conv3x3", "im2col", "--set", "execution.spectral_transform=fft",
                                    "--set", "execution.member_axis=vmap", "--update", "full"])):
         out = tmp_path / name
         assert cli.main(["train", "--out", str(out), "--dataset", str(grid_lines_dataset_path), "--width", "2",
@@ -156,9 +156,9 @@ def test_execution_choices_are_recorded_and_change_no_numbers(grid_lines_dataset
         runs[name] = [json.loads((out / f).read_text()) for f in ("config.json", "history.json")]
     (cfg, default), (other_cfg, other) = runs["default"], runs["other"]
     assert cfg == other_cfg  # the science config (and its hash) is the same
-    assert other["execution"]["conv3x3"] == "xla" and other["execution"]["spectral_transform"] == "fft"
+    assert other["execution"]["conv3x3"] == "im2col" and other["execution"]["spectral_transform"] == "fft"
     assert other["execution"]["member_axis"] == "vmap" and other["execution"]["update"] == "full"
-    assert default["execution"]["conv3x3"] == "auto" and default["execution"]["update"] == "reachable"
+    assert default["execution"]["conv3x3"] == "xla" and default["execution"]["update"] == "reachable"
     for key in ("step_loss", "val_loss", "grad_norm"):
         np.testing.assert_allclose(other[key], default[key], rtol=1e-4)
 

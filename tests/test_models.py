@@ -288,9 +288,8 @@ def _assert_trees_close(a, b, rtol, atol):
 
 @pytest.mark.parametrize("members", [None, 3])
 def test_conv3x3_implementations_agree(members):
-    """``im2col`` and ``taps`` compute the same convolution (values and gradients) as ``xla``,
-    alone and vmapped over members with their own kernels; ``auto`` picks ``taps`` for a small
-    convolution on the CPU."""
+    """``im2col`` computes the same convolution (values and gradients) as ``xla``, alone and
+    vmapped over members with their own kernels."""
     from jaxfno.models.layers import Conv3x3
 
     _, params = nnx.split(Conv3x3(5, 6, rngs=nnx.Rngs(0)))
@@ -305,17 +304,14 @@ def test_conv3x3_implementations_agree(members):
         fn = jax.vmap(value_and_grads, in_axes=(0, None)) if members else value_and_grads
         return str(jax.make_jaxpr(fn)(params, x)), jax.jit(fn)(params, x)
 
-    (xla_jaxpr, xla), (im2col_jaxpr, im2col), (taps_jaxpr, taps) = map(traced, ("xla", "im2col", "taps"))
+    (xla_jaxpr, xla), (im2col_jaxpr, im2col) = map(traced, ("xla", "im2col"))
     assert "conv_general_dilated" in xla_jaxpr and "conv_general_dilated" not in im2col_jaxpr
-    assert "custom_vjp_call" in taps_jaxpr and "custom_vjp_call" not in xla_jaxpr
     _assert_trees_close(xla, im2col, rtol=1e-4, atol=1e-5)
-    _assert_trees_close(xla, taps, rtol=1e-4, atol=1e-5)
-    assert "custom_vjp_call" in traced("auto")[0]  # 5×6 ≤ 64
     with pytest.raises(ValueError, match="conv3x3 implementation 'winograd'"):
         traced("winograd")
-    # the execution config resolves "auto" per backend: the CPU keeps the per-layer rule
-    assert ExecutionConfig().resolved("cpu").conv3x3 == "auto"
-    assert ExecutionConfig().resolved("gpu").conv3x3 == "xla"
+    # the execution config resolves "auto" per backend
+    assert ExecutionConfig().resolved("cpu").spectral_transform == "dft"
+    assert ExecutionConfig().resolved("gpu").spectral_transform == "fft"
     with pytest.raises(ConfigError, match="execution.conv3x3='winograd'"):
         ExecutionConfig(conv3x3="winograd")
 
@@ -420,7 +416,7 @@ def test_execution_choices_change_no_numbers():
     x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 1))
     results = []
     for execution in (ExecutionConfig(conv3x3="xla", spectral_transform="fft", spectral_mixing="complex"),
-                      ExecutionConfig(conv3x3="taps", spectral_transform="dft"),
+                      ExecutionConfig(conv3x3="xla", spectral_transform="dft"),
                       ExecutionConfig(conv3x3="im2col", spectral_transform="fft", spectral_mixing="real")):
         graphdef, params = nnx.split(build_model(SMALL, 0, execution=execution))
         loss = lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x)))  # noqa: E731

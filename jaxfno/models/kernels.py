@@ -10,16 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONV3X3_IMPLS = ("auto", "xla", "im2col", "taps")
+CONV3X3_IMPLS = ("xla", "im2col")
 SPECTRAL_TRANSFORMS = ("fft", "dft")
 SPECTRAL_MIXINGS = ("complex", "real")
-
-# XLA:CPU's convolution runs at ~4 GFLOP/s with a handful of channels. Forward, batch 16 on the
-# 2-core CPU: 64×64, 4→4 channels 4.2 ms (taps 0.84 ms), 1→4 2.9 ms (0.13), 8→4 5.9 ms (1.8),
-# 8→8 3.0 ms (1.7); at 32→32 taps loses (34 ms against 6.9). This is the CI/smoke model's size
-# and the reduced study's (width 8), whose full validation passes are mostly convolutions.
-SMALL_CONV3X3 = 64
-
 
 def _conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
@@ -27,44 +20,18 @@ def _conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _shifted(x: jax.Array) -> list[jax.Array]:
-    """The nine zero-padded shifts of ``x`` that a 3×3 kernel's taps (dy, dx) read."""
+    """The nine zero-padded shifts of ``x`` that a 3×3 kernel's entries (dy, dx) read."""
     _, h, w, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     return [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
 
 
-@jax.custom_vjp
-def _conv3x3_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    taps = kernel.reshape(9, *kernel.shape[2:])
-    return sum(jnp.sum(shift[..., None] * tap, axis=-2) for shift, tap in zip(_shifted(x), taps))
-
-
-def _conv3x3_taps_fwd(x, kernel):
-    return _conv3x3_taps(x, kernel), (x, kernel)
-
-
-def _conv3x3_taps_bwd(residuals, grad):
-    # Autodiff of the broadcast form builds (…, in, out) intermediates: 46 ms against XLA's
-    # 5 ms for the 4→4 case above.
-    return jax.vjp(_conv3x3_xla, *residuals)[1](grad)
-
-
-_conv3x3_taps.defvjp(_conv3x3_taps_fwd, _conv3x3_taps_bwd)
-
-
 def conv3x3(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
     """3×3 convolution, zero padding 1, no bias. ``xla``: ``lax.conv_general_dilated`` (a grouped
     convolution when the member axis is vmapped); ``im2col``: the nine shifted copies side by
-    side and one matmul (a batched matmul under vmap); ``taps``: the shifted copies × the
-    kernel taps in one fused loop, with ``xla``'s gradients; ``auto``: ``taps`` for at most
-    :data:`SMALL_CONV3X3` input × output channels, else ``xla`` (the CPU rule: on other
-    backends the execution config resolves ``auto`` to ``xla``)."""
-    if impl == "auto":
-        impl = "taps" if kernel.shape[2] * kernel.shape[3] <= SMALL_CONV3X3 else "xla"
+    side and one matmul (a batched matmul under vmap)."""
     if impl == "im2col":
         return jnp.concatenate(_shifted(x), axis=-1) @ kernel.reshape(-1, kernel.shape[3])  # (dy, dx, c)
-    if impl == "taps":
-        return _conv3x3_taps(x, kernel)
     if impl != "xla":
         raise ValueError(f"conv3x3 implementation {impl!r} is not one of {CONV3X3_IMPLS}")
     return _conv3x3_xla(x, kernel)
