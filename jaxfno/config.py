@@ -7,6 +7,8 @@ Validation happens in ``__post_init__`` so that a bad value fails before anythin
 every field's type, each value's range, and the combinations a run cannot train (e.g. a hybrid
 deeper than the patch allows). Each field carries its help text (and its choices) in
 ``dataclasses.field`` metadata, from which the command line derives its flags (``jaxfno.cli``).
+Longer than the ~300 lines a module here aims at because each section's fields and their checks
+stay together: splitting it would part a field from its validation.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ A run directory holds ``config.json``, ``history.json``, ``metrics.json``, ``sta
 ``branch.json`` for a run continued from another's checkpoint, :func:`branch_run`). It is bound to
 its config: a directory holding a run of another config is never written into (``overwrite``
 wipes it instead); a finished run of the same config is reused, an unfinished one resumed.
+One concern (the run directory's life: prepare, lock, train, judge, write, branch, re-judge),
+kept in one module past ~300 lines so that every write to a run directory is in one place.
 """
 
 from __future__ import annotations

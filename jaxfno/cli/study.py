@@ -134,27 +134,10 @@ def cmd_study_expectations(a) -> int:
     return 0
 
 
-CAVEATS = [
-    "The probe is synthetic (SPEC §1.3): upstream's experimental probe is not public, and SPEC §10 found the "
-    "probe the main missing ingredient of upstream's fast learning.",
-    "Conclusions at proxy scale hold for that scale; the table says which cells were confirmed at full scale.",
-    "Outcomes follow SPEC §6.3; the §6.1 verdicts stay in each run's verdict.json and the study tables.",
-    "One trajectory can be moved by any single step (the branch experiments show it); seeds are the unit of "
-    "replication, and the runs of one cell differ only in the seed (initialisation and data order).",
-    "Runs on other hardware can take other trajectories from the same seed (floating-point rounding); every "
-    "number here comes from the devices named in each folder's README. SPEC §10 reports the zero-phase "
-    "condition collapsing for seeds 20260128 and 20260129 on another machine with the same command; on this "
-    "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
-    "Upstream concluded that the collapse is architectural. Here the hybrid control has not been run in a "
-    "collapsing condition yet, so this project can neither confirm nor refute that; SPEC §9.7 notes upstream's own "
-    "control runs collapsed too.",
-]
-
-
 def cmd_findings(a) -> int:
     from jaxfno.report.findings import write_findings
 
-    text = write_findings(pathlib.Path(a.root), pathlib.Path(a.out), CAVEATS)
+    text = write_findings(pathlib.Path(a.root), pathlib.Path(a.out))
     print(text.split("## 1.")[0], end="")
     print(f"written: {a.out}")
     return 0

@@ -10,7 +10,10 @@ from __future__ import annotations
 import pathlib
 import platform
 
+import numpy as np
+
 from jaxfno.data.simulate import n_positions
+from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
@@ -134,6 +137,39 @@ def branch_section(folders: list[pathlib.Path]) -> list[str]:
     return lines
 
 
+def rerun_section(folder: pathlib.Path, reference: pathlib.Path) -> list[str]:
+    """Runs trained again with the same config on the same machine at another commit, against
+    the committed run of the same name under ``reference``: where their per-step losses part."""
+    lines = ["## 5. The same run again (full scale): how far rounding carries", ""]
+    rows = []
+    for history_file in sorted(folder.glob("seed*/history.json")) if folder.exists() else []:
+        ref_dir, run_dir = reference / history_file.parent.name, history_file.parent
+        if not (ref_dir / "history.json").exists():
+            continue
+        a, b = read_json(ref_dir / "history.json"), read_json(history_file)
+        n = min(len(a["step_loss"]), len(b["step_loss"]))
+        x, y = np.asarray(a["step_loss"][:n]), np.asarray(b["step_loss"][:n])
+        rel = np.abs(x - y) / np.maximum(np.abs(x), 1e-30)
+
+        def first(threshold: float) -> str:
+            above = np.flatnonzero(rel > threshold)
+            return f"step {above[0]}" if above.size else f"none in {n}"
+
+        same = read_json(ref_dir / "config.json") == read_json(run_dir / "config.json")
+        epochs = min(len(a["val_loss"]), len(b["val_loss"]))
+        vals = "; ".join(f"{a['val_loss'][e]:.4f} / {b['val_loss'][e]:.4f}" for e in range(epochs))
+        commits = [(h.get("execution", {}).get("commit") or "not recorded")[:12] for h in (a, b)]
+        rows.append(f"| {run_dir.name} | {'yes' if same else 'NO'} | {commits[0]} / {commits[1]} | {n} | "
+                    f"{first(1e-6)} | {first(1e-3)} | {first(0.1)} | {vals} |")
+    if not rows:
+        return lines + ["None yet.", ""]
+    return lines + [f"Runs in `{folder}` against the committed runs of the same name in `{reference}` (same "
+                    "machine, same config, another code revision; step losses compared over the steps both have):",
+                    "", "| run | same config | commits (committed / rerun) | steps compared | first step differing "
+                    "> 1e-6 | > 1e-3 | > 10 % | val_loss per epoch (committed / rerun) |",
+                    "|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def answer_paragraph(fidelity: dict, factorial: dict) -> str:
     """The answer, sentence by sentence from the cells (nothing typed by hand)."""
     parts = []
@@ -165,7 +201,24 @@ def answer_paragraph(fidelity: dict, factorial: dict) -> str:
     return " ".join(parts)
 
 
-def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str]) -> str:
+CAVEATS = [
+    "The probe is synthetic (SPEC §1.3): upstream's experimental probe is not public, and SPEC §10 found the "
+    "probe the main missing ingredient of upstream's fast learning.",
+    "Conclusions at proxy scale hold for that scale; the table says which cells were confirmed at full scale.",
+    "Outcomes follow SPEC §6.3; the §6.1 verdicts stay in each run's verdict.json and the study tables.",
+    "One trajectory can be moved by any single step (the branch experiments show it); seeds are the unit of "
+    "replication, and the runs of one cell differ only in the seed (initialisation and data order).",
+    "Runs on other hardware can take other trajectories from the same seed (floating-point rounding); every "
+    "number here comes from the devices named in each folder's README. SPEC §10 reports the zero-phase "
+    "condition collapsing for seeds 20260128 and 20260129 on another machine with the same command; on this "
+    "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
+    "Upstream concluded that the collapse is architectural. Here the hybrid control has not been run in a "
+    "collapsing condition yet, so this project can neither confirm nor refute that; SPEC §9.7 notes upstream's own "
+    "control runs collapsed too.",
+]
+
+
+def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = CAVEATS) -> str:
     """Assemble FINDINGS.md from ``root``'s results folders."""
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
     confirm = _cells(root / "stage_a_full_asrun" / "confirm")
@@ -187,6 +240,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str]) ->
         *branch_section([root / "stage_a_full_asrun" / "branches",
                          root / "stage_a_full_cpu_upstream_gain" / "branches",
                          root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
+        *rerun_section(root / "stage_a_full_asrun" / "rerun", root / "stage_a_full_asrun" / "fidelity" / "asrun" / "stable"),
         "## Caveats",
         "",
         *[f"- {c}" for c in caveats],

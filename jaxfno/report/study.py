@@ -1,4 +1,5 @@
-"""Study report: ``summary.json``, ``summary.md``, plots and a provenance ``README.md``."""
+"""Study report: ``summary.json``, ``summary.md``, plots and a provenance ``README.md`` (one
+folder's writer; the per-cell statistics it tabulates are in ``report.statistics``)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ Scales:
   * ``full``: the SPEC protocol (6889 training patterns, width 32, 4 blocks, 12 modes, 20 epochs,
     batch 16; 431 steps per epoch).
   * ``reduced``: width 8, the first 512 (pre-shuffled) training patterns, 20 epochs.
-  * ``smoke``: the same code paths in minutes for CI: width 4, 3 blocks, 6 modes,
-    128 training patterns, 6 epochs (warmup 5 needs at least 6).
+  * ``smoke``: the same code paths in minutes for CI: SPEC §7's six arms at width 4, 3 blocks,
+    6 modes, 128 training patterns, 6 epochs (warmup 5 needs at least 6).
   * ``demo``: the README's first command, minutes on a 2-core CPU: SPEC §7's six arms at width
     8 on 512 training patterns for 8 epochs, long enough for the arms to learn.
   * ``proxy_*``: candidates for the proxy of SPEC §7.3 (see the comment at ``SCALES``).
@@ -117,7 +117,8 @@ class Scale:
 SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("full", width=32, blocks=4, modes=12, train_subset=0, epochs=20, seeds=1),
     Scale("reduced", width=8, blocks=4, modes=12, train_subset=512, epochs=20, seeds=3),
-    Scale("smoke", width=4, blocks=3, modes=6, train_subset=128, epochs=6, seeds=1),
+    # CI's study: SPEC §7's six arms (the hypothesis arms' knobs have unit tests).
+    Scale("smoke", width=4, blocks=3, modes=6, train_subset=128, epochs=6, seeds=1, arms=SPEC_ARMS),
     Scale("demo", width=8, blocks=4, modes=12, train_subset=512, epochs=8, seeds=1,
           arms=SPEC_ARMS),
     # Proxy candidates (SPEC §7.3), calibrated against full scale for `stable` in asrun and fixed

@@ -20,6 +20,9 @@ stage of a save and damages their files):
   rerun supersedes it), instead of resuming past a ``best`` it never wrote.
 * A save that fails for lack of space raises :class:`CheckpointError` saying so, after removing
   its partial files; the previous step is untouched.
+
+Over ~300 lines because these guarantees are one concern: every read and write of a checkpoint
+goes through the checks above.
 """
 
 from __future__ import annotations
