@@ -159,8 +159,7 @@ def reexec_with_huge_pages() -> None:
     """Run this command again, once, with glibc's malloc backing its large blocks with
     transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; glibc reads tunables
     only at process start, hence the re-exec). XLA:CPU takes each step's temporaries as fresh
-    memory: in 4 KiB pages the full-size training step cost 55 k page faults and ran in
-    0.50–0.56 s on the 2-core CPU, in huge pages 450 faults and 0.45–0.46 s. Nothing happens
+    memory, and huge pages cut its page faults (docs/performance.md). Nothing happens
     when ``GLIBC_TUNABLES`` already sets ``hugetlb``, with ``JAXFNO_HUGEPAGES=0``, or off
     Linux/glibc (the kernel's THP mode "never" makes the tunable a no-op)."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")

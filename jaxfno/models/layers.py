@@ -21,8 +21,7 @@ from jaxfno.models import kernels
 
 def gelu(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, written as PyTorch's default ``F.gelu`` computes it. ``jax.nn.gelu``
-    uses erfc, whose branches made forward + backward of a 16×64×64×32 map 1.3–2× slower on the
-    CPU; the two agree to 1e-6."""
+    uses erfc, whose branches are slower on the CPU; the two agree to 1e-6."""
     return 0.5 * x * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
 
 
@@ -41,9 +40,8 @@ class SpectralConv2d(nnx.Module):
 
     ``upstream``: weight allocated as (in, out, m, m), stored as (m, m, in, out) (as conv kernels
     are stored HWIO, not PyTorch's OIHW): the per-mode matrices are then the batch of the mode
-    contraction as it is. With the (in, out, m, m) order XLA transposes the weights and their
-    gradients every step; on the CPU the Fourier layers' forward + backward went from 198 to
-    140 ms, and on an H200 transposes of matching sizes took ≈ 0.9 ms of a 3.4 ms step. Rows 0…mh−1 and
+    contraction as it is (with the (in, out, m, m) order XLA would transpose the weights and their
+    gradients every step; docs/performance.md). Rows 0…mh−1 and
     columns 0…mw−1 of the rfft2 spectrum with mh = min(m, H), mw = min(m, W//2+1). At full
     resolution only ky ≥ 0 passes. The values are drawn in the (in, out, m, m) order, so a seed
     gives the same weights as it did before the storage order changed.

@@ -53,13 +53,10 @@ def initial_state(engine: Engine, configs: Sequence[RunConfig]) -> TrainState:
     """Stacked state of K members, whole arrays on the host (the checkpoint layout; the step
     takes ``engine.step_layout`` of it): per-member initialisation and clip threshold. One
     compiled initialiser serves every member (its seed is an argument) and is kept by the
-    persistent compilation cache: initialising op by op compiled each small op anew, 16 s per
-    process for the full-size model on the CPU. On the CPU it is compiled at XLA's backend
-    optimisation level 0: at the default level XLA:CPU spent 16–19 s optimising the threefry
-    code of every parameter's draw, for a program that runs once per member (measured on 2
-    cores: 3.2 s to compile at level 0, and it runs in 3.1 s instead of 0.8 s at full size, in
-    milliseconds at the CI sizes; `tests/test_training.py` with a cold cache: 256 s instead of
-    309 s). Some weights then differ from a level-2 build in their last bit.
+    persistent compilation cache (op by op, each small op compiled anew). On the CPU it is
+    compiled at XLA's backend optimisation level 0: the default level spends far longer
+    optimising the threefry code of every parameter's draw than the program, run once per
+    member, takes. Some weights then differ from a level-2 build in their last bit.
     Parameters are plain nested dicts (see :class:`Engine`)."""
     model_cfg = configs[0].model
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None

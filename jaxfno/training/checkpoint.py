@@ -216,13 +216,12 @@ def save(run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -
 class CheckpointWriter:
     """Saves checkpoints in submission order, on one worker thread when ``background`` (default:
     on accelerators, where the host is otherwise idle while the device trains; on the CPU a
-    writer thread competes with XLA's compute threads: measured on 2 cores, `jaxfno bench loop`
-    steps ran 12–24 % slower with it, 0–8 % with synchronous writes). In the background, device
+    writer thread competes with XLA's compute threads, measured with `jaxfno bench loop`). In the
+    background, device
     arrays are fetched and ``meta``'s containers copied at submission, so the caller may go on
     updating both (donated device buffers, growing history lists); host (numpy) arrays are kept
-    by reference and must not be modified in place afterwards: copying a full-size member's
-    state took 0.4 s per checkpoint on the 2-core CPU, and the training loop passes host
-    snapshots it never modifies. A failed write is raised at the next ``save`` or at ``close``;
+    by reference and must not be modified in place afterwards (copying a full-size member's
+    state would cost each checkpoint; the training loop passes host snapshots it never modifies). A failed write is raised at the next ``save`` or at ``close``;
     ``close`` waits for every pending write. Use as a context manager."""
 
     def __init__(self, background: bool | None = None):

@@ -4,15 +4,13 @@ Every function here works on ONE member (a seed, or an arm differing only in inj
 hyperparameters) and is lifted over a leading member axis; K members train in one compiled
 program. Two liftings give the same numbers: ``vmap`` (batched kernels; the choice on GPU) and
 ``unroll`` (the member computations written out one after another in the same program; the
-choice on CPU). Measured on the 2-core CPU: XLA turns a vmapped convolution into a grouped
-convolution, 5.7× slower than K separate ones, and ``jax.lax.map`` ran a width-8 step 10× slower
-than the same step outside a loop; unrolling keeps each member's step at its single-run speed.
+choice on CPU, where XLA turns a vmapped convolution into a slow grouped one; measurements in
+``docs/performance.md``).
 
 The Flax NNX model is split once (``nnx.split``) outside and merged inside the traced functions.
 Its parameters cross the jit boundary as plain nested dicts (``nnx.to_pure_dict``), which jax
-flattens in C++: an ``nnx.State`` is flattened variable by variable in Python, which for the
-full model's 155 state arrays (parameters and Adam moments) cost about a millisecond of host
-time per step, while an H200 waits for the host. Datasets are passed as arguments, never
+flattens in C++ (an ``nnx.State`` is flattened variable by variable in Python, host time a fast
+device waits for). Datasets are passed as arguments, never
 closed over, so that they are not baked into the compiled program as constants.
 """
 
@@ -83,10 +81,8 @@ def update_scope(transforms: Transforms, requested: str = "reachable") -> str:
     gives the same training as ``full`` when the update rule is zero-gradient invariant
     (``Transforms``); other rules always run ``full``. At the default full-size model 7.8 M of
     the 17.2 M complex-counted weights are spectral entries no input reaches. The step's state
-    then holds only the blocks (:meth:`Engine.step_layout`): cutting them out of whole arrays
-    inside the step cost ≈ 100 ms of slice copies and 35 ms of write-backs per step on the 2-core
-    CPU (step 0.62–0.67 s against 0.56–0.57 s), and the ``full`` scope's zero gradients, Adam
-    moments and norms of the unreachable entries cost more (``results/cpu/update_scope_ab.json``).
+    then holds only the blocks (:meth:`Engine.step_layout`), rather than cutting them out of
+    whole arrays inside the step (``results/cpu/update_scope_ab.json``).
     ``requested="full"`` (``ExecutionConfig.update``) forces the whole tensors."""
     if requested not in UPDATE_SCOPES:
         raise ValueError(f"update scope {requested!r} is not one of {UPDATE_SCOPES}")
