@@ -152,7 +152,7 @@ def test_execution_choices_are_recorded_and_change_no_numbers(grid_lines_dataset
                                    "--set", "execution.member_axis=vmap", "--update", "full"])):
         out = tmp_path / name
         assert cli.main(["train", "--out", str(out), "--dataset", str(grid_lines_dataset_path), "--width", "2",
-                         "--blocks", "2", "--modes", "2", "--train-subset", "32", "--epochs", "2", *extra]) == 0
+                         "--blocks", "2", "--modes", "2", "--train-subset", "32", "--epochs", "1", *extra]) == 0
         runs[name] = [json.loads((out / f).read_text()) for f in ("config.json", "history.json")]
     (cfg, default), (other_cfg, other) = runs["default"], runs["other"]
     assert cfg == other_cfg  # the science config (and its hash) is the same
@@ -382,6 +382,7 @@ def test_loop_overhead_benchmark_runs(grid_lines_dataset):
     assert result["loop_step_s"] > 0 and result["bare_step_s"] > 0 and result["batch"] == 4
 
 
+@pytest.mark.slow  # CI time: minutes on 2 cores; run with -m slow
 def test_study_throughput_benchmark(grid_lines_dataset, monkeypatch):
     """Seed-runs per hour: K members together, K sequential runs, the PyTorch twin's run."""
     from jaxfno.bench import bench_study

@@ -8,10 +8,12 @@ import sys
 import tarfile
 
 import jax
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # CI time: minutes on 2 cores; run with -m slow
 def test_gpu_check_dry_run(tmp_path):
     out, archive = tmp_path / "gpu", tmp_path / "gpu.tgz"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}  # no outer run's settings

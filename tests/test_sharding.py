@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from jaxfno.config import ModelConfig, RunConfig, TrainConfig
 from jaxfno.execution import ExecutionConfig
@@ -62,6 +63,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # CI time: minutes on 2 cores; run with -m slow
 def test_sharded_members_match_unsharded(grid_lines_dataset, grid_lines_dataset_path, tmp_path):
     configs = [
         RunConfig(model=ModelConfig(arch="stable_hybrid", width=4, blocks=2, modes=4),

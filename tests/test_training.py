@@ -389,6 +389,7 @@ def test_non_finite_run_has_the_non_finite_outcome(diverged_run):
     assert diverged_run.verdict["outcome_details"]["plateau"] > 0
 
 
+@pytest.mark.slow  # CI time: minutes on 2 cores; run with -m slow
 def test_truncated_horizon_is_the_full_runs_first_epochs(grid_lines_dataset, tmp_path):
     """SPEC §7.3: stopping after E of a warmup-cosine run's epochs trains exactly its first E."""
     cfg = tiny(optim=dict(lr=5e-4, scheduler="warmup_cosine", warmup_epochs=1), train=dict(epochs=3))
@@ -442,6 +443,7 @@ def test_stopped_member_of_a_shared_program_trains_no_further(grid_lines_dataset
     jax.tree.map(np.testing.assert_array_equal, final, saved["params"])  # modes 4: blocks are whole
 
 
+@pytest.mark.slow  # CI time: minutes on 2 cores; run with -m slow
 def test_program_with_a_stopped_member_resumes_after_an_interruption(grid_lines_dataset, tmp_path):
     """A member stopped by a non-finite step saves no more checkpoints; interrupted later, the
     program resumes from the live members' epoch, the stopped one behind, to the uninterrupted
