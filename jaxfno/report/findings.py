@@ -170,7 +170,43 @@ def rerun_section(folder: pathlib.Path, reference: pathlib.Path) -> list[str]:
                     "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
-def answer_paragraph(fidelity: dict, factorial: dict) -> str:
+def _calibration_sentence(folder: pathlib.Path, fidelity: dict) -> str | None:
+    """Whether any proxy candidate reproduced the full-scale `asrun` rate of `stable`."""
+    ref = fidelity.get("stable@asrun")
+    if ref is None or not folder.exists():
+        return None
+    tried = []
+    for scale_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        cell = _cells(scale_dir).get("stable@asrun")
+        if cell:
+            low, high = ref["p_collapse_wilson95"]
+            inside = low <= cell["p_collapse"] <= high
+            tried.append(f"{scale_dir.name} {_ci(cell)} ({'inside' if inside else 'outside'} the full-scale interval)")
+    if not tried:
+        return None
+    return ("At proxy scale, `stable` in `asrun` collapsed in " + "; ".join(tried) +
+            ": a factorial there tests the remedies only where a candidate reproduces the full-scale rate.")
+
+
+def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None:
+    for history_file in sorted(folder.glob("seed*/history.json")) if folder.exists() else []:
+        ref = reference / history_file.parent.name / "history.json"
+        if not ref.exists():
+            continue
+        a, b = read_json(ref)["step_loss"], read_json(history_file)["step_loss"]
+        n = min(len(a), len(b))
+        rel = np.abs(np.asarray(a[:n]) - np.asarray(b[:n])) / np.maximum(np.abs(np.asarray(a[:n])), 1e-30)
+        tiny, large = np.flatnonzero(rel > 0), np.flatnonzero(rel > 0.1)
+        if tiny.size and large.size:
+            return (f"The same full-scale run ({history_file.parent.name}) trained again with the same config on the "
+                    f"same machine at another commit parted from the committed one at step {tiny[0]} by "
+                    f"{rel[tiny[0]]:.1e} (float rounding) and by more than 10 % at step {large[0]} (section 5): "
+                    "trajectories here are chaotic, so a divergence late in one run, or its absence in one "
+                    "branch, says little; seeds (or null-perturbation branches) are the unit of replication.")
+    return None
+
+
+def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = ()) -> str:
     """The answer, sentence by sentence from the cells (nothing typed by hand)."""
     parts = []
     asrun, zero, fixed = (fidelity.get(f"stable@{c}") for c in ("asrun", "asrun_zero_phase", "fixed"))
@@ -198,6 +234,7 @@ def answer_paragraph(fidelity: dict, factorial: dict) -> str:
         for c in remedies:
             parts.append(f"`{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided Fisher p "
                          f"{_p(c['fisher_p_vs_stable'])} against `stable`.")
+    parts += [sentence for sentence in extra if sentence]
     return " ".join(parts)
 
 
@@ -222,7 +259,10 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     """Assemble FINDINGS.md from ``root``'s results folders."""
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
     confirm = _cells(root / "stage_a_full_asrun" / "confirm")
-    answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"))
+    full = root / "stage_a_full_asrun"
+    answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
+        _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
+        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")])
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
