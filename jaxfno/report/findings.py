@@ -15,6 +15,7 @@ import numpy as np
 from jaxfno.data.simulate import n_positions
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
+from jaxfno.report.branches import null_perturbation_section, null_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
 from jaxfno.study.runner import finished_runs
@@ -124,16 +125,18 @@ def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
     return lines + ["", f"![Time to the first divergence event]({folder}/report/survival.png)", ""]
 
 
-def branch_section(folders: list[pathlib.Path]) -> list[str]:
+def branch_section(null_folder: pathlib.Path, single: list[pathlib.Path]) -> list[str]:
+    """The null-perturbation branches (grouped, with their statistics), then the older single
+    branches, which have no null-perturbation control."""
     from jaxfno.report.runs import finished_run_dirs, runs_markdown
 
-    lines = ["## 4. Branch experiments (full scale)", ""]
-    for folder in folders:
+    lines = ["## 4. Branch experiments (full scale)", "",
+             *null_perturbation_section(null_folder, "The source and its branch point: the folder's README."),
+             "### Single branches (no null-perturbation control)", ""]
+    for folder in single:
         runs = finished_run_dirs([folder]) if folder.exists() else []
         if runs:
             lines += [f"`{folder}` (each `branch.json` names its source and epoch):", "", runs_markdown(runs, folder)]
-    if len(lines) == 2:
-        lines += ["None yet.", ""]
     return lines
 
 
@@ -228,8 +231,7 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = 
     if not remedies:
         parts.append("The remedies (lower LR, warmup-cosine, clipping) have not yet been run as a factorial in a "
                      "condition that collapses, so this project cannot yet say whether they prevent the collapse "
-                     "or how often; the branch experiments below are single trajectories without enough "
-                     "null-perturbation controls to attribute a prevented collapse to the remedy.")
+                     "or how often from seeds.")
     else:
         for c in remedies:
             parts.append(f"`{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided Fisher p "
@@ -262,7 +264,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     full = root / "stage_a_full_asrun"
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
-        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")])
+        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"),
+        null_sentence(full / "branches")])
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -277,9 +280,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
-        *branch_section([root / "stage_a_full_asrun" / "branches",
-                         root / "stage_a_full_cpu_upstream_gain" / "branches",
-                         root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
+        *branch_section(full / "branches", [root / "stage_a_full_cpu_upstream_gain" / "branches",
+                                            root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         *rerun_section(root / "stage_a_full_asrun" / "rerun", root / "stage_a_full_asrun" / "fidelity" / "asrun" / "stable"),
         "## Caveats",
         "",

@@ -1,0 +1,124 @@
+"""Null-perturbation branch experiments (issue 21 item 5): branches of one run from one checkpoint,
+grouped by what they change, against the group that changes only the data-order seed.
+
+A folder holds ``<group>_order<i>/`` run directories (each a finished ``jaxfno branch`` with its
+``branch.json``). A group's change is read from the configs, not from its name: the keys in which
+its runs' config differs from the null group's (``seed``), the data-order seed aside. Only what
+happens after the branch point counts: events at earlier steps belong to the source.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from jaxfno.evaluation.outcomes import COLLAPSE_OUTCOMES, epoch_steps
+from jaxfno.io import read_json
+from jaxfno.pipeline import RunResult
+from jaxfno.report.statistics import fisher_less, wilson_interval
+
+NULL_GROUP = "seed"  # the branches that change only train.seed (the data order from the branch point)
+_NAME = re.compile(r"^(?P<group>.+)_order(?P<order>\d+)$")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def branch_rows(folder: pathlib.Path) -> dict[str, list[dict]]:
+    """Per group, one row per finished branch: its data-order seed, the branch point, the §6.3
+    outcome and the first divergence event after the branch point."""
+    groups = defaultdict(list)
+    for run_dir in sorted(p for p in folder.iterdir() if (p / "verdict.json").exists()) if folder.exists() else []:
+        match = _NAME.match(run_dir.name)
+        if not match:
+            continue
+        result = RunResult.load(run_dir)
+        branch = read_json(run_dir / "branch.json")
+        start = int(np.sum(epoch_steps(result.history)[:branch["epoch"] + 1]))
+        details = result.verdict["outcome_details"]
+        after = [e for e in details["events"] if e["step"] >= start]
+        groups[match["group"]].append({
+            "run": run_dir.name, "seed": result.config.train.seed, "config": _flat(result.config.to_dict()),
+            "branch_epoch": branch["epoch"] + 1, "first_step": start,
+            "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
+            "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
+            "event": after[0] if after else None,
+            "final_val": details["final_val_loss"], "contrast": details["contrast"],
+        })
+    return dict(groups)
+
+
+def _change(rows: list[dict], null: list[dict]) -> str:
+    if not null:
+        return "?"
+    ref = null[0]["config"]
+    keys = sorted({k for r in rows for k, v in r["config"].items() if k != "train.seed" and ref.get(k) != v})
+    return ", ".join(f"{k}={rows[0]['config'][k]}" for k in keys) or "nothing but the data order"
+
+
+def group_summary(groups: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per group: collapsed k/n with its Wilson interval and, for every group but the null one,
+    the one-sided Fisher p that it collapses less often than the null group."""
+    null = groups.get(NULL_GROUP, [])
+    k0 = sum(r["collapsed"] for r in null)
+    out = {}
+    for name, rows in groups.items():
+        k, n = sum(r["collapsed"] for r in rows), len(rows)
+        out[name] = {"change": _change(rows, null), "k": k, "n": n, "wilson95": wilson_interval(k, n),
+                     "events": sum(r["event"] is not None for r in rows),
+                     "fisher_p_vs_null": None if name == NULL_GROUP or not null else fisher_less(k, n, k0, len(null))}
+    return out
+
+
+def null_perturbation_section(folder: pathlib.Path, source_note: str = "") -> list[str]:
+    lines = ["### Null-perturbation branches", ""]
+    groups = branch_rows(folder)
+    if not groups:
+        return lines + [f"None finished yet in `{folder}`.", ""]
+    summary = group_summary(groups)
+    first = next(iter(groups.values()))[0]
+    lines += [f"Branches in `{folder}` from one checkpoint (after epoch {first['branch_epoch']}, step "
+              f"{first['first_step']} onwards), grouped by what they change against the `{NULL_GROUP}` group, "
+              "which changes only the data-order seed. " + source_note, "",
+              "| group | change (from the configs) | branches | collapsed (§6.3) [95 % Wilson] | with a divergence "
+              "event after the branch point | one-sided Fisher p vs data order only |",
+              "|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        low, high = s["wilson95"]
+        p = "–" if s["fisher_p_vs_null"] is None else f"{s['fisher_p_vs_null']:.3g}"
+        lines.append(f"| {name} | {s['change']} | {s['n']} | {s['k']}/{s['n']} [{low:.2f}, {high:.2f}] | "
+                     f"{s['events']}/{s['n']} | {p} |")
+    lines += ["", "| branch | data-order seed | epochs | outcome (§6.3) | first divergence event after the branch "
+              "point | final val | final contrast |", "|---|---|---|---|---|---|---|"]
+    for rows in groups.values():
+        for r in rows:
+            e = r["event"]
+            event = "–" if e is None else (f"step {e['step']} (epoch {e['epoch'] + 1}), peak loss "
+                                           f"{e['peak_loss']:.3g}")
+            lines.append(f"| {r['run']} | {r['seed']} | {r['epochs']} | {r['outcome']} | {event} | "
+                         f"{r['final_val']:.4f} | {r['contrast']:.3f} |")
+    return lines + [""]
+
+
+def null_sentence(folder: pathlib.Path) -> str | None:
+    """The branch experiment's result for the answer paragraph (None before any branch finished)."""
+    groups = branch_rows(folder)
+    if NULL_GROUP not in groups:
+        return None
+    summary = group_summary(groups)
+    null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
+    others = [f"{s['k']}/{s['n']} with {s['change']} (one-sided Fisher p {s['fisher_p_vs_null']:.3g})"
+              for name, s in summary.items() if name != NULL_GROUP]
+    return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, "
+            f"{null['k']}/{null['n']} branches that changed only the data order collapsed"
+            + (", against " + "; ".join(others) if others else "") + " (section 4).")

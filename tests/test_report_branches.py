@@ -1,0 +1,53 @@
+"""The null-perturbation branch report groups branches by what their configs change and counts
+only what happens after the branch point."""
+
+import pytest
+
+from jaxfno.config import RunConfig
+from jaxfno.io import write_json
+from jaxfno.report.branches import branch_rows, group_summary, null_perturbation_section, null_sentence
+from jaxfno.report.statistics import fisher_less
+
+
+def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, epochs=4):
+    run = folder / name
+    cfg = RunConfig().with_overrides(sets)
+    write_json(run / "config.json", cfg.to_dict())
+    write_json(run / "history.json", {"val_loss": [0.1] * epochs, "epoch_steps": [steps] * epochs})
+    write_json(run / "metrics.json", {})
+    write_json(run / "stats.json", {})
+    events = [{"step": s, "epoch": s // steps, "peak_loss": 50.0} for s in event_steps]
+    write_json(run / "verdict.json", {"outcome": outcome, "outcome_details": {
+        "events": events, "final_val_loss": 0.2, "contrast": 1.0}})
+    write_json(run / "branch.json", {"source": "src", "source_config_hash": "h", "kind": "last",
+                                     "epoch": branch_epoch - 1})
+
+
+def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
+    for i in (1, 2, 3):
+        # the null group: one collapse; one healthy branch carries an event from before the branch point
+        _branch(tmp_path, f"seed_order{i}", [f"train.seed={i}"], "diverged" if i == 1 else "healthy",
+                [25] if i == 1 else ([5] if i == 2 else []))
+        _branch(tmp_path, f"clip_order{i}", [f"train.seed={i}", "optim.grad_clip=0.5"], "healthy", [])
+    _branch(tmp_path, "not_a_branch", ["train.seed=9"], "diverged", [25])
+
+    groups = branch_rows(tmp_path)
+    assert sorted(groups) == ["clip", "seed"] and all(len(g) == 3 for g in groups.values())
+    assert {r["first_step"] for g in groups.values() for r in g} == {20}
+    assert [r["event"] is not None for r in groups["seed"]] == [True, False, False]
+
+    summary = group_summary(groups)
+    assert summary["clip"]["change"] == "optim.grad_clip=0.5"
+    assert summary["seed"]["change"] == "nothing but the data order"
+    assert (summary["seed"]["k"], summary["clip"]["k"]) == (1, 0)
+    assert summary["seed"]["fisher_p_vs_null"] is None
+    assert summary["clip"]["fisher_p_vs_null"] == pytest.approx(fisher_less(0, 3, 1, 3))
+
+    text = "\n".join(null_perturbation_section(tmp_path))
+    assert "| clip | optim.grad_clip=0.5 | 3 | 0/3" in text and "step 25 (epoch 3)" in text
+    assert "1/3 branches that changed only the data order collapsed" in null_sentence(tmp_path)
+
+
+def test_no_branches_yet(tmp_path):
+    assert null_sentence(tmp_path / "missing") is None
+    assert "None finished yet" in "\n".join(null_perturbation_section(tmp_path / "missing"))
