@@ -127,6 +127,10 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
           conditions=("asrun", "fixed")),
     Scale("proxy_w16", width=16, blocks=4, modes=12, train_subset=1609, epochs=20, seeds=3,
           conditions=("asrun", "fixed")),
+    # The full training set at width 8: full scale's step count and short batches (6889 = 430 × 16 + 9),
+    # where the full-scale divergences came (steps 7800-8200), at about a quarter of its cost.
+    Scale("proxy_full_w8", width=8, blocks=4, modes=12, train_subset=0, epochs=20, seeds=3,
+          conditions=("asrun", "fixed")),
 )}
 
 

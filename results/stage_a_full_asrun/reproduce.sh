@@ -20,3 +20,16 @@ done
 # Tables: the report of every finished run, the outcome table, and FINDINGS.md.
 jaxfno study report "$out/fidelity" --scale full
 jaxfno outcomes "$out/fidelity" --relative-to "$out/fidelity" --out "$out/fidelity/outcomes.md"
+# rerun/ and branches/ (issue 21 item 5): the asrun stable run of seed 20260128 again; the same run stopped
+# after epoch 18 (train.stop_after changes no number of those epochs) as the branch point; from it three
+# data orders, each alone, with clip 0.5 and with LR 2.5e-4 (epochs 19-20).
+jaxfno study stage-a --scale full --arms stable --conditions asrun --seeds 1 --out "$out/branching"
+jaxfno study stage-a --scale full --arms stable --conditions asrun --seeds 1 --set train.stop_after=18 --out "$out/snap"
+src="$out/snap/asrun/stable/seed20260128"
+for i in 1 2 3; do
+  order=(--set train.stop_after=0 --set train.seed=$((20260200 + i)))
+  jaxfno branch "$src" --from last --out "$out/branches/seed_order$i" "${order[@]}"
+  jaxfno branch "$src" --from last --out "$out/branches/clip0.5_order$i" "${order[@]}" --set optim.grad_clip=0.5
+  jaxfno branch "$src" --from last --out "$out/branches/lr2.5e-4_order$i" "${order[@]}" --set optim.lr=2.5e-4
+done
+jaxfno outcomes "$out/branches" --relative-to "$out/branches" --out "$out/branches/outcomes.md"
