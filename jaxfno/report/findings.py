@@ -16,6 +16,7 @@ from jaxfno.data.simulate import n_positions
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
 from jaxfno.report.branches import null_perturbation_section, null_sentence
+from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
 from jaxfno.study.runner import finished_runs
@@ -262,10 +263,11 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
     confirm = _cells(root / "stage_a_full_asrun" / "confirm")
     full = root / "stage_a_full_asrun"
+    full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
         _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"),
-        null_sentence(full / "branches")])
+        null_sentence(full / "branches"), kick_sentence(full_runs)])
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -282,7 +284,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
         *branch_section(full / "branches", [root / "stage_a_full_cpu_upstream_gain" / "branches",
                                             root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
-        *rerun_section(root / "stage_a_full_asrun" / "rerun", root / "stage_a_full_asrun" / "fidelity" / "asrun" / "stable"),
+        *rerun_section(full / "rerun", full / "fidelity" / "asrun" / "stable"),
+        *kick_section(full_runs, root),
         "## Caveats",
         "",
         *[f"- {c}" for c in caveats],

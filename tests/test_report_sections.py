@@ -1,5 +1,5 @@
-"""The null-perturbation branch report groups branches by what their configs change and counts
-only what happens after the branch point."""
+"""Report sections written from run files: the null-perturbation branches (grouped by what their
+configs change, counted after the branch point) and the short batch's kick."""
 
 import pytest
 
@@ -51,3 +51,27 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
 def test_no_branches_yet(tmp_path):
     assert null_sentence(tmp_path / "missing") is None
     assert "None finished yet" in "\n".join(null_perturbation_section(tmp_path / "missing"))
+
+
+def test_kick_statistics_and_event_position(tmp_path):
+    from jaxfno.report.mechanism import WINDOW, kick_row
+    from jaxfno.pipeline import RunResult
+
+    steps, epochs = 60, 4  # 16 * 59 + 9 patterns: each epoch ends with a 9-sample batch
+    run = tmp_path / "run"
+    cfg = RunConfig().with_overrides(["train.train_subset=953", "physics.batch_gain=upstream"])
+    grad = []
+    for e in range(epochs):
+        grad += [8.0] * WINDOW + [4.0] * (steps - WINDOW - 1) + [12.0]
+    grad[2 * steps + 30] = 500.0  # the event, 30 steps into epoch 3
+    write_json(run / "config.json", cfg.to_dict())
+    write_json(run / "history.json", {"val_loss": [0.1] * epochs, "epoch_steps": [steps] * epochs,
+                                      "step_loss": [0.05] * (steps * epochs), "grad_norm": grad})
+    for name in ("metrics.json", "stats.json"):
+        write_json(run / name, {})
+    write_json(run / "verdict.json", {"outcome": "diverged", "outcome_details": {
+        "events": [{"step": 2 * steps + 30, "epoch": 2, "peak_loss": 9.0}]}})
+    r = kick_row(RunResult.load(run))
+    assert r["short"] and (r["short_grad"], r["after"], r["rest"]) == (12.0, 8.0, 4.0)
+    assert (r["first_event"], r["steps_after_boundary"]) == (150, 30)
+    assert r["clipped"] == 1.0  # every step of epochs 2.. before the event is above 0.5
