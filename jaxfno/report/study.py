@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 
 from jaxfno.evaluation import below_floor, meets_success  # noqa: E402
 from jaxfno.evaluation.outcomes import COLLAPSE_OUTCOMES, OUTCOMES  # noqa: E402
-from jaxfno.evaluation.collapse import SUCCESS_AMP_MAE, SUCCESS_AMP_SSIM  # noqa: E402
 from jaxfno.io import atomic_path, write_json  # noqa: E402
 from jaxfno.provenance import code_commit, versions  # noqa: E402
 from jaxfno.report.figures import format_value, save_figure  # noqa: E402
