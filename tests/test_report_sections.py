@@ -9,18 +9,24 @@ from jaxfno.report.branches import branch_rows, group_summary, null_perturbation
 from jaxfno.report.statistics import fisher_less
 
 
-def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, epochs=4):
+SOURCE = RunConfig().with_overrides(["train.seed=7"])
+
+
+def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, epochs=4, source=False):
     run = folder / name
     cfg = RunConfig().with_overrides(sets)
     write_json(run / "config.json", cfg.to_dict())
-    write_json(run / "history.json", {"val_loss": [0.1] * epochs, "epoch_steps": [steps] * epochs})
+    losses = [0.1] * (branch_epoch * steps) + [0.2] * ((epochs - branch_epoch) * steps)
+    write_json(run / "history.json", {"val_loss": [0.1] * epochs, "epoch_steps": [steps] * epochs,
+                                      "step_loss": losses})
     write_json(run / "metrics.json", {})
     write_json(run / "stats.json", {})
     events = [{"step": s, "epoch": s // steps, "peak_loss": 50.0} for s in event_steps]
     write_json(run / "verdict.json", {"outcome": outcome, "outcome_details": {
         "events": events, "final_val_loss": 0.2, "contrast": 1.0}})
-    write_json(run / "branch.json", {"source": "src", "source_config_hash": "h", "kind": "last",
-                                     "epoch": branch_epoch - 1})
+    if not source:
+        write_json(run / "branch.json", {"source": "src", "source_config_hash": SOURCE.config_hash(),
+                                         "kind": "last", "epoch": branch_epoch - 1})
 
 
 def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
@@ -43,9 +49,16 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
     assert summary["seed"]["fisher_p_vs_null"] is None
     assert summary["clip"]["fisher_p_vs_null"] == pytest.approx(fisher_less(0, 3, 1, 3))
 
+    # the source's own continuation joins the null group; a run that is not the source does not
+    _branch(tmp_path / "src", "run", ["train.seed=7"], "diverged", [30], source=True)
+    _branch(tmp_path / "other", "run", ["train.seed=8"], "diverged", [30], source=True)
+    with_source = group_summary(branch_rows(tmp_path, tmp_path / "src" / "run"))
+    assert (with_source["seed"]["k"], with_source["seed"]["n"]) == (2, 4)
+    assert group_summary(branch_rows(tmp_path, tmp_path / "other" / "run"))["seed"]["n"] == 3
+
     text = "\n".join(null_perturbation_section(tmp_path))
     assert "| clip | optim.grad_clip=0.5 | 3 | 0/3" in text and "step 25 (epoch 3)" in text
-    assert "1/3 branches that changed only the data order collapsed" in null_sentence(tmp_path)
+    assert "1/3 continuations that changed only the data order collapsed" in null_sentence(tmp_path)
 
 
 def test_no_branches_yet(tmp_path):

@@ -34,27 +34,40 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def branch_rows(folder: pathlib.Path) -> dict[str, list[dict]]:
+def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
+    """A run's outcome, counting only divergence events from the first step after ``branch_epoch``."""
+    result = RunResult.load(run_dir)
+    start = int(np.sum(epoch_steps(result.history)[:branch_epoch]))
+    details = result.verdict["outcome_details"]
+    after = [e for e in details["events"] if e["step"] >= start]
+    return {"run": run_dir.name, "seed": result.config.train.seed, "config": _flat(result.config.to_dict()),
+            "config_hash": result.config.config_hash(), "step_loss": result.history["step_loss"][:start],
+            "branch_epoch": branch_epoch, "first_step": start,
+            "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
+            "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
+            "event": after[0] if after else None,
+            "final_val": details["final_val_loss"], "contrast": details["contrast"]}
+
+
+def branch_rows(folder: pathlib.Path, source: pathlib.Path | None = None) -> dict[str, list[dict]]:
     """Per group, one row per finished branch: its data-order seed, the branch point, the §6.3
-    outcome and the first divergence event after the branch point."""
-    groups = defaultdict(list)
+    outcome and the first divergence event after the branch point. ``source``, when it is the
+    finished run the branches started from (its config hash is the one their ``branch.json``
+    names and its steps up to the branch point are theirs), joins the null group: its own
+    continuation is one more data order with nothing else changed."""
+    groups, hashes = defaultdict(list), set()
     for run_dir in sorted(p for p in folder.iterdir() if (p / "verdict.json").exists()) if folder.exists() else []:
         match = _NAME.match(run_dir.name)
         if not match:
             continue
-        result = RunResult.load(run_dir)
         branch = read_json(run_dir / "branch.json")
-        start = int(np.sum(epoch_steps(result.history)[:branch["epoch"] + 1]))
-        details = result.verdict["outcome_details"]
-        after = [e for e in details["events"] if e["step"] >= start]
-        groups[match["group"]].append({
-            "run": run_dir.name, "seed": result.config.train.seed, "config": _flat(result.config.to_dict()),
-            "branch_epoch": branch["epoch"] + 1, "first_step": start,
-            "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
-            "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
-            "event": after[0] if after else None,
-            "final_val": details["final_val_loss"], "contrast": details["contrast"],
-        })
+        hashes.add((branch["source_config_hash"], branch["epoch"] + 1))
+        groups[match["group"]].append(_row(run_dir, branch["epoch"] + 1))
+    if source is not None and (source / "verdict.json").exists() and len(hashes) == 1 and groups.get(NULL_GROUP):
+        (source_hash, epoch), = hashes
+        row = _row(source, epoch)
+        if row["config_hash"] == source_hash and row["step_loss"] == groups[NULL_GROUP][0]["step_loss"]:
+            groups[NULL_GROUP].insert(0, dict(row, run=f"{source.name} (the source's own continuation)"))
     return dict(groups)
 
 
@@ -80,9 +93,10 @@ def group_summary(groups: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def null_perturbation_section(folder: pathlib.Path, source_note: str = "") -> list[str]:
+def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
+                              source: pathlib.Path | None = None) -> list[str]:
     lines = ["### Null-perturbation branches", ""]
-    groups = branch_rows(folder)
+    groups = branch_rows(folder, source)
     if not groups:
         return lines + [f"None finished yet in `{folder}`.", ""]
     summary = group_summary(groups)
@@ -110,9 +124,9 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "") -> li
     return lines + [""]
 
 
-def null_sentence(folder: pathlib.Path) -> str | None:
+def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> str | None:
     """The branch experiment's result for the answer paragraph (None before any branch finished)."""
-    groups = branch_rows(folder)
+    groups = branch_rows(folder, source)
     if NULL_GROUP not in groups:
         return None
     summary = group_summary(groups)
@@ -120,5 +134,5 @@ def null_sentence(folder: pathlib.Path) -> str | None:
     others = [f"{s['k']}/{s['n']} with {s['change']} (one-sided Fisher p {s['fisher_p_vs_null']:.3g})"
               for name, s in summary.items() if name != NULL_GROUP]
     return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, "
-            f"{null['k']}/{null['n']} branches that changed only the data order collapsed"
+            f"{null['k']}/{null['n']} continuations that changed only the data order collapsed"
             + (", against " + "; ".join(others) if others else "") + " (section 4).")
