@@ -5,7 +5,8 @@ import pytest
 
 from jaxfno.config import RunConfig
 from jaxfno.io import write_json
-from jaxfno.report.branches import branch_rows, group_summary, null_perturbation_section, null_sentence
+from jaxfno.report.branches import (branch_rows, group_summary, null_perturbation_section, null_sentence,
+                                    source_row)
 from jaxfno.report.statistics import fisher_less
 
 
@@ -52,13 +53,16 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
     # the source's own continuation joins the null group; a run that is not the source does not
     _branch(tmp_path / "src", "run", ["train.seed=7"], "diverged", [30], source=True)
     _branch(tmp_path / "other", "run", ["train.seed=8"], "diverged", [30], source=True)
-    with_source = group_summary(branch_rows(tmp_path, tmp_path / "src" / "run"))
-    assert (with_source["seed"]["k"], with_source["seed"]["n"]) == (2, 4)
-    assert group_summary(branch_rows(tmp_path, tmp_path / "other" / "run"))["seed"]["n"] == 3
+    assert source_row(tmp_path, tmp_path / "src" / "run")["outcome"] == "diverged"
+    assert source_row(tmp_path, tmp_path / "other" / "run") is None
+    shown = "\n".join(null_perturbation_section(tmp_path, source=tmp_path / "src" / "run"))
+    assert "run (the source's own continuation; not counted)" in shown and "| seed | nothing but" in shown
+    assert "the source itself, continued with its own data order, was diverged" in null_sentence(
+        tmp_path, tmp_path / "src" / "run")
 
     text = "\n".join(null_perturbation_section(tmp_path))
     assert "| clip | optim.grad_clip=0.5 | 3 | 0/3" in text and "step 25 (epoch 3)" in text
-    assert "1/3 continuations that changed only the data order collapsed" in null_sentence(tmp_path)
+    assert "1/3 branches that changed only the data order collapsed" in null_sentence(tmp_path)
 
 
 def test_no_branches_yet(tmp_path):

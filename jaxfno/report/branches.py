@@ -49,26 +49,31 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
             "final_val": details["final_val_loss"], "contrast": details["contrast"]}
 
 
-def branch_rows(folder: pathlib.Path, source: pathlib.Path | None = None) -> dict[str, list[dict]]:
+def branch_rows(folder: pathlib.Path) -> dict[str, list[dict]]:
     """Per group, one row per finished branch: its data-order seed, the branch point, the §6.3
-    outcome and the first divergence event after the branch point. ``source``, when it is the
-    finished run the branches started from (its config hash is the one their ``branch.json``
-    names and its steps up to the branch point are theirs), joins the null group: its own
-    continuation is one more data order with nothing else changed."""
-    groups, hashes = defaultdict(list), set()
+    outcome and the first divergence event after the branch point."""
+    groups = defaultdict(list)
     for run_dir in sorted(p for p in folder.iterdir() if (p / "verdict.json").exists()) if folder.exists() else []:
         match = _NAME.match(run_dir.name)
-        if not match:
-            continue
-        branch = read_json(run_dir / "branch.json")
-        hashes.add((branch["source_config_hash"], branch["epoch"] + 1))
-        groups[match["group"]].append(_row(run_dir, branch["epoch"] + 1))
-    if source is not None and (source / "verdict.json").exists() and len(hashes) == 1 and groups.get(NULL_GROUP):
-        (source_hash, epoch), = hashes
-        row = _row(source, epoch)
-        if row["config_hash"] == source_hash and row["step_loss"] == groups[NULL_GROUP][0]["step_loss"]:
-            groups[NULL_GROUP].insert(0, dict(row, run=f"{source.name} (the source's own continuation)"))
+        if match:
+            groups[match["group"]].append(_row(run_dir, read_json(run_dir / "branch.json")["epoch"] + 1))
     return dict(groups)
+
+
+def source_row(folder: pathlib.Path, source: pathlib.Path) -> dict | None:
+    """The source's own continuation after the branch point, when ``source`` is the finished run
+    the branches started from (its config hash is the one their ``branch.json`` names and its
+    steps up to the branch point are theirs). Shown beside the branches, never counted: the branch
+    point was chosen because the source diverged after it, so its outcome is not a random draw."""
+    records = {(read_json(d / "branch.json")["source_config_hash"], read_json(d / "branch.json")["epoch"] + 1)
+               for d in folder.glob("*_order*") if (d / "branch.json").exists()} if folder.exists() else set()
+    null = branch_rows(folder).get(NULL_GROUP)
+    if len(records) != 1 or not null or not (source / "verdict.json").exists():
+        return None
+    (source_hash, epoch), = records
+    row = _row(source, epoch)
+    same = row["config_hash"] == source_hash and row["step_loss"] == null[0]["step_loss"]
+    return dict(row, run=f"{source.name} (the source's own continuation; not counted)") if same else None
 
 
 def _change(rows: list[dict], null: list[dict]) -> str:
@@ -96,9 +101,10 @@ def group_summary(groups: dict[str, list[dict]]) -> dict[str, dict]:
 def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
                               source: pathlib.Path | None = None) -> list[str]:
     lines = ["### Null-perturbation branches", ""]
-    groups = branch_rows(folder, source)
+    groups = branch_rows(folder)
     if not groups:
         return lines + [f"None finished yet in `{folder}`.", ""]
+    own = source_row(folder, source) if source is not None else None
     summary = group_summary(groups)
     first = next(iter(groups.values()))[0]
     lines += [f"Branches in `{folder}` from one checkpoint (after epoch {first['branch_epoch']}, step "
@@ -114,7 +120,7 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
                      f"{s['events']}/{s['n']} | {p} |")
     lines += ["", "| branch | data-order seed | epochs | outcome (§6.3) | first divergence event after the branch "
               "point | final val | final contrast |", "|---|---|---|---|---|---|---|"]
-    for rows in groups.values():
+    for rows in ([own] if own else []), *groups.values():
         for r in rows:
             e = r["event"]
             event = "–" if e is None else (f"step {e['step']} (epoch {e['epoch'] + 1}), peak loss "
@@ -126,13 +132,15 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
 
 def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> str | None:
     """The branch experiment's result for the answer paragraph (None before any branch finished)."""
-    groups = branch_rows(folder, source)
+    groups = branch_rows(folder)
     if NULL_GROUP not in groups:
         return None
     summary = group_summary(groups)
     null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
+    own = source_row(folder, source) if source is not None else None
     others = [f"{s['k']}/{s['n']} with {s['change']} (one-sided Fisher p {s['fisher_p_vs_null']:.3g})"
               for name, s in summary.items() if name != NULL_GROUP]
     return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, "
-            f"{null['k']}/{null['n']} continuations that changed only the data order collapsed"
-            + (", against " + "; ".join(others) if others else "") + " (section 4).")
+            f"{null['k']}/{null['n']} branches that changed only the data order collapsed"
+            + (", against " + "; ".join(others) if others else "") + " (section 4)"
+            + (f"; the source itself, continued with its own data order, was {own['outcome']}." if own else "."))

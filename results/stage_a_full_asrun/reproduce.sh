@@ -20,11 +20,12 @@ done
 # Tables: the report of every finished run, the outcome table, and FINDINGS.md.
 jaxfno study report "$out/fidelity" --scale full
 jaxfno outcomes "$out/fidelity" --relative-to "$out/fidelity" --out "$out/fidelity/outcomes.md"
-# rerun/ and branches/ (issue 21 item 5): the asrun stable run of seed 20260128 again; the same run stopped
-# after epoch 18 (train.stop_after changes no number of those epochs) as the branch point; from it three
-# data orders, each alone, with clip 0.5 and with LR 2.5e-4 (epochs 19-20).
+# rerun/ and branches/ (issue 21 item 5): the asrun stable run of seed 20260128 again (here it diverged
+# 26 steps into epoch 18); the same run stopped after epoch 17 (train.stop_after changes no number of
+# those epochs) as the branch point; from it three data orders, each alone, with clip 0.5 and with
+# LR 2.5e-4 (epochs 18-20).
 jaxfno study stage-a --scale full --arms stable --conditions asrun --seeds 1 --out "$out/branching"
-jaxfno study stage-a --scale full --arms stable --conditions asrun --seeds 1 --set train.stop_after=18 --out "$out/snap"
+jaxfno study stage-a --scale full --arms stable --conditions asrun --seeds 1 --set train.stop_after=17 --out "$out/snap"
 src="$out/snap/asrun/stable/seed20260128"
 for i in 1 2 3; do
   order=(--set train.stop_after=0 --set train.seed=$((20260200 + i)))
