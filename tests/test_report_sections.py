@@ -46,9 +46,10 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
     summary = group_summary(groups)
     assert summary["clip"]["change"] == "optim.grad_clip=0.5"
     assert summary["seed"]["change"] == "nothing but the data order"
-    assert (summary["seed"]["k"], summary["clip"]["k"]) == (1, 0)
-    assert summary["seed"]["fisher_p_vs_null"] is None
-    assert summary["clip"]["fisher_p_vs_null"] == pytest.approx(fisher_less(0, 3, 1, 3))
+    assert (summary["seed"]["collapsed"]["k"], summary["clip"]["collapsed"]["k"]) == (1, 0)
+    assert (summary["seed"]["event"]["k"], summary["clip"]["event"]["k"]) == (1, 0)
+    assert summary["seed"]["event"]["fisher_p_vs_null"] is None
+    assert summary["clip"]["event"]["fisher_p_vs_null"] == pytest.approx(fisher_less(0, 3, 1, 3))
 
     # the source's own continuation joins the null group; a run that is not the source does not
     _branch(tmp_path / "src", "run", ["train.seed=7"], "diverged", [30], source=True)
@@ -61,8 +62,8 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
         tmp_path, tmp_path / "src" / "run")
 
     text = "\n".join(null_perturbation_section(tmp_path))
-    assert "| clip | optim.grad_clip=0.5 | 3 | 0/3" in text and "step 25 (epoch 3)" in text
-    assert "1/3 branches that changed only the data order collapsed" in null_sentence(tmp_path)
+    assert "| clip | optim.grad_clip=0.5 | 3 | 0/3 [0.00, 0.56], p 0.5 | 0/3" in text and "step 25 (epoch 3)" in text
+    assert "only the data order: 1/3 diverged (1 collapsed by §6.3)" in null_sentence(tmp_path)
 
 
 def test_no_branches_yet(tmp_path):

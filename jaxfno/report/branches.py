@@ -84,18 +84,30 @@ def _change(rows: list[dict], null: list[dict]) -> str:
     return ", ".join(f"{k}={rows[0]['config'][k]}" for k in keys) or "nothing but the data order"
 
 
+ENDPOINTS = (("event", "a divergence event after the branch point"), ("collapsed", "collapsed (§6.3)"))
+
+
 def group_summary(groups: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per group: collapsed k/n with its Wilson interval and, for every group but the null one,
-    the one-sided Fisher p that it collapses less often than the null group."""
+    """Per group and endpoint (a divergence event after the branch point: the survival endpoint of
+    SPEC §7.2, which a few epochs after a divergence cannot turn into "recovered"; and the §6.3
+    collapse) k/n with its Wilson interval and, for every group but the null one, the one-sided
+    Fisher p that it reaches the endpoint less often than the null group."""
     null = groups.get(NULL_GROUP, [])
-    k0 = sum(r["collapsed"] for r in null)
     out = {}
     for name, rows in groups.items():
-        k, n = sum(r["collapsed"] for r in rows), len(rows)
-        out[name] = {"change": _change(rows, null), "k": k, "n": n, "wilson95": wilson_interval(k, n),
-                     "events": sum(r["event"] is not None for r in rows),
-                     "fisher_p_vs_null": None if name == NULL_GROUP or not null else fisher_less(k, n, k0, len(null))}
+        out[name] = {"change": _change(rows, null), "n": len(rows)}
+        for key, _ in ENDPOINTS:
+            k, k0 = (sum(bool(r[key]) for r in rs) for rs in (rows, null))
+            out[name][key] = {"k": k, "wilson95": wilson_interval(k, len(rows)),
+                              "fisher_p_vs_null": None if name == NULL_GROUP or not null
+                              else fisher_less(k, len(rows), k0, len(null))}
     return out
+
+
+def _cell(s: dict, n: int) -> str:
+    low, high = s["wilson95"]
+    p = "" if s["fisher_p_vs_null"] is None else f", p {s['fisher_p_vs_null']:.3g}"
+    return f"{s['k']}/{n} [{low:.2f}, {high:.2f}]{p}"
 
 
 def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
@@ -110,14 +122,12 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
     lines += [f"Branches in `{folder}` from one checkpoint (after epoch {first['branch_epoch']}, step "
               f"{first['first_step']} onwards), grouped by what they change against the `{NULL_GROUP}` group, "
               "which changes only the data-order seed. " + source_note, "",
-              "| group | change (from the configs) | branches | collapsed (§6.3) [95 % Wilson] | with a divergence "
-              "event after the branch point | one-sided Fisher p vs data order only |",
-              "|---|---|---|---|---|---|"]
+              "| group | change (from the configs) | branches | " + " | ".join(
+                  f"{title} [95 % Wilson], one-sided Fisher p vs data order only" for _, title in ENDPOINTS) + " |",
+              "|---|---|---|---|---|"]
     for name, s in summary.items():
-        low, high = s["wilson95"]
-        p = "–" if s["fisher_p_vs_null"] is None else f"{s['fisher_p_vs_null']:.3g}"
-        lines.append(f"| {name} | {s['change']} | {s['n']} | {s['k']}/{s['n']} [{low:.2f}, {high:.2f}] | "
-                     f"{s['events']}/{s['n']} | {p} |")
+        lines.append(f"| {name} | {s['change']} | {s['n']} | "
+                     + " | ".join(_cell(s[key], s["n"]) for key, _ in ENDPOINTS) + " |")
     lines += ["", "| branch | data-order seed | epochs | outcome (§6.3) | first divergence event after the branch "
               "point | final val | final contrast |", "|---|---|---|---|---|---|---|"]
     for rows in ([own] if own else []), *groups.values():
@@ -138,9 +148,12 @@ def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> s
     summary = group_summary(groups)
     null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
     own = source_row(folder, source) if source is not None else None
-    others = [f"{s['k']}/{s['n']} with {s['change']} (one-sided Fisher p {s['fisher_p_vs_null']:.3g})"
+    def counts(s: dict) -> str:
+        return f"{s['event']['k']}/{s['n']} diverged ({s['collapsed']['k']} collapsed by §6.3)"
+
+    others = [f"{counts(s)} with {s['change']} (one-sided Fisher p {s['event']['fisher_p_vs_null']:.3g})"
               for name, s in summary.items() if name != NULL_GROUP]
-    return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, "
-            f"{null['k']}/{null['n']} branches that changed only the data order collapsed"
+    return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, the branches "
+            f"that changed only the data order: {counts(null)}"
             + (", against " + "; ".join(others) if others else "") + " (section 4)"
             + (f"; the source itself, continued with its own data order, was {own['outcome']}." if own else "."))
