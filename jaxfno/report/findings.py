@@ -141,6 +141,15 @@ def branch_section(null_folder: pathlib.Path, source: pathlib.Path, single: list
     return lines
 
 
+def _outcome(run_dir: pathlib.Path) -> str:
+    if not (run_dir / "verdict.json").exists():
+        return "unfinished"
+    verdict = read_json(run_dir / "verdict.json")
+    events = verdict.get("outcome_details", {}).get("events", [])
+    where = f" at step {events[0]['step']} (epoch {events[0]['epoch'] + 1})" if events else ""
+    return verdict.get("outcome", "?") + where
+
+
 def rerun_section(folder: pathlib.Path, reference: pathlib.Path) -> list[str]:
     """Runs trained again with the same config on the same machine at another commit, against
     the committed run of the same name under ``reference``: where their per-step losses part."""
@@ -163,15 +172,17 @@ def rerun_section(folder: pathlib.Path, reference: pathlib.Path) -> list[str]:
         epochs = min(len(a["val_loss"]), len(b["val_loss"]))
         vals = "; ".join(f"{a['val_loss'][e]:.4f} / {b['val_loss'][e]:.4f}" for e in range(epochs))
         commits = [(h.get("execution", {}).get("commit") or "not recorded")[:12] for h in (a, b)]
+        outcomes = " / ".join(_outcome(d) for d in (ref_dir, run_dir))
         rows.append(f"| {run_dir.name} | {'yes' if same else 'NO'} | {commits[0]} / {commits[1]} | {n} | "
-                    f"{first(1e-6)} | {first(1e-3)} | {first(0.1)} | {vals} |")
+                    f"{first(1e-6)} | {first(1e-3)} | {first(0.1)} | {outcomes} | {vals} |")
     if not rows:
         return lines + ["None yet.", ""]
     return lines + [f"Runs in `{folder}` against the committed runs of the same name in `{reference}` (same "
                     "machine, same config, another code revision; step losses compared over the steps both have):",
                     "", "| run | same config | commits (committed / rerun) | steps compared | first step differing "
-                    "> 1e-6 | > 1e-3 | > 10 % | val_loss per epoch (committed / rerun) |",
-                    "|---|---|---|---|---|---|---|---|", *rows, ""]
+                    "> 1e-6 | > 1e-3 | > 10 % | outcome, first divergence event (committed / rerun) | "
+                    "val_loss per epoch (committed / rerun) |",
+                    "|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _calibration_sentence(folder: pathlib.Path, fidelity: dict) -> str | None:
@@ -204,9 +215,10 @@ def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None
         if tiny.size and large.size:
             return (f"The same full-scale run ({history_file.parent.name}) trained again with the same config on the "
                     f"same machine at another commit parted from the committed one at step {tiny[0]} by "
-                    f"{rel[tiny[0]]:.1e} (float rounding) and by more than 10 % at step {large[0]} (section 5): "
-                    "trajectories here are chaotic, so a divergence late in one run, or its absence in one "
-                    "branch, says little; seeds (or null-perturbation branches) are the unit of replication.")
+                    f"{rel[tiny[0]]:.1e} (float rounding) and by more than 10 % at step {large[0]} (section 5; "
+                    f"committed / rerun: {' / '.join(_outcome(p.parent) for p in (ref, history_file))}): "
+                    "trajectories here are chaotic, so the timing of a late divergence in one run, or its absence "
+                    "in one branch, says little; seeds (or null-perturbation branches) are the unit of replication.")
     return None
 
 
