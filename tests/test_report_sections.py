@@ -35,11 +35,14 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
         # the null group: one collapse; one healthy branch carries an event from before the branch point
         _branch(tmp_path, f"seed_order{i}", [f"train.seed={i}"], "diverged" if i == 1 else "healthy",
                 [25] if i == 1 else ([5] if i == 2 else []))
+        # an excursion the branch's own steps make, detected from step 15 (its window 15..24 reaches step 20)
+        _branch(tmp_path, f"lr_order{i}", [f"train.seed={i}", "optim.lr=0.00025"], "diverged_recovered", [15])
         _branch(tmp_path, f"clip_order{i}", [f"train.seed={i}", "optim.grad_clip=0.5"], "healthy", [])
     _branch(tmp_path, "not_a_branch", ["train.seed=9"], "diverged", [25])
 
     groups = branch_rows(tmp_path)
-    assert sorted(groups) == ["clip", "seed"] and all(len(g) == 3 for g in groups.values())
+    assert sorted(groups) == ["clip", "lr", "seed"] and all(len(g) == 3 for g in groups.values())
+    assert all(r["event"]["step"] == 15 for r in groups["lr"]) and groups["lr"][0]["peak_loss"] == 0.2
     assert {r["first_step"] for g in groups.values() for r in g} == {20}
     assert [r["event"] is not None for r in groups["seed"]] == [True, False, False]
 
@@ -63,7 +66,7 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
 
     text = "\n".join(null_perturbation_section(tmp_path))
     assert "| clip | optim.grad_clip=0.5 | 3 | 0/3 [0.00, 0.56], p 0.5 | 0/3" in text and "step 25 (epoch 3)" in text
-    assert "only the data order: 1/3 diverged (1 collapsed by §6.3)" in null_sentence(tmp_path)
+    assert "only the data order: 1/3 with a divergence event (1 collapsed by §6.3;" in null_sentence(tmp_path)
 
 
 def test_no_branches_yet(tmp_path):

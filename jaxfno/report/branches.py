@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from jaxfno.evaluation.outcomes import COLLAPSE_OUTCOMES, epoch_steps
+from jaxfno.evaluation.outcomes import AHEAD, COLLAPSE_OUTCOMES, epoch_steps
 from jaxfno.io import read_json
 from jaxfno.pipeline import RunResult
 from jaxfno.report.statistics import fisher_less, wilson_interval
@@ -35,17 +35,23 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
-    """A run's outcome, counting only divergence events from the first step after ``branch_epoch``."""
+    """A run's outcome after ``branch_epoch``: divergence events whose qualifying window (a step
+    and the ``AHEAD`` - 1 after it) reaches past the branch point, so an event that the branch's
+    own steps make is counted even where it starts on the last steps before them."""
     result = RunResult.load(run_dir)
     start = int(np.sum(epoch_steps(result.history)[:branch_epoch]))
     details = result.verdict["outcome_details"]
-    after = [e for e in details["events"] if e["step"] >= start]
+    after = [e for e in details["events"] if e["step"] + AHEAD > start]
+    # the largest loss of a full batch: with the batch gain every short last batch is ~8x a full one
+    ends = np.cumsum(epoch_steps(result.history)) - 1
+    loss = np.delete(np.asarray(result.history["step_loss"], float), ends)[start - branch_epoch:]
     return {"run": run_dir.name, "seed": result.config.train.seed, "config": _flat(result.config.to_dict()),
             "config_hash": result.config.config_hash(), "step_loss": result.history["step_loss"][:start],
             "branch_epoch": branch_epoch, "first_step": start,
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
+            "peak_loss": float(np.nanmax(loss)) if loss.size else None,
             "final_val": details["final_val_loss"], "contrast": details["contrast"]}
 
 
@@ -84,7 +90,7 @@ def _change(rows: list[dict], null: list[dict]) -> str:
     return ", ".join(f"{k}={rows[0]['config'][k]}" for k in keys) or "nothing but the data order"
 
 
-ENDPOINTS = (("event", "a divergence event after the branch point"), ("collapsed", "collapsed (§6.3)"))
+ENDPOINTS = (("event", "a divergence event reaching past the branch point"), ("collapsed", "collapsed (§6.3)"))
 
 
 def group_summary(groups: dict[str, list[dict]]) -> dict[str, dict]:
@@ -95,7 +101,9 @@ def group_summary(groups: dict[str, list[dict]]) -> dict[str, dict]:
     null = groups.get(NULL_GROUP, [])
     out = {}
     for name, rows in groups.items():
-        out[name] = {"change": _change(rows, null), "n": len(rows)}
+        peaks = [r["peak_loss"] for r in rows if r["peak_loss"] is not None]
+        out[name] = {"change": _change(rows, null), "n": len(rows),
+                     "peak_loss": (min(peaks), max(peaks)) if peaks else None}
         for key, _ in ENDPOINTS:
             k, k0 = (sum(bool(r[key]) for r in rs) for rs in (rows, null))
             out[name][key] = {"k": k, "wilson95": wilson_interval(k, len(rows)),
@@ -123,19 +131,23 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
               f"{first['first_step']} onwards), grouped by what they change against the `{NULL_GROUP}` group, "
               "which changes only the data-order seed. " + source_note, "",
               "| group | change (from the configs) | branches | " + " | ".join(
-                  f"{title} [95 % Wilson], one-sided Fisher p vs data order only" for _, title in ENDPOINTS) + " |",
-              "|---|---|---|---|---|"]
+                  f"{title} [95 % Wilson], one-sided Fisher p vs data order only" for _, title in ENDPOINTS)
+              + " | largest full-batch step loss after the branch point (range) |",
+              "|---|---|---|---|---|---|"]
     for name, s in summary.items():
+        peak = "–" if s["peak_loss"] is None else "–".join(f"{v:.3g}" for v in s["peak_loss"])
         lines.append(f"| {name} | {s['change']} | {s['n']} | "
-                     + " | ".join(_cell(s[key], s["n"]) for key, _ in ENDPOINTS) + " |")
-    lines += ["", "| branch | data-order seed | epochs | outcome (§6.3) | first divergence event after the branch "
-              "point | final val | final contrast |", "|---|---|---|---|---|---|---|"]
+                     + " | ".join(_cell(s[key], s["n"]) for key, _ in ENDPOINTS) + f" | {peak} |")
+    lines += ["", "| branch | data-order seed | epochs | outcome (§6.3) | first divergence event reaching past the "
+              "branch point | largest full-batch step loss after it | final val | final contrast |",
+              "|---|---|---|---|---|---|---|---|"]
     for rows in ([own] if own else []), *groups.values():
         for r in rows:
             e = r["event"]
             event = "–" if e is None else (f"step {e['step']} (epoch {e['epoch'] + 1}), peak loss "
                                            f"{e['peak_loss']:.3g}")
-            lines.append(f"| {r['run']} | {r['seed']} | {r['epochs']} | {r['outcome']} | {event} | "
+            peak = "–" if r["peak_loss"] is None else f"{r['peak_loss']:.3g}"
+            lines.append(f"| {r['run']} | {r['seed']} | {r['epochs']} | {r['outcome']} | {event} | {peak} | "
                          f"{r['final_val']:.4f} | {r['contrast']:.3f} |")
     return lines + [""]
 
@@ -149,7 +161,9 @@ def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> s
     null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
     own = source_row(folder, source) if source is not None else None
     def counts(s: dict) -> str:
-        return f"{s['event']['k']}/{s['n']} diverged ({s['collapsed']['k']} collapsed by §6.3)"
+        low, high = s["peak_loss"]
+        return (f"{s['event']['k']}/{s['n']} with a divergence event ({s['collapsed']['k']} collapsed by §6.3; "
+                f"largest full-batch step loss after the branch point {low:.3g}–{high:.3g})")
 
     others = [f"{counts(s)} with {s['change']} (one-sided Fisher p {s['event']['fisher_p_vs_null']:.3g})"
               for name, s in summary.items() if name != NULL_GROUP]
