@@ -258,6 +258,10 @@ CAVEATS = [
     "probe the main missing ingredient of upstream's fast learning.",
     "Conclusions at proxy scale hold for that scale; the table says which cells were confirmed at full scale.",
     "Outcomes follow SPEC §6.3; the §6.1 verdicts stay in each run's verdict.json and the study tables.",
+    "A branch that switches clipping on mid-run meets Adam moments accumulated from unclipped gradients: the "
+    "second moment (b2 = 0.999) keeps their scale for about 1000 steps, so the clip branches also cut the "
+    "effective learning rate by about the ratio of 0.5 to the unclipped gradient norm (section 6); they do not "
+    "stand in for a run clipped from its first step.",
     "One trajectory can be moved by any single step (the branch experiments show it); seeds are the unit of "
     "replication, and the runs of one cell differ only in the seed (initialisation and data order).",
     "Runs on other hardware can take other trajectories from the same seed (floating-point rounding); every "
