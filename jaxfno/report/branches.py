@@ -135,7 +135,7 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
               + " | largest full-batch step loss after the branch point (range) |",
               "|---|---|---|---|---|---|"]
     for name, s in summary.items():
-        peak = "–" if s["peak_loss"] is None else "–".join(f"{v:.3g}" for v in s["peak_loss"])
+        peak = "–" if s["peak_loss"] is None else "–".join(dict.fromkeys(f"{v:.3g}" for v in s["peak_loss"]))
         lines.append(f"| {name} | {s['change']} | {s['n']} | "
                      + " | ".join(_cell(s[key], s["n"]) for key, _ in ENDPOINTS) + f" | {peak} |")
     lines += ["", "| branch | data-order seed | epochs | outcome (§6.3) | first divergence event reaching past the "
@@ -161,9 +161,9 @@ def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> s
     null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
     own = source_row(folder, source) if source is not None else None
     def counts(s: dict) -> str:
-        low, high = s["peak_loss"]
+        peak = "–".join(dict.fromkeys(f"{v:.3g}" for v in s["peak_loss"]))  # one value when they agree
         return (f"{s['event']['k']}/{s['n']} with a divergence event ({s['collapsed']['k']} collapsed by §6.3; "
-                f"largest full-batch step loss after the branch point {low:.3g}–{high:.3g})")
+                f"largest full-batch step loss after the branch point {peak})")
 
     others = [f"{counts(s)} with {s['change']} (one-sided Fisher p {s['event']['fisher_p_vs_null']:.3g})"
               for name, s in summary.items() if name != NULL_GROUP]
