@@ -57,8 +57,8 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
     # the source's own continuation joins the null group; a run that is not the source does not
     _branch(tmp_path / "src", "run", ["train.seed=7"], "diverged", [30], source=True)
     _branch(tmp_path / "other", "run", ["train.seed=8"], "diverged", [30], source=True)
-    assert source_row(tmp_path, tmp_path / "src" / "run")["outcome"] == "diverged"
-    assert source_row(tmp_path, tmp_path / "other" / "run") is None
+    assert source_row(tmp_path, tmp_path / "src" / "run", groups)["outcome"] == "diverged"
+    assert source_row(tmp_path, tmp_path / "other" / "run", groups) is None
     shown = "\n".join(null_perturbation_section(tmp_path, source=tmp_path / "src" / "run"))
     assert "run (the source's own continuation; not counted)" in shown and "| seed | nothing but" in shown
     assert "the source itself, continued with its own data order, was diverged" in null_sentence(

@@ -66,14 +66,14 @@ def branch_rows(folder: pathlib.Path) -> dict[str, list[dict]]:
     return dict(groups)
 
 
-def source_row(folder: pathlib.Path, source: pathlib.Path) -> dict | None:
+def source_row(folder: pathlib.Path, source: pathlib.Path, groups: dict[str, list[dict]]) -> dict | None:
     """The source's own continuation after the branch point, when ``source`` is the finished run
     the branches started from (its config hash is the one their ``branch.json`` names and its
     steps up to the branch point are theirs). Shown beside the branches, never counted: the branch
     point was chosen because the source diverged after it, so its outcome is not a random draw."""
-    records = {(read_json(d / "branch.json")["source_config_hash"], read_json(d / "branch.json")["epoch"] + 1)
-               for d in folder.glob("*_order*") if (d / "branch.json").exists()} if folder.exists() else set()
-    null = branch_rows(folder).get(NULL_GROUP)
+    branches = [read_json(d / "branch.json") for d in folder.glob("*_order*") if (d / "branch.json").exists()]
+    records = {(b["source_config_hash"], b["epoch"] + 1) for b in branches}
+    null = groups.get(NULL_GROUP)
     if len(records) != 1 or not null or not (source / "verdict.json").exists():
         return None
     (source_hash, epoch), = records
@@ -124,7 +124,7 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
     groups = branch_rows(folder)
     if not groups:
         return lines + [f"None finished yet in `{folder}`.", ""]
-    own = source_row(folder, source) if source is not None else None
+    own = source_row(folder, source, groups) if source is not None else None
     summary = group_summary(groups)
     first = next(iter(groups.values()))[0]
     lines += [f"Branches in `{folder}` from one checkpoint (after epoch {first['branch_epoch']}, step "
@@ -159,7 +159,7 @@ def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> s
         return None
     summary = group_summary(groups)
     null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
-    own = source_row(folder, source) if source is not None else None
+    own = source_row(folder, source, groups) if source is not None else None
     def counts(s: dict) -> str:
         peak = "–".join(dict.fromkeys(f"{v:.3g}" for v in s["peak_loss"]))  # one value when they agree
         return (f"{s['event']['k']}/{s['n']} with a divergence event ({s['collapsed']['k']} collapsed by §6.3; "

@@ -51,7 +51,7 @@ def kick_row(result: RunResult) -> dict:
         "short_loss": float(np.median(loss[ends])) if short else None,
         "after": float(np.median(after)) if after else None, "rest": float(np.median(rest)) if rest else None,
         "clipped": float(np.mean(np.asarray(before) > CLIP)) if before else None,
-        "first_event": first, "steps_after_boundary": since,
+        "first_event": first, "steps_after_boundary": since, "epoch_steps": int(steps[0]),
     }
 
 
@@ -87,11 +87,10 @@ def kick_section(run_dirs: list[pathlib.Path], base: pathlib.Path) -> list[str]:
 
 def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
     """The section's reading for the answer paragraph, from the same rows."""
-    rows = [(kick_row(RunResult.load(d)), d) for d in run_dirs if (d / "verdict.json").exists()]
-    gain = [r for r, _ in rows if r["gain"] != "none" and r["short"] and r["rest"]]
-    plain = [r for r, _ in rows if r["gain"] == "none" and r["rest"]]
-    events = [(r["steps_after_boundary"], int(epoch_steps(RunResult.load(d).history)[0]))
-              for r, d in rows if r["first_event"] is not None]
+    rows = [kick_row(RunResult.load(d)) for d in run_dirs if (d / "verdict.json").exists()]
+    gain = [r for r in rows if r["gain"] != "none" and r["short"] and r["rest"]]
+    plain = [r for r in rows if r["gain"] == "none" and r["rest"]]
+    events = [(r["steps_after_boundary"], r["epoch_steps"]) for r in rows if r["first_event"] is not None]
     if not gain or not plain:
         return None
     med = lambda key, rs: float(np.median([r[key] for r in rs]))  # noqa: E731
