@@ -66,7 +66,9 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
 
     text = "\n".join(null_perturbation_section(tmp_path))
     assert "| clip | optim.grad_clip=0.5 | 3 | 0/3 [0.00, 0.56], p 0.5 | 0/3" in text and "step 25 (epoch 3)" in text
-    assert "only the data order: 1/3 with a divergence event (1 collapsed by §6.3;" in null_sentence(tmp_path)
+    sentence = null_sentence(tmp_path)
+    assert "only the data order: 1/3 with a divergence event, 1/3 collapsed by §6.3, largest" in sentence
+    assert "0/3 with a divergence event (one-sided Fisher p 0.5), 0/3 collapsed by §6.3 (one-sided Fisher p 0.5)" in sentence
 
 
 def test_no_branches_yet(tmp_path):

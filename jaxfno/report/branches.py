@@ -162,11 +162,12 @@ def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> s
     own = source_row(folder, source, groups) if source is not None else None
     def counts(s: dict) -> str:
         peak = "–".join(dict.fromkeys(f"{v:.3g}" for v in s["peak_loss"]))  # one value when they agree
-        return (f"{s['event']['k']}/{s['n']} with a divergence event ({s['collapsed']['k']} collapsed by §6.3; "
-                f"largest full-batch step loss after the branch point {peak})")
+        p = {key: "" if s[key]["fisher_p_vs_null"] is None else f" (one-sided Fisher p {s[key]['fisher_p_vs_null']:.3g})"
+             for key, _ in ENDPOINTS}
+        return (f"{s['event']['k']}/{s['n']} with a divergence event{p['event']}, {s['collapsed']['k']}/{s['n']} "
+                f"collapsed by §6.3{p['collapsed']}, largest full-batch step loss after the branch point {peak}")
 
-    others = [f"{counts(s)} with {s['change']} (one-sided Fisher p {s['event']['fisher_p_vs_null']:.3g})"
-              for name, s in summary.items() if name != NULL_GROUP]
+    others = [f"{counts(s)} with {s['change']}" for name, s in summary.items() if name != NULL_GROUP]
     return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, the branches "
             f"that changed only the data order: {counts(null)}"
             + (", against " + "; ".join(others) if others else "") + " (section 4)"

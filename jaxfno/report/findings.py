@@ -126,14 +126,17 @@ def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
     return lines + ["", f"![Time to the first divergence event]({folder}/report/survival.png)", ""]
 
 
-def branch_section(null_folder: pathlib.Path, source: pathlib.Path, single: list[pathlib.Path]) -> list[str]:
-    """The null-perturbation branches (grouped, with their statistics), then the older single
-    branches, which have no null-perturbation control."""
+def branch_section(null_folders: list[pathlib.Path], source: pathlib.Path, single: list[pathlib.Path]) -> list[str]:
+    """The null-perturbation branches of each branch point (grouped, with their statistics; a
+    folder not made yet is left out after the first), then the older single branches, which have
+    no null-perturbation control."""
     from jaxfno.report.runs import finished_run_dirs, runs_markdown
 
-    lines = ["## 4. Branch experiments (full scale)", "",
-             *null_perturbation_section(null_folder, "The source and its branch point: the folder's README.", source),
-             "### Single branches (no null-perturbation control)", ""]
+    lines = ["## 4. Branch experiments (full scale)", ""]
+    for i, folder in enumerate(null_folders):
+        if i == 0 or folder.exists():
+            lines += null_perturbation_section(folder, "The source and its branch point: the folder's README.", source)
+    lines += ["### Single branches (no null-perturbation control)", ""]
     for folder in single:
         runs = finished_run_dirs([folder]) if folder.exists() else []
         if runs:
@@ -274,6 +277,11 @@ CAVEATS = [
 ]
 
 
+# the null-perturbation branches of the rerun, one folder per branch point: after epoch 17 (the
+# last checkpoint before its divergence) and after epoch 16 (its best, before the epoch-17 kick)
+BRANCH_POINTS = ("branches", "branches_e16")
+
+
 def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = CAVEATS) -> str:
     """Assemble FINDINGS.md from ``root``'s results folders."""
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
@@ -283,7 +291,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
         _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"),
-        null_sentence(full / "branches", full / "rerun" / "seed20260128"), kick_sentence(full_runs)])
+        *(null_sentence(full / name, full / "rerun" / "seed20260128") for name in BRANCH_POINTS),
+        kick_sentence(full_runs)])
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -298,7 +307,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
-        *branch_section(full / "branches", full / "rerun" / "seed20260128", [root / "stage_a_full_cpu_upstream_gain" / "branches",
+        *branch_section([full / name for name in BRANCH_POINTS], full / "rerun" / "seed20260128", [root / "stage_a_full_cpu_upstream_gain" / "branches",
                                             root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         *rerun_section(full / "rerun", full / "fidelity" / "asrun" / "stable"),
         *kick_section(full_runs, root),

@@ -33,4 +33,14 @@ for i in 1 2 3; do
   jaxfno branch "$src" --from last --out "$out/branches/clip0.5_order$i" "${order[@]}" --set optim.grad_clip=0.5
   jaxfno branch "$src" --from last --out "$out/branches/lr2.5e-4_order$i" "${order[@]}" --set optim.lr=2.5e-4
 done
-jaxfno outcomes "$out/branches" --relative-to "$out/branches" --out "$out/branches/outcomes.md"
+# branches_e16/: the same three groups from the snap's best checkpoint (the end of epoch 16, before
+# epoch 17's short batch), epochs 17-20.
+for i in 1 2 3; do
+  order=(--from best --set train.stop_after=0 --set train.seed=$((20260200 + i)))
+  jaxfno branch "$src" "${order[@]}" --out "$out/branches_e16/seed_order$i"
+  jaxfno branch "$src" "${order[@]}" --out "$out/branches_e16/clip0.5_order$i" --set optim.grad_clip=0.5
+  jaxfno branch "$src" "${order[@]}" --out "$out/branches_e16/lr2.5e-4_order$i" --set optim.lr=2.5e-4
+done
+for point in branches branches_e16; do
+  jaxfno outcomes "$out/$point" --relative-to "$out/$point" --out "$out/$point/outcomes.md"
+done
