@@ -288,11 +288,12 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     confirm = _cells(root / "stage_a_full_asrun" / "confirm")
     full = root / "stage_a_full_asrun"
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
+    # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
-        _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
-        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"),
         *(null_sentence(full / name, full / "rerun" / "seed20260128") for name in BRANCH_POINTS),
-        kick_sentence(full_runs)])
+        kick_sentence(full_runs),
+        _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
+        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")])
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
