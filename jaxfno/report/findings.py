@@ -98,14 +98,17 @@ def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
             size = (f"width {s.width}, {s.train_subset or n_positions(4) ** 2} patterns, {s.epochs} epochs"
                     + (f" (stops after {s.stop_after})" if s and s.stop_after else "")) if s else "?"
             rows.append(f"| {scale_dir.name} | {size} | {c['arm']} | {c['condition']} | {c['n']} | "
-                        f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | {verdict} |")
+                        f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | {_fmt(c['best_val_loss'])} | "
+                        f"{_fmt(ref['best_val_loss']) if ref else '–'} | {verdict} |")
     if not rows:
         return lines + ["Not run yet.", ""]
     return lines + ["Every calibration run, against the full-scale rate of the same condition (section 1): a "
-                    "candidate reproduces when each rate lies in the other's 95 % Wilson interval.", "",
+                    "candidate reproduces when each rate lies in the other's 95 % Wilson interval. Best val: the "
+                    "lowest validation loss of each run (mean ± SD over seeds), beside full scale's in the same "
+                    "condition: the full-scale divergences came after the loss had fallen that low.", "",
                     "| candidate | size | arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | "
-                    "divergence epochs | within the full-scale interval |",
-                    "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+                    "divergence epochs | best val | full scale's best val | within the full-scale interval |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:

@@ -131,6 +131,10 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
     # where the full-scale divergences came (steps 7800-8200), at about a quarter of its cost.
     Scale("proxy_full_w8", width=8, blocks=4, modes=12, train_subset=0, epochs=20, seeds=3,
           conditions=("asrun", "fixed")),
+    # Width 8 on the full set stayed healthy, its loss above full scale's (FINDINGS.md section 2);
+    # width 16 is the next step towards full scale's model.
+    Scale("proxy_full_w16", width=16, blocks=4, modes=12, train_subset=0, epochs=20, seeds=3,
+          conditions=("asrun", "fixed")),
 )}
 
 
