@@ -167,7 +167,9 @@ def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> s
         return (f"{s['event']['k']}/{s['n']} with a divergence event{p['event']}, {s['collapsed']['k']}/{s['n']} "
                 f"collapsed by §6.3{p['collapsed']}, largest full-batch step loss after the branch point {peak}")
 
-    others = [f"{counts(s)} with {s['change']}" for name, s in summary.items() if name != NULL_GROUP]
+    others = [f"{counts(s)} with {s['change']}" + (" (switched on mid-run: also a transient LR cut, see the caveats)"
+                                                   if "grad_clip" in s["change"] else "")
+              for name, s in summary.items() if name != NULL_GROUP]
     return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, the branches "
             f"that changed only the data order: {counts(null)}"
             + (", against " + "; ".join(others) if others else "") + " (section 4)"
