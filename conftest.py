@@ -3,6 +3,7 @@ accelerators, and the study options."""
 
 import jax
 
+from jaxfno.cli.flags import scale_name
 from jaxfno.io import enable_compilation_cache
 from jaxfno.study.stage_a import CONDITIONS, SCALES
 
@@ -15,7 +16,7 @@ if jax.default_backend() != "cpu":
 
 def pytest_addoption(parser):
     group = parser.getgroup("jaxfno study")
-    group.addoption("--scale", default="smoke", choices=tuple(SCALES),
+    group.addoption("--scale", default="smoke", type=scale_name, metavar="{" + ",".join(SCALES) + "}",
                     help="study scale for studies/ tests (default: smoke)")
     group.addoption("--seeds", type=int, default=None,
                     help="seeds per arm (default: the scale's own)")

@@ -280,6 +280,14 @@ def test_argument_errors_are_one_line(capsys):
     assert "argument --epochs: epochs takes int, not 2.5" in err
 
 
+@pytest.mark.parametrize("scale, message", [("proxy", "no scale 'proxy' yet"), ("bogus", "invalid choice: 'bogus'")])
+def test_unknown_scales_say_why(scale, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["study", "stage-a", "--out", "x", "--scale", scale])
+    err = capsys.readouterr().err
+    assert message in err and "proxy_full_w8" in err
+
+
 @pytest.mark.parametrize("argv", [["bench", "seeds", "--members", "0"], ["bench", "model", "--repeats", "0"],
                                   ["bench", "model", "--batch", "-1"],
                                   ["study", "stage-a", "--out", "x", "--seeds", "0"]])

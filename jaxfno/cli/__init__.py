@@ -10,7 +10,7 @@ import platform
 import sys
 
 from jaxfno.cli.flags import (ArgumentParser, _absolute_probe, _add_process_args, _model_config,  # noqa: F401
-                              _positive_int, add_config_flags, add_run_flags, add_set_flag, config_from_args,
+                              _positive_int, add_config_flags, scale_name, add_run_flags, add_set_flag, config_from_args,
                               run_config_from_args)
 from jaxfno.cli.runs import (cmd_bench, cmd_branch, cmd_compare, cmd_data_build, cmd_data_show, cmd_inspect,
                              cmd_model_summary, cmd_stats, cmd_train)
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a study and write its report").add_subparsers(
         dest="study_name", required=True)
     stage_a = study.add_parser("stage-a", help="the grid_lines Stage A stability study")
-    stage_a.add_argument("--scale", default="demo", choices=tuple(SCALES),
+    stage_a.add_argument("--scale", default="demo", type=scale_name, metavar="{" + ",".join(SCALES) + "}",
                          help="problem size (jaxfno/study/stage_a.py; default: demo, minutes on a CPU)")
     stage_a.add_argument("--seeds", type=_positive_int, default=None, help="seeds per arm (default: the scale's)")
     stage_a.add_argument("--arms", nargs="+", default=None,
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (side by side in one process)")
     bench.add_argument("what", choices=("step", "data", "model", "layers", "seeds", "profile", "loop",
                                           "compile", "study"), help="what is timed")
-    bench.add_argument("--scale", default="smoke", choices=tuple(SCALES),
+    bench.add_argument("--scale", default="smoke", type=scale_name, metavar="{" + ",".join(SCALES) + "}",
                        help="'study': the scale whose seed-runs per hour are measured")
     bench.add_argument("--epochs", type=_positive_int, default=2,
                        help="'study': epochs timed per run (extrapolated to the scale's length)")
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     expect = study.add_parser("expectations", help="rewrite a scale's expected collapses (the pytest "
                                                    "study's strict xfails) from finished runs")
     expect.add_argument("dirs", nargs="+", help="study or run directories, searched for finished runs")
-    expect.add_argument("--scale", required=True, choices=tuple(SCALES))
+    expect.add_argument("--scale", required=True, type=scale_name, metavar="{" + ",".join(SCALES) + "}")
     expect.add_argument("--file", default="studies/stage_a/expectations.json", help="the file rewritten")
     expect.set_defaults(func=cmd_study_expectations)
 

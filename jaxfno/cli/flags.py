@@ -10,6 +10,7 @@ import typing
 
 from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, parse_field
 from jaxfno.execution import ExecutionConfig
+from jaxfno.study.stage_a import SCALES, UNCALIBRATED_PROXY
 
 
 def _positive_int(text: str) -> int:
@@ -17,6 +18,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
+
+
+def scale_name(text: str) -> str:
+    """``--scale``: a scale of ``SCALES``; SPEC §7.3's ``proxy`` before one is calibrated says why not."""
+    if text in SCALES:
+        return text
+    if text == "proxy":
+        raise argparse.ArgumentTypeError(UNCALIBRATED_PROXY)
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(SCALES)})")
 
 
 # --- flags derived from the config dataclasses ----------------------------------------------

@@ -137,6 +137,11 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
           conditions=("asrun", "fixed")),
 )}
 
+# SPEC §7.3's `proxy` joins SCALES, as the candidate that reproduced, once one does.
+UNCALIBRATED_PROXY = ("no scale 'proxy' yet: SPEC §7.3's proxy is a proxy_* candidate that reproduces full scale's "
+                      "outcome rates of `stable` in asrun and fixed, and none has so far (FINDINGS.md section 2, "
+                      "results/stage_a_proxy/README.md); choose from " + ", ".join(SCALES))
+
 
 def default_arms(conditions, scale: str | None = None) -> list[str]:
     """The scale's own default arms if it names them; else every arm in the fixed condition
