@@ -5,9 +5,9 @@ import pytest
 
 from jaxfno.config import RunConfig
 from jaxfno.io import write_json
-from jaxfno.report.branches import (branch_rows, group_summary, null_perturbation_section, null_sentence,
-                                    source_row)
-from jaxfno.report.statistics import fisher_less
+from jaxfno.report.branches import (branch_rows, group_summary, null_perturbation_section, pooled_section,
+                                    pooled_sentence, pooled_summary, source_row)
+from jaxfno.report.statistics import fisher_less, stratified_fisher_less
 
 
 SOURCE = RunConfig().with_overrides(["train.seed=7"])
@@ -61,18 +61,45 @@ def test_groups_changes_and_counts_after_the_branch_point(tmp_path):
     assert source_row(tmp_path, tmp_path / "other" / "run", groups) is None
     shown = "\n".join(null_perturbation_section(tmp_path, source=tmp_path / "src" / "run"))
     assert "run (the source's own continuation; not counted)" in shown and "| seed | nothing but" in shown
-    assert "the source itself, continued with its own data order, was diverged" in null_sentence(
-        tmp_path, tmp_path / "src" / "run")
 
     text = "\n".join(null_perturbation_section(tmp_path))
     assert "| clip | optim.grad_clip=0.5 | 3 | 0/3 [0.00, 0.56], p 0.5 | 0/3" in text and "step 25 (epoch 3)" in text
-    sentence = null_sentence(tmp_path)
-    assert "only the data order: 1/3 with a divergence event, 1/3 collapsed by §6.3, largest" in sentence
-    assert "0/3 with a divergence event (one-sided Fisher p 0.5), 0/3 collapsed by §6.3 (one-sided Fisher p 0.5)" in sentence
+
+
+def test_pooled_over_branch_points(tmp_path):
+    """Two branch points: counts add up, the test is stratified by point (not a pooled 2×2), and
+    the median steps to an event run from each branch point."""
+    a, b = tmp_path / "after2", tmp_path / "after3"
+    for i in (1, 2, 3):
+        _branch(a, f"seed_order{i}", [f"train.seed={i}"], "diverged", [22 + i])  # 3, 4, 5 steps after step 20
+        _branch(a, f"lr_order{i}", [f"train.seed={i}", "optim.lr=0.00025"], "healthy", [])
+    for i in (1, 2):
+        _branch(b, f"seed_order{i}", [f"train.seed={i}"], "diverged" if i == 1 else "healthy",
+                [31] if i == 1 else [], branch_epoch=3)
+        _branch(b, f"lr_order{i}", [f"train.seed={i}", "optim.lr=0.00025"], "healthy", [], branch_epoch=3)
+        _branch(b, f"clip_order{i}", [f"train.seed={i}", "optim.grad_clip=0.5"], "healthy", [], branch_epoch=3)
+
+    s = pooled_summary([a, b])
+    assert (s["seed"]["n"], s["seed"]["collapsed"]["k"], s["seed"]["points"]) == (5, 4, 2)
+    assert s["seed"]["branch_epochs"] == [2, 3] and s["seed"]["collapsed"]["p_vs_null"] is None
+    assert (s["lr"]["n"], s["lr"]["collapsed"]["k"]) == (5, 0)
+    p = s["lr"]["collapsed"]["p_vs_null"]
+    assert p == pytest.approx(stratified_fisher_less([(0, 3, 3, 3), (0, 2, 1, 2)])) == pytest.approx(0.05 * 0.5)
+    assert p != pytest.approx(fisher_less(0, 5, 4, 5))  # not the pooled 2×2
+    assert s["clip"]["points"] == 1 and s["clip"]["collapsed"]["p_vs_null"] == pytest.approx(fisher_less(0, 2, 1, 2))
+    # null delays 3, 4, 5 (point 1), 1 and 10 censored (point 2: 10 steps after step 30): median 4
+    assert s["seed"]["median_delay"] == 4 and s["lr"]["median_delay"] is None
+
+    table = "\n".join(pooled_section([a, b]))
+    assert "| optim.lr=0.00025 | 2, 3 | 5 | 0/5 [0.00, 0.43], p 0.025 | 0/5 [0.00, 0.43], p 0.025 | not reached |" in table
+    sentence = pooled_sentence([a, b])
+    assert "from 2 checkpoints (after epochs 2, 3)" in sentence and "only the data order collapsed in 4/5" in sentence
+    assert "0/5 [0.00, 0.43] with optim.lr=0.00025 (stratified exact one-sided p 0.025)" in sentence
+    assert "also a transient LR cut" in sentence
 
 
 def test_no_branches_yet(tmp_path):
-    assert null_sentence(tmp_path / "missing") is None
+    assert pooled_sentence([tmp_path / "missing"]) is None and pooled_section([tmp_path / "missing"]) == []
     assert "None finished yet" in "\n".join(null_perturbation_section(tmp_path / "missing"))
 
 
@@ -98,3 +125,21 @@ def test_kick_statistics_and_event_position(tmp_path):
     assert r["short"] and (r["short_grad"], r["after"], r["rest"]) == (12.0, 8.0, 4.0)
     assert (r["first_event"], r["steps_after_boundary"]) == (150, 30)
     assert r["clipped"] == 1.0  # every step of epochs 2.. before the event is above 0.5
+
+
+def test_findings_pool_the_branch_points(tmp_path):
+    """FINDINGS.md's answer and section 3 come from every branch point's folder."""
+    from jaxfno.report.findings import BRANCH_POINTS, write_findings
+
+    for epoch, folder in zip((2, 3), BRANCH_POINTS):
+        for i in (1, 2):
+            _branch(tmp_path / "stage_a_full_asrun" / folder, f"seed_order{i}", [f"train.seed={i}"], "diverged",
+                    [10 * epoch + 2], branch_epoch=epoch)
+            _branch(tmp_path / "stage_a_full_asrun" / folder, f"lr_order{i}", [f"train.seed={i}", "optim.lr=0.00025"],
+                    "healthy", [], branch_epoch=epoch)
+    text = write_findings(tmp_path, tmp_path / "FINDINGS.md")
+    answer = text.split("## The answer so far")[1].split("## 1.")[0]
+    assert "from 2 checkpoints (after epochs 2, 3)" in answer and "collapsed in 4/4 [0.51, 1.00]" in answer
+    section3 = text.split("## 3.")[1].split("## 4.")[0]
+    assert "| optim.lr=0.00025 | 2, 3 | 4 |" in section3 and "Warmup-cosine" in section3
+    assert (tmp_path / "FINDINGS.md").read_text() == text

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from jaxfno.config import ConfigError, RunConfig, TrainConfig
-from jaxfno.report.statistics import fisher_less, kaplan_meier, km_median, logrank_p, wilson_interval
+from jaxfno.report.statistics import (fisher_less, kaplan_meier, km_median, logrank_p, stratified_fisher_less,
+                                      wilson_interval)
 from jaxfno.study import stage_a
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,6 +60,11 @@ def test_wilson_and_fisher():
     assert (low, high) == pytest.approx((0.2077, 0.9385), abs=1e-3)
     assert fisher_less(0, 8, 6, 8) == pytest.approx(stats.fisher_exact([[0, 8], [6, 2]], alternative="less").pvalue)
     assert fisher_less(0, 8, 6, 8) < 0.01 and fisher_less(6, 8, 0, 8) > 0.99
+    # stratified: one stratum is Fisher's; two, the enumeration of both hypergeometrics
+    assert stratified_fisher_less([(1, 4, 3, 5)]) == pytest.approx(fisher_less(1, 4, 3, 5))
+    h1, h2 = stats.hypergeom(9, 4, 4), stats.hypergeom(6, 3, 3)
+    brute = sum(h1.pmf(i) * h2.pmf(j) for i in range(5) for j in range(4) if i + j <= 2)
+    assert stratified_fisher_less([(1, 4, 3, 5), (1, 3, 2, 3)]) == pytest.approx(brute)
 
 
 def test_kaplan_meier_matches_scipy():

@@ -18,7 +18,7 @@ import numpy as np
 from jaxfno.evaluation.outcomes import AHEAD, COLLAPSE_OUTCOMES, epoch_steps
 from jaxfno.io import read_json
 from jaxfno.pipeline import RunResult
-from jaxfno.report.statistics import fisher_less, wilson_interval
+from jaxfno.report.statistics import fisher_less, km_median, stratified_fisher_less, wilson_interval
 
 NULL_GROUP = "seed"  # the branches that change only train.seed (the data order from the branch point)
 _NAME = re.compile(r"^(?P<group>.+)_order(?P<order>\d+)$")
@@ -48,6 +48,7 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
     return {"run": run_dir.name, "seed": result.config.train.seed, "config": _flat(result.config.to_dict()),
             "config_hash": result.config.config_hash(), "step_loss": result.history["step_loss"][:start],
             "branch_epoch": branch_epoch, "first_step": start,
+            "steps_after": int(np.sum(epoch_steps(result.history))) - start,
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
@@ -152,25 +153,79 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
     return lines + [""]
 
 
-def null_sentence(folder: pathlib.Path, source: pathlib.Path | None = None) -> str | None:
-    """The branch experiment's result for the answer paragraph (None before any branch finished)."""
-    groups = branch_rows(folder)
-    if NULL_GROUP not in groups:
-        return None
-    summary = group_summary(groups)
-    null, first = summary[NULL_GROUP], groups[NULL_GROUP][0]
-    own = source_row(folder, source, groups) if source is not None else None
-    def counts(s: dict) -> str:
-        peak = "–".join(dict.fromkeys(f"{v:.3g}" for v in s["peak_loss"]))  # one value when they agree
-        p = {key: "" if s[key]["fisher_p_vs_null"] is None else f" (one-sided Fisher p {s[key]['fisher_p_vs_null']:.3g})"
-             for key, _ in ENDPOINTS}
-        return (f"{s['event']['k']}/{s['n']} with a divergence event{p['event']}, {s['collapsed']['k']}/{s['n']} "
-                f"collapsed by §6.3{p['collapsed']}, largest full-batch step loss after the branch point {peak}")
+def _delay(row: dict) -> tuple[int, bool]:
+    """Steps from the branch point to the first divergence event (0 for an event that starts on
+    the steps just before it), or to the run's end without one (censored)."""
+    e = row["event"]
+    return (max(0, e["step"] - row["first_step"]), True) if e else (row["steps_after"], False)
 
-    others = [f"{counts(s)} with {s['change']}" + (" (switched on mid-run: also a transient LR cut, see the caveats)"
-                                                   if "grad_clip" in s["change"] else "")
-              for name, s in summary.items() if name != NULL_GROUP]
-    return (f"Branched at full scale after epoch {first['branch_epoch']} of a `stable` `asrun` run, the branches "
-            f"that changed only the data order: {counts(null)}"
-            + (", against " + "; ".join(others) if others else "") + " (section 4)"
-            + (f"; the source itself, continued with its own data order, was {own['outcome']}." if own else "."))
+
+def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
+    """Per group, its branches over every branch point (folder) against the null group's: k/n per
+    endpoint with its Wilson interval, the one-sided exact test stratified by branch point (only
+    points where both groups ran), and the Kaplan–Meier median of the steps from the branch point
+    to the first divergence event (None: not reached)."""
+    points = [branch_rows(f) for f in folders]
+    names = list(dict.fromkeys(name for groups in points for name in groups))
+    out = {}
+    for name in names:
+        strata = [(g[name], g.get(NULL_GROUP, [])) for g in points if name in g]
+        rows = [r for rs, _ in strata for r in rs]
+        changes = {_change(rs, null) for rs, null in strata}
+        out[name] = {"change": " / ".join(sorted(changes)), "points": len(strata), "n": len(rows),
+                     "branch_epochs": sorted({r["branch_epoch"] for r in rows}),
+                     "median_delay": km_median(*zip(*map(_delay, rows)))}
+        for key, _ in ENDPOINTS:
+            k = sum(bool(r[key]) for r in rows)
+            tables = [(sum(bool(r[key]) for r in rs), len(rs), sum(bool(r[key]) for r in null), len(null))
+                      for rs, null in strata if null]
+            out[name][key] = {"k": k, "wilson95": wilson_interval(k, len(rows)),
+                              "p_vs_null": None if name == NULL_GROUP or not tables else stratified_fisher_less(tables)}
+    return out
+
+
+def _pooled_cell(s: dict) -> str:
+    low, high = s["wilson95"]
+    p = "" if s["p_vs_null"] is None else f", p {s['p_vs_null']:.3g}"
+    return f"{s['k']}/{{n}} [{low:.2f}, {high:.2f}]{p}"
+
+
+def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
+    """Per change, every branch point's branches together (section 3's table from branches)."""
+    summary = pooled_summary(folders)
+    if NULL_GROUP not in summary:
+        return []
+    lines = ["### Per remedy, from full-scale branches", "",
+             "Every null-perturbation branch of section 4 pooled over its branch points (epochs named; one source "
+             "run): per change, the branches reaching each endpoint against those that changed only the data "
+             "order, with the one-sided exact test stratified by branch point (conditional on each point's "
+             "margins). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
+             "divergence event (0: an event that began on the steps just before it).", "",
+             "| change | after epochs | branches | " + " | ".join(
+                 f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
+             + " | median steps to a divergence event |", "|---|---|---|---|---|---|"]
+    for s in summary.values():
+        median = "not reached" if s["median_delay"] is None else f"{s['median_delay']:.0f}"
+        lines.append(f"| {s['change']} | {', '.join(map(str, s['branch_epochs']))} | {s['n']} | "
+                     + " | ".join(_pooled_cell(s[key]).format(n=s["n"]) for key, _ in ENDPOINTS) + f" | {median} |")
+    return lines + [""] + ([note, ""] if note else [])
+
+
+def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
+    """The pooled branch result for the answer paragraph (None before any null branch finished)."""
+    summary = pooled_summary(folders)
+    if NULL_GROUP not in summary:
+        return None
+    null = summary.pop(NULL_GROUP)
+
+    def collapsed(s: dict) -> str:
+        low, high = s["collapsed"]["wilson95"]
+        return f"{s['collapsed']['k']}/{s['n']} [{low:.2f}, {high:.2f}]"
+
+    others = [f"{collapsed(s)} with {s['change']} (stratified exact one-sided p {s['collapsed']['p_vs_null']:.2g}"
+              + ("; switched on mid-run, so also a transient LR cut, see the caveats" if "grad_clip" in s["change"]
+                 else "") + ")" for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
+    return (f"Branched at full scale from {null['points']} checkpoints (after epochs "
+            f"{', '.join(map(str, null['branch_epochs']))}) of one `stable` `asrun` run shortly before its divergence, "
+            f"the continuations that changed only the data order collapsed in {collapsed(null)}"
+            + (", against " + "; ".join(others) if others else "") + " (sections 3 and 4).")

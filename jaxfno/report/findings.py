@@ -15,7 +15,7 @@ import numpy as np
 from jaxfno.data.simulate import n_positions
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
-from jaxfno.report.branches import null_perturbation_section, null_sentence
+from jaxfno.report.branches import null_perturbation_section, pooled_section, pooled_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
@@ -248,9 +248,10 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = 
                      f"(outcomes: {outcome_text(fixed['outcomes'])}).")
     remedies = [c for c in factorial.values() if c["arm"] not in ("stable", "control")]
     if not remedies:
-        parts.append("The remedies (lower LR, warmup-cosine, clipping) have not yet been run as a factorial in a "
-                     "condition that collapses, so this project cannot yet say whether they prevent the collapse "
-                     "or how often from seeds.")
+        parts.append("The remedies (lower LR, warmup-cosine, clipping) have not yet been run from seeds (the "
+                     "factorial) in a condition that collapses, so this project cannot yet say how often they "
+                     "prevent the collapse, and has no evidence at all on warmup-cosine, whose schedule starts at "
+                     "the first step and so cannot be tested by branching.")
     else:
         for c in remedies:
             parts.append(f"`{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided Fisher p "
@@ -280,6 +281,12 @@ CAVEATS = [
 ]
 
 
+WARMUP_NOTE = ("Warmup-cosine (`stable_warmup` and its combinations) has no branches: its schedule starts at the "
+               "first step, so switching it on mid-run would test another recipe; its evidence can only come from "
+               "seeds. Confirmation at full scale: these branches are full scale; no remedy has run from seeds in "
+               "`asrun` at either scale.")
+
+
 # the null-perturbation branches of the rerun, one folder per branch point: after epoch 17 (the
 # last checkpoint before its divergence) and after epoch 16 (its best, before the epoch-17 kick)
 BRANCH_POINTS = ("branches", "branches_e16")
@@ -293,7 +300,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
-        *(null_sentence(full / name, full / "rerun" / "seed20260128") for name in BRANCH_POINTS),
+        pooled_sentence([full / name for name in BRANCH_POINTS]),
         kick_sentence(full_runs),
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
         _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")])
@@ -311,6 +318,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
+        *pooled_section([full / name for name in BRANCH_POINTS], WARMUP_NOTE),
         *branch_section([full / name for name in BRANCH_POINTS], full / "rerun" / "seed20260128", [root / "stage_a_full_cpu_upstream_gain" / "branches",
                                             root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         *rerun_section(full / "rerun", full / "fidelity" / "asrun" / "stable"),

@@ -27,6 +27,19 @@ def fisher_less(k: int, n: int, k_ref: int, n_ref: int) -> float:
     return float(stats.fisher_exact(table, alternative="less").pvalue)
 
 
+def stratified_fisher_less(tables: Sequence[tuple[int, int, int, int]]) -> float:
+    """One-sided exact test over strata (e.g. branch points), each a table (k, n, k_ref, n_ref) as
+    in ``fisher_less``: conditional on every stratum's margins, the total of k is a sum of
+    independent hypergeometric counts under the null; p = P(total ≤ observed). One stratum gives
+    ``fisher_less``."""
+    pmf = np.ones(1)
+    for k, n, k_ref, n_ref in tables:
+        events = k + k_ref
+        support = np.arange(0, n + 1)
+        pmf = np.convolve(pmf, stats.hypergeom(n + n_ref, events, n).pmf(support))
+    return float(min(1.0, pmf[: sum(t[0] for t in tables) + 1].sum()))
+
+
 def kaplan_meier(times: Sequence[float], observed: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """The survival curve's steps: times (0 first) and S(t) just after each. Censored runs
     leave the risk set after the events at their time."""
