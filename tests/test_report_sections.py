@@ -93,7 +93,7 @@ def test_pooled_over_branch_points(tmp_path):
     table = "\n".join(pooled_section([a, b]))
     assert "| optim.lr=0.00025 | 2, 3 | 5 | 0/5 [0.00, 0.43], p 0.025 | 0/5 [0.00, 0.43], p 0.025 | not reached |" in table
     sentence = pooled_sentence([a, b])
-    assert "from 2 checkpoints (after epochs 2, 3)" in sentence and "only the data order collapsed in 4/5" in sentence
+    assert "from 2 checkpoints (after epochs 2, 3) of one run" in sentence and "only the data order collapsed in 4/5" in sentence
     assert "0/5 [0.00, 0.43] with optim.lr=0.00025 (stratified exact one-sided p 0.025)" in sentence
     assert "also a transient LR cut" in sentence
 

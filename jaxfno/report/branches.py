@@ -49,6 +49,8 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
             "config_hash": result.config.config_hash(), "step_loss": result.history["step_loss"][:start],
             "branch_epoch": branch_epoch, "first_step": start,
             "steps_after": int(np.sum(epoch_steps(result.history))) - start,
+            "source_hash": (read_json(run_dir / "branch.json")["source_config_hash"]
+                            if (run_dir / "branch.json").exists() else None),
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
@@ -173,6 +175,7 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
         rows = [r for rs, _ in strata for r in rs]
         changes = {_change(rs, null) for rs, null in strata}
         out[name] = {"change": " / ".join(sorted(changes)), "points": len(strata), "n": len(rows),
+                     "sources": len({r["source_hash"] for r in rows}),
                      "branch_epochs": sorted({r["branch_epoch"] for r in rows}),
                      "median_delay": km_median(*zip(*map(_delay, rows)))}
         for key, _ in ENDPOINTS:
@@ -190,14 +193,18 @@ def _pooled_cell(s: dict) -> str:
     return f"{s['k']}/{{n}} [{low:.2f}, {high:.2f}]{p}"
 
 
+def _runs(n: int) -> str:
+    return "one run" if n == 1 else f"{n} runs"
+
+
 def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
     """Per change, every branch point's branches together (section 3's table from branches)."""
     summary = pooled_summary(folders)
     if NULL_GROUP not in summary:
         return []
     lines = ["### Per remedy, from full-scale branches", "",
-             "Every null-perturbation branch of section 4 pooled over its branch points (epochs named; one source "
-             "run): per change, the branches reaching each endpoint against those that changed only the data "
+             f"Every null-perturbation branch of section 4 pooled over its branch points (epochs named; "
+             f"source: {_runs(summary[NULL_GROUP]['sources'])}): per change, the branches reaching each endpoint against those that changed only the data "
              "order, with the one-sided exact test stratified by branch point (conditional on each point's "
              "margins). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
              "divergence event (0: an event that began on the steps just before it).", "",
@@ -226,6 +233,7 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
               + ("; switched on mid-run, so also a transient LR cut, see the caveats" if "grad_clip" in s["change"]
                  else "") + ")" for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
     return (f"Branched at full scale from {null['points']} checkpoints (after epochs "
-            f"{', '.join(map(str, null['branch_epochs']))}) of one `stable` `asrun` run shortly before its divergence, "
+            f"{', '.join(map(str, null['branch_epochs']))}) of {_runs(null['sources'])} (`stable`, `asrun`) shortly "
+            "before a divergence, "
             f"the continuations that changed only the data order collapsed in {collapsed(null)}"
             + (", against " + "; ".join(others) if others else "") + " (sections 3 and 4).")
