@@ -205,8 +205,8 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
     lines = ["### Per remedy, from full-scale branches", "",
              f"Every null-perturbation branch of section 4 pooled over its branch points (epochs named; "
              f"source: {_runs(summary[NULL_GROUP]['sources'])}): per change, the branches reaching each "
-             "endpoint against those that changed only the data order, with the one-sided exact test stratified by branch point (conditional on each point's "
-             "margins). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
+             "endpoint against those that changed only the data order, with the one-sided exact test "
+             "stratified by branch point (conditional on each point's margins). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
              "divergence event (0: an event that began on the steps just before it).", "",
              "| change | after epochs | branches | " + " | ".join(
                  f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
