@@ -131,7 +131,7 @@ def test_findings_pool_the_branch_points(tmp_path):
     """FINDINGS.md's answer and section 3 come from every branch point's folder."""
     from jaxfno.report.findings import BRANCH_POINTS, write_findings
 
-    for epoch, folder in zip((2, 3), BRANCH_POINTS):
+    for epoch, (folder, _) in zip((2, 3), BRANCH_POINTS):
         for i in (1, 2):
             _branch(tmp_path / "stage_a_full_asrun" / folder, f"seed_order{i}", [f"train.seed={i}"], "diverged",
                     [10 * epoch + 2], branch_epoch=epoch)

@@ -129,14 +129,14 @@ def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
     return lines + ["", f"![Time to the first divergence event]({folder}/report/survival.png)", ""]
 
 
-def branch_section(null_folders: list[pathlib.Path], source: pathlib.Path, single: list[pathlib.Path]) -> list[str]:
+def branch_section(points: list[tuple[pathlib.Path, pathlib.Path]], single: list[pathlib.Path]) -> list[str]:
     """The null-perturbation branches of each branch point (grouped, with their statistics; a
     folder not made yet is left out after the first), then the older single branches, which have
     no null-perturbation control."""
     from jaxfno.report.runs import finished_run_dirs, runs_markdown
 
     lines = ["## 4. Branch experiments (full scale)", ""]
-    for i, folder in enumerate(null_folders):
+    for i, (folder, source) in enumerate(points):
         if i == 0 or folder.exists():
             lines += null_perturbation_section(folder, "The source and its branch point: the folder's README.", source)
     lines += ["### Single branches (no null-perturbation control)", ""]
@@ -289,7 +289,19 @@ WARMUP_NOTE = ("Warmup-cosine (`stable_warmup` and its combinations) has no bran
 
 # the null-perturbation branches of the rerun, one folder per branch point: after epoch 17 (the
 # last checkpoint before its divergence) and after epoch 16 (its best, before the epoch-17 kick)
-BRANCH_POINTS = ("branches", "branches_e16")
+BRANCH_POINTS = (("branches", "rerun/seed20260128"), ("branches_e16", "rerun/seed20260128"),
+                 # the second source's, after the last epoch before its first divergence event
+                 ("branches_seed20260129_e*", "rerun/seed20260129"))
+
+
+def branch_points(full: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
+    """(branch folder, its source run) of every branch point under ``full`` (patterns expanded;
+    the first source's folders listed even before they exist)."""
+    points = []
+    for pattern, source in BRANCH_POINTS:
+        folders = sorted(full.glob(pattern)) if "*" in pattern else [full / pattern]
+        points += [(folder, full / source) for folder in folders]
+    return points
 
 
 def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = CAVEATS) -> str:
@@ -300,7 +312,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
-        pooled_sentence([full / name for name in BRANCH_POINTS]),
+        pooled_sentence([folder for folder, _ in branch_points(full)]),
         kick_sentence(full_runs),
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
         _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")])
@@ -318,9 +330,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
-        *pooled_section([full / name for name in BRANCH_POINTS], WARMUP_NOTE),
-        *branch_section([full / name for name in BRANCH_POINTS], full / "rerun" / "seed20260128",
-                        [root / "stage_a_full_cpu_upstream_gain" / "branches",
+        *pooled_section([folder for folder, _ in branch_points(full)], WARMUP_NOTE),
+        *branch_section(branch_points(full), [root / "stage_a_full_cpu_upstream_gain" / "branches",
                          root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         *rerun_section(full / "rerun", full / "fidelity" / "asrun" / "stable"),
         *kick_section(full_runs, root),
