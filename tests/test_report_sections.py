@@ -91,10 +91,14 @@ def test_pooled_over_branch_points(tmp_path):
     assert s["seed"]["median_delay"] == 4 and s["lr"]["median_delay"] is None
 
     table = "\n".join(pooled_section([a, b]))
-    assert "| optim.lr=0.00025 | 2, 3 | 5 | 0/5 [0.00, 0.43], p 0.025 | 0/5 [0.00, 0.43], p 0.025 | not reached |" in table
+    # paired by data order: 3 + 1 pairs where only the null branch collapsed, none the other way
+    assert (s["lr"]["collapsed"]["paired_p"], s["lr"]["collapsed"]["pairs"]) == (pytest.approx(0.5 ** 4), 5)
+    assert ("| optim.lr=0.00025 | 2, 3 | 5 | 0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | "
+            "0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | not reached |") in table
     sentence = pooled_sentence([a, b])
     assert "from 2 checkpoints (after epochs 2, 3) of one run" in sentence and "only the data order collapsed in 4/5" in sentence
-    assert "0/5 [0.00, 0.43] with optim.lr=0.00025 (stratified exact one-sided p 0.025)" in sentence
+    assert "0/5 [0.00, 0.43] with optim.lr=0.00025 (p 0.025, paired 0.062; a divergence event in 0/5" in sentence
+    assert sentence.endswith("These are branches of one trajectory, not seeds.")
     assert "also a transient LR cut" in sentence
 
 

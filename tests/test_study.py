@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from jaxfno.config import ConfigError, RunConfig, TrainConfig
-from jaxfno.report.statistics import (fisher_less, kaplan_meier, km_median, logrank_p, stratified_fisher_less,
-                                      wilson_interval)
+from jaxfno.report.statistics import (fisher_less, kaplan_meier, km_median, logrank_p, paired_sign_less,
+                                      stratified_fisher_less, wilson_interval)
 from jaxfno.study import stage_a
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,6 +65,9 @@ def test_wilson_and_fisher():
     h1, h2 = stats.hypergeom(9, 4, 4), stats.hypergeom(6, 3, 3)
     brute = sum(h1.pmf(i) * h2.pmf(j) for i in range(5) for j in range(4) if i + j <= 2)
     assert stratified_fisher_less([(1, 4, 3, 5), (1, 3, 2, 3)]) == pytest.approx(brute)
+    # paired: concordant pairs carry no information; 1 of 5 discordant pairs the other way
+    pairs = [(False, True)] * 4 + [(True, False)] + [(True, True), (False, False)]
+    assert paired_sign_less(pairs) == pytest.approx(6 / 32) and paired_sign_less([(True, True)]) == 1.0
 
 
 def test_kaplan_meier_matches_scipy():

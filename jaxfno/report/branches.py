@@ -18,7 +18,8 @@ import numpy as np
 from jaxfno.evaluation.outcomes import AHEAD, COLLAPSE_OUTCOMES, epoch_steps
 from jaxfno.io import read_json
 from jaxfno.pipeline import RunResult
-from jaxfno.report.statistics import fisher_less, km_median, stratified_fisher_less, wilson_interval
+from jaxfno.report.statistics import (fisher_less, km_median, paired_sign_less, stratified_fisher_less,
+                                      wilson_interval)
 
 NULL_GROUP = "seed"  # the branches that change only train.seed (the data order from the branch point)
 _NAME = re.compile(r"^(?P<group>.+)_order(?P<order>\d+)$")
@@ -123,13 +124,14 @@ def _cell(s: dict, n: int) -> str:
 
 def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
                               source: pathlib.Path | None = None) -> list[str]:
-    lines = ["### Null-perturbation branches", ""]
     groups = branch_rows(folder)
     if not groups:
-        return lines + [f"None finished yet in `{folder}`.", ""]
+        return ["### Null-perturbation branches", "", f"None finished yet in `{folder}`.", ""]
     own = source_row(folder, source, groups) if source is not None else None
     summary = group_summary(groups)
     first = next(iter(groups.values()))[0]
+    lines = [f"### Null-perturbation branches after epoch {first['branch_epoch']} of `{source.name if source else '?'}`",
+             ""]
     lines += [f"Branches in `{folder}` from one checkpoint (after epoch {first['branch_epoch']}, step "
               f"{first['first_step']} onwards), grouped by what they change against the `{NULL_GROUP}` group, "
               "which changes only the data-order seed. " + source_note, "",
@@ -182,15 +184,21 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
             k = sum(bool(r[key]) for r in rows)
             tables = [(sum(bool(r[key]) for r in rs), len(rs), sum(bool(r[key]) for r in null), len(null))
                       for rs, null in strata if null]
+            # the same data order in both groups at the same branch point makes a pair
+            pairs = [(bool(r[key]), bool(n[key])) for rs, null in strata for r in rs for n in null
+                     if n["seed"] == r["seed"]]
             out[name][key] = {"k": k, "wilson95": wilson_interval(k, len(rows)),
-                              "p_vs_null": None if name == NULL_GROUP or not tables else stratified_fisher_less(tables)}
+                              "p_vs_null": None if name == NULL_GROUP or not tables else stratified_fisher_less(tables),
+                              "paired_p": None if name == NULL_GROUP or not pairs else paired_sign_less(pairs),
+                              "pairs": len(pairs)}
     return out
 
 
 def _pooled_cell(s: dict) -> str:
     low, high = s["wilson95"]
     p = "" if s["p_vs_null"] is None else f", p {s['p_vs_null']:.3g}"
-    return f"{s['k']}/{{n}} [{low:.2f}, {high:.2f}]{p}"
+    paired = "" if s["paired_p"] is None else f" (paired: {s['paired_p']:.3g}, {s['pairs']} pairs)"
+    return f"{s['k']}/{{n}} [{low:.2f}, {high:.2f}]{p}{paired}"
 
 
 def _runs(n: int) -> str:
@@ -206,7 +214,9 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
              f"Every null-perturbation branch of section 4 pooled over its branch points (epochs named; "
              f"source: {_runs(summary[NULL_GROUP]['sources'])}): per change, the branches reaching each "
              "endpoint against those that changed only the data order, with the one-sided exact test "
-             "stratified by branch point (conditional on each point's margins). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
+             "stratified by branch point (conditional on each point's margins; with 3 against 3 branches per "
+             "point its smallest possible p is 0.05 per point) and, since each remedy branch shares its data "
+             "order with one null branch, the exact sign test over those pairs (paired). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
              "divergence event (0: an event that began on the steps just before it).", "",
              "| change | after epochs | branches | " + " | ".join(
                  f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
@@ -229,11 +239,18 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
         low, high = s["collapsed"]["wilson95"]
         return f"{s['collapsed']['k']}/{s['n']} [{low:.2f}, {high:.2f}]"
 
-    others = [f"{collapsed(s)} with {s['change']} (stratified exact one-sided p {s['collapsed']['p_vs_null']:.2g}"
-              + ("; switched on mid-run, so also a transient LR cut, see the caveats" if "grad_clip" in s["change"]
-                 else "") + ")" for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
+    def p(c: dict) -> str:
+        return f"p {c['p_vs_null']:.2g}, paired {c['paired_p']:.2g}"
+
+    others = [f"{collapsed(s)} with {s['change']} ({p(s['collapsed'])}; a divergence event in {s['event']['k']}/{s['n']}, "
+              f"{p(s['event'])}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
+                                     if "grad_clip" in s["change"] else "") + ")"
+              for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
     return (f"Branched at full scale from {null['points']} checkpoints (after epochs "
             f"{', '.join(map(str, null['branch_epochs']))}) of {_runs(null['sources'])} (`stable`, `asrun`) shortly "
             "before a divergence, "
             f"the continuations that changed only the data order collapsed in {collapsed(null)}"
-            + (", against " + "; ".join(others) if others else "") + " (sections 3 and 4).")
+            + (", against " + "; ".join(others) if others else "")
+            + " (one-sided exact tests stratified by branch point, and sign tests over the branches paired by data "
+              "order; sections 3 and 4)."
+            + (" These are branches of one trajectory, not seeds." if null["sources"] == 1 else ""))

@@ -223,7 +223,7 @@ def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None
                     f"same machine at another commit parted from the committed one at step {tiny[0]} by "
                     f"{rel[tiny[0]]:.1e} (float rounding) and by more than 10 % at step {large[0]} (section 5; "
                     f"committed / rerun: {' / '.join(_outcome(p.parent) for p in (ref, history_file))}): "
-                    "trajectories here are chaotic, so the timing of a late divergence in one run, or its absence "
+                    "trajectories here are sensitive to float rounding, so the timing of a late divergence in one run, or its absence "
                     "in one branch, says little; seeds (or null-perturbation branches) are the unit of replication.")
     return None
 
@@ -233,7 +233,7 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = 
     parts = []
     asrun, zero, fixed = (fidelity.get(f"stable@{c}") for c in ("asrun", "asrun_zero_phase", "fixed"))
     if zero:
-        verdict = ("Upstream's early collapse did not reproduce at full scale" if zero["collapsed"] == 0
+        verdict = ("Upstream's early collapse was not seen at full scale" if zero["collapsed"] == 0
                    else "Upstream's early collapse reproduced at full scale")
         parts.append(f"{verdict}: on the zero-phase object with the batch gain and the short last batch (SPEC "
                      f"§10's lead) `stable` collapsed in {_ci(zero)} of its seeds within {max(zero['epochs'])} "

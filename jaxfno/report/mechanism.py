@@ -66,7 +66,7 @@ def kick_section(run_dirs: list[pathlib.Path], base: pathlib.Path) -> list[str]:
         return lines + ["No finished runs yet.", ""]
     lines += [f"Per finished run (epochs 2 on, up to its first divergence event): the median gradient norm of the "
               f"short last batch, of the first {WINDOW} steps after it (the next epoch's start) and of the rest "
-              f"of the epoch; the share of steps whose gradient norm exceeds {CLIP} (where the seed's clip "
+              f"of the epoch; the share of steps whose gradient norm exceeds {CLIP} (where the seed question's clip, part of `stable_warmup_clip`, "
               "at 0.5 acts: above 0.5 on nearly every step it rescales every gradient, so Adam sees "
               "unit-norm gradients and the short batch loses its extra weight); and the first divergence "
               "event's position after the last epoch boundary (`jaxfno/report/mechanism.py`).", "",
@@ -97,7 +97,7 @@ def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
     text = (f"Why, as far as the histories show (section 6): upstream's batch gain makes the gradients "
             f"{med('rest', gain) / med('rest', plain):.1f}x larger than without it (median norm {med('rest', gain):.3g} "
             f"against {med('rest', plain):.3g}) and the short last batch a kick ({med('short_grad', gain):.3g}) after "
-            f"which each epoch's first {WINDOW} steps run at {med('after', gain):.3g}; with the gain, the seed's clip at "
+            f"which each epoch's first {WINDOW} steps run at {med('after', gain):.3g}; with the gain, the seed question's clip at "
             f"norm {CLIP} would rescale {100 * med('clipped', gain):.0f} % of all steps after epoch 1, so Adam would see "
             "gradients of one norm and the short batch would lose its extra weight.")
     if events:

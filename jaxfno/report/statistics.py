@@ -40,6 +40,16 @@ def stratified_fisher_less(tables: Sequence[tuple[int, int, int, int]]) -> float
     return float(min(1.0, pmf[: sum(t[0] for t in tables) + 1].sum()))
 
 
+def paired_sign_less(pairs: Sequence[tuple[bool, bool]]) -> float:
+    """One-sided exact sign test over matched pairs (treated, reference) of a binary endpoint (e.g.
+    a remedy's branch and the null branch with the same data order): under the null each
+    discordant pair is either way with probability 1/2; p = P(at most the observed number of
+    discordant pairs in which only the treated one reached the endpoint)."""
+    only_treated = sum(1 for t, r in pairs if t and not r)
+    discordant = only_treated + sum(1 for t, r in pairs if r and not t)
+    return float(stats.binom(discordant, 0.5).cdf(only_treated)) if discordant else 1.0
+
+
 def kaplan_meier(times: Sequence[float], observed: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """The survival curve's steps: times (0 first) and S(t) just after each. Censored runs
     leave the risk set after the events at their time."""
