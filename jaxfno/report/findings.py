@@ -210,6 +210,7 @@ def _calibration_sentence(folder: pathlib.Path, fidelity: dict) -> str | None:
 
 
 def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None:
+    clauses = []
     for history_file in sorted(folder.glob("seed*/history.json")) if folder.exists() else []:
         ref = reference / history_file.parent.name / "history.json"
         if not ref.exists():
@@ -219,13 +220,15 @@ def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None
         rel = np.abs(np.asarray(a[:n]) - np.asarray(b[:n])) / np.maximum(np.abs(np.asarray(a[:n])), 1e-30)
         tiny, large = np.flatnonzero(rel > 0), np.flatnonzero(rel > 0.1)
         if tiny.size and large.size:
-            return (f"The same full-scale run ({history_file.parent.name}) trained again with the same config on the "
-                    f"same machine at another commit parted from the committed one at step {tiny[0]} by "
-                    f"{rel[tiny[0]]:.1e} (float rounding) and by more than 10 % at step {large[0]} (section 5; "
-                    f"committed / rerun: {' / '.join(_outcome(p.parent) for p in (ref, history_file))}): "
-                    "trajectories here are sensitive to float rounding, so the timing of a late divergence in one run, or its absence "
-                    "in one branch, says little; seeds (or null-perturbation branches) are the unit of replication.")
-    return None
+            clauses.append(f"{history_file.parent.name} parted from the committed run at step {tiny[0]} by "
+                           f"{rel[tiny[0]]:.1e} and by more than 10 % at step {large[0]} (committed / rerun: "
+                           f"{' / '.join(_outcome(p.parent) for p in (ref, history_file))})")
+    if not clauses:
+        return None
+    return ("Full-scale runs trained again with the same config on the same machine at another commit (section 5): "
+            + "; ".join(clauses) + ". Trajectories here are sensitive to float rounding, so the timing of a late "
+            "divergence in one run, or its absence in one branch, says little; seeds (or null-perturbation branches) "
+            "are the unit of replication.")
 
 
 def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = ()) -> str:
