@@ -130,8 +130,8 @@ def null_perturbation_section(folder: pathlib.Path, source_note: str = "",
     own = source_row(folder, source, groups) if source is not None else None
     summary = group_summary(groups)
     first = next(iter(groups.values()))[0]
-    lines = [f"### Null-perturbation branches after epoch {first['branch_epoch']} of `{source.name if source else '?'}`",
-             ""]
+    name = source.name if source else "?"
+    lines = [f"### Null-perturbation branches after epoch {first['branch_epoch']} of `{name}`", ""]
     lines += [f"Branches in `{folder}` from one checkpoint (after epoch {first['branch_epoch']}, step "
               f"{first['first_step']} onwards), grouped by what they change against the `{NULL_GROUP}` group, "
               "which changes only the data-order seed. " + source_note, "",
@@ -194,11 +194,11 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
     return out
 
 
-def _pooled_cell(s: dict) -> str:
+def _pooled_cell(s: dict, n: int) -> str:
     low, high = s["wilson95"]
     p = "" if s["p_vs_null"] is None else f", p {s['p_vs_null']:.3g}"
     paired = "" if s["paired_p"] is None else f" (paired: {s['paired_p']:.3g}, {s['pairs']} pairs)"
-    return f"{s['k']}/{{n}} [{low:.2f}, {high:.2f}]{p}{paired}"
+    return f"{s['k']}/{n} [{low:.2f}, {high:.2f}]{p}{paired}"
 
 
 def _runs(n: int) -> str:
@@ -214,17 +214,18 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
              f"Every null-perturbation branch of section 4 pooled over its branch points (epochs named; "
              f"source: {_runs(summary[NULL_GROUP]['sources'])}): per change, the branches reaching each "
              "endpoint against those that changed only the data order, with the one-sided exact test "
-             "stratified by branch point (conditional on each point's margins; with 3 against 3 branches per "
-             "point its smallest possible p is 0.05 per point) and, since each remedy branch shares its data "
-             "order with one null branch, the exact sign test over those pairs (paired). Median steps: Kaplan–Meier median of the steps from the branch point to the first "
-             "divergence event (0: an event that began on the steps just before it).", "",
+             "stratified by branch point (conditional on each point's margins, so a few branches per point "
+             "bound how small p can be) and, since each remedy branch shares its data order with one null "
+             "branch, the exact sign test over those pairs (paired). Median steps: Kaplan–Meier median of the "
+             "steps from the branch point to the first divergence event (0: an event that began on the steps "
+             "just before it).", "",
              "| change | after epochs | branches | " + " | ".join(
                  f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
              + " | median steps to a divergence event |", "|---|---|---|---|---|---|"]
     for s in summary.values():
         median = "not reached" if s["median_delay"] is None else f"{s['median_delay']:.0f}"
         lines.append(f"| {s['change']} | {', '.join(map(str, s['branch_epochs']))} | {s['n']} | "
-                     + " | ".join(_pooled_cell(s[key]).format(n=s["n"]) for key, _ in ENDPOINTS) + f" | {median} |")
+                     + " | ".join(_pooled_cell(s[key], s["n"]) for key, _ in ENDPOINTS) + f" | {median} |")
     return lines + [""] + ([note, ""] if note else [])
 
 
@@ -242,7 +243,8 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
     def p(c: dict) -> str:
         return f"p {c['p_vs_null']:.2g}, paired {c['paired_p']:.2g}"
 
-    others = [f"{collapsed(s)} with {s['change']} ({p(s['collapsed'])}; a divergence event in {s['event']['k']}/{s['n']}, "
+    others = [f"{collapsed(s)} with {s['change']} ({p(s['collapsed'])}; a divergence event in "
+              f"{s['event']['k']}/{s['n']}, "
               f"{p(s['event'])}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
                                      if "grad_clip" in s["change"] else "") + ")"
               for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
