@@ -17,8 +17,8 @@
 # arguments (the K-member profile, im2col seed throughput, the multi-seed arm). With
 # GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints and raw traces) is packed into that
 # file after every stage, so that a run cut short still hands back what it finished.
-# CONV3X3 (xla|im2col) overrides the multi-seed arm's 3×3 convolution, which is
-# otherwise the one that stepped K members faster (--set execution.conv3x3=...).
+# CONV3X3 (xla|im2col) overrides the 3×3 convolution of the multi-seed arm and the factorial,
+# which is otherwise the one that stepped K members faster (--set execution.conv3x3=...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -36,6 +36,10 @@ STAGES=" ${GPU_CHECK_STAGES:-$ALL_STAGES} "
 ARCHIVE=${GPU_CHECK_ARCHIVE:-}
 unset GPU_CHECK_ARCHIVE GPU_CHECK_STAGES
 status=0
+pack() {  # written aside and renamed, so a call cut short mid-write still leaves the last whole archive
+  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT" \
+    && mv "$ARCHIVE.part" "$ARCHIVE"; }
+}
 stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.txt, keep going
   local name=$1 limit=$2; shift 2
   [[ $STAGES == *" $name "* ]] || return 0
@@ -45,8 +49,7 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.t
   local rc=$?
   echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/stages.txt"
   [ $rc -eq 0 ] || status=1
-  # Written aside and renamed, so a call cut short mid-write still leaves the last whole archive.
-  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT" && mv "$ARCHIVE.part" "$ARCHIVE"; }
+  pack
 }
 
 if [ $DRY -eq 0 ]; then
@@ -91,10 +94,19 @@ PY
 # the runs finished so far is written to OUT/factorial each time.
 FACTORIAL_DIR=${FACTORIAL_DIR:-runs/gpu_factorial}
 FACTORIAL_SECONDS=${FACTORIAL_SECONDS:-480}
-# The dry run: one smoke run of `stable` in asrun (the study tests run the fixed condition).
-[ $DRY -eq 0 ] && FACTORIAL=(--conditions asrun fixed --seeds 8) || FACTORIAL=(--conditions asrun --seeds 1 --arms stable)
-stage factorial "$FACTORIAL_SECONDS" "$PY" -m jaxfno study stage-a --scale $SCALE "${FACTORIAL[@]}" \
-  --out "$FACTORIAL_DIR"
+# FACTORIAL_ARMS, FACTORIAL_CONDITIONS and FACTORIAL_SEEDS pick a part of it (the cells that decide
+# the answer first: runs differing only in seed, LR, schedule or clip train as one program, so a
+# part must finish inside one chunk). The dry run: one smoke run of `stable` in asrun.
+if [ $DRY -eq 0 ]; then
+  FACTORIAL=(--conditions ${FACTORIAL_CONDITIONS:-asrun fixed} --seeds ${FACTORIAL_SEEDS:-8})
+  [ -z "${FACTORIAL_ARMS:-}" ] || FACTORIAL+=(--arms $FACTORIAL_ARMS)
+else
+  FACTORIAL=(--conditions asrun --seeds 1 --arms stable)
+fi
+# Deterministic GPU reductions: a rerun of a seed on the same machine gives the same numbers.
+stage factorial "$FACTORIAL_SECONDS" env XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}" \
+  "$PY" -m jaxfno study stage-a --scale $SCALE "${FACTORIAL[@]}" \
+  --set execution.conv3x3=${CONV3X3:-$MULTI_CONV} --out "$FACTORIAL_DIR"
 if [[ $STAGES == *" factorial "* ]] && compgen -G "$FACTORIAL_DIR/*/*/seed*/verdict.json" > /dev/null; then
   "$PY" -m jaxfno study report "$FACTORIAL_DIR" --scale $SCALE > "$OUT/factorial_report.txt" 2>&1
   mkdir -p "$OUT/factorial" && cp -r "$FACTORIAL_DIR/report/." "$OUT/factorial/"
@@ -149,4 +161,6 @@ if factorial.exists():
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+# Once more at the end: the factorial's report and the summary come after the last stage.
+pack
 exit $status
