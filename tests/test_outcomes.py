@@ -9,7 +9,7 @@ import pytest
 from jaxfno import physics
 from jaxfno.config import PhysicsConfig
 from jaxfno.evaluation.outcomes import (amplitude_contrast, classify, constant_plateau,
-                                        divergence_events, judge)
+                                        divergence_events, judge, lowest_trailing_median)
 
 
 def _val_loss_of_constant(x, probe, cfg, c, batch_size):
@@ -93,6 +93,15 @@ def test_divergence_event_and_spikes():
     assert events[0]["epoch"] == 1500 // 431 and events[0]["peak_grad_norm"] == 1e4
     assert events[0]["peak_loss"] == pytest.approx(loss[1495:1595].max())
     assert [s["step"] for s in spikes] == [2500]
+
+
+def test_lowest_trailing_median_stops_before_the_event():
+    # epoch 1 at 1.0, then 150 steps at 0.5 and 150 at 0.2: windows wholly after step 100 only
+    loss = [1.0] * 100 + [0.5] * 150 + [0.2] * 150
+    assert lowest_trailing_median(loss, since=100) == pytest.approx(0.2)
+    # up to the window just before step 300 (steps 200..299: half 0.5, half 0.2)
+    assert lowest_trailing_median(loss, since=100, until=300) == pytest.approx(0.35)
+    assert lowest_trailing_median(loss, since=350) is None  # no whole window after step 350
 
 
 def test_no_event_in_the_first_epoch():

@@ -13,7 +13,8 @@ from jaxfno.report.statistics import fisher_less, stratified_fisher_less
 SOURCE = RunConfig().with_overrides(["train.seed=7"])
 
 
-def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, epochs=4, source=False):
+def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, epochs=4, source=False,
+            trailing_median=None):
     run = folder / name
     cfg = RunConfig().with_overrides(sets)
     write_json(run / "config.json", cfg.to_dict())
@@ -23,6 +24,8 @@ def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, 
     write_json(run / "metrics.json", {})
     write_json(run / "stats.json", {})
     events = [{"step": s, "epoch": s // steps, "peak_loss": 50.0} for s in event_steps]
+    if trailing_median is not None:
+        events = [{**e, "trailing_median": trailing_median} for e in events]
     write_json(run / "verdict.json", {"outcome": outcome, "outcome_details": {
         "events": events, "final_val_loss": 0.2, "contrast": 1.0}})
     if not source:
@@ -147,3 +150,31 @@ def test_findings_pool_the_branch_points(tmp_path):
     section3 = text.split("## 3.")[1].split("## 4.")[0]
     assert "| optim.lr=0.00025 | 2, 3 | 4 |" in section3 and "Warmup-cosine" in section3
     assert (tmp_path / "FINDINGS.md").read_text() == text
+
+
+def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
+    """A remedy without events is set against the loss at which the null branches diverged."""
+    from jaxfno.report.branches import pooled_section, pooled_sentence
+
+    for i in (1, 2):  # 120 steps after the branch point at 0.2: whole 100-step windows exist
+        _branch(tmp_path, f"seed_order{i}", [f"train.seed={i}"], "diverged", [230], steps=60,
+                trailing_median=0.25 + 0.05 * i)
+        _branch(tmp_path, f"lr_order{i}", [f"train.seed={i}", "optim.lr=0.00025"], "healthy", [], steps=60)
+    sentence = pooled_sentence([tmp_path])
+    assert "optim.lr=0.00025 reached a 100-step median training loss of 0.2, below the 0.3–0.35 at which" in sentence
+    table = "\n".join(pooled_section([tmp_path]))
+    assert "| not reached | 0.2 | – |" in table and "| 0.2 | 0.3–0.35 |" in table
+
+
+def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_path):
+    from jaxfno.report.findings import _levels_sentence
+
+    for seed in (1, 2):
+        _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
+                steps=60, source=True, trailing_median=0.3)
+        _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
+                "healthy", [], steps=60, source=True)
+    # windows wholly after epoch 1 start at step 160; the lowest, steps 60..159, has a median of 0.1
+    assert _levels_sentence(tmp_path) == (
+        "`stable_lowlr`'s lowest 100-step median training loss before its end was 0.1, against 0.3 just before "
+        f"`stable`'s divergence events: it reached that level and did not diverge (`{tmp_path.name}`).")

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from jaxfno.evaluation.outcomes import AHEAD, COLLAPSE_OUTCOMES, epoch_steps
+from jaxfno.evaluation.outcomes import AHEAD, COLLAPSE_OUTCOMES, epoch_steps, lowest_trailing_median
 from jaxfno.io import read_json
 from jaxfno.pipeline import RunResult
 from jaxfno.report.statistics import (fisher_less, km_median, paired_sign_less, stratified_fisher_less,
@@ -55,6 +55,7 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
+            "lowest_after": lowest_trailing_median(result.history["step_loss"], start, after[0]["step"] if after else None),
             "peak_loss": float(np.nanmax(loss)) if loss.size else None,
             "final_val": details["final_val_loss"], "contrast": details["contrast"]}
 
@@ -179,7 +180,10 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
         out[name] = {"change": " / ".join(sorted(changes)), "points": len(strata), "n": len(rows),
                      "sources": len({r["source_hash"] for r in rows}),
                      "branch_epochs": sorted({r["branch_epoch"] for r in rows}),
-                     "median_delay": km_median(*zip(*map(_delay, rows)))}
+                     "median_delay": km_median(*zip(*map(_delay, rows))),
+                     "lowest": [r["lowest_after"] for r in rows if r["lowest_after"] is not None],
+                     "at_event": [r["event"]["trailing_median"] for r in rows
+                                  if r["event"] and "trailing_median" in r["event"]]}
         for key, _ in ENDPOINTS:
             k = sum(bool(r[key]) for r in rows)
             tables = [(sum(bool(r[key]) for r in rs), len(rs), sum(bool(r[key]) for r in null), len(null))
@@ -192,6 +196,12 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
                               "paired_p": None if name == NULL_GROUP or not pairs else paired_sign_less(pairs),
                               "pairs": len(pairs)}
     return out
+
+
+def loss_range(values: list[float]) -> str:
+    """min–max of training-loss levels (one value alone; – for none)."""
+    low, high = (f"{f(values):.3g}" for f in (min, max)) if values else ("–", "–")
+    return low if low == high else f"{low}–{high}"
 
 
 def _pooled_cell(s: dict, n: int) -> str:
@@ -218,14 +228,18 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
              "bound how small p can be) and, since each remedy branch shares its data order with one null "
              "branch, the exact sign test over those pairs (paired). Median steps: Kaplan–Meier median of the "
              "steps from the branch point to the first divergence event (0: an event that began on the steps "
-             "just before it).", "",
+             "just before it). Training loss reached: the lowest 100-step median of the step loss over "
+             "windows after the branch point, up to a branch's first divergence event or its end (min–max); "
+             "at the event: the same median just before it.", "",
              "| change | after epochs | branches | " + " | ".join(
                  f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
-             + " | median steps to a divergence event |", "|---|---|---|---|---|---|"]
+             + " | median steps to a divergence event | training loss reached | training loss at the event |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summary.values():
         median = "not reached" if s["median_delay"] is None else f"{s['median_delay']:.0f}"
         lines.append(f"| {s['change']} | {', '.join(map(str, s['branch_epochs']))} | {s['n']} | "
-                     + " | ".join(_pooled_cell(s[key], s["n"]) for key, _ in ENDPOINTS) + f" | {median} |")
+                     + " | ".join(_pooled_cell(s[key], s["n"]) for key, _ in ENDPOINTS)
+                     + f" | {median} | {loss_range(s['lowest'])} | {loss_range(s['at_event'])} |")
     return lines + [""] + ([note, ""] if note else [])
 
 
@@ -255,4 +269,12 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
             + (", against " + "; ".join(others) if others else "")
             + " (one-sided exact tests stratified by branch point, and sign tests over the branches paired by data "
               "order; sections 3 and 4)."
+            + "".join(f" The branches with {s['change']} reached a 100-step median training loss of "
+                      f"{loss_range(s['lowest'])}, {_level(s['lowest'], null['at_event'])} the "
+                      f"{loss_range(null['at_event'])} at which the data-order-only branches diverged."
+                      for s in summary.values() if s["lowest"] and null["at_event"] and not s["at_event"])
             + (" These are branches of one trajectory, not seeds." if null["sources"] == 1 else ""))
+
+
+def _level(reached: list[float], diverged: list[float]) -> str:
+    return "below" if max(reached) < min(diverged) else "as low as" if min(reached) <= max(diverged) else "above"

@@ -1,8 +1,8 @@
 """FINDINGS.md: the study's answer, written from the committed runs (never typed by hand).
 
 Sections, each from its folder of finished runs (study layout ``<condition>/<arm>/seed<s>``):
-the fidelity check at full scale, the proxy calibration, the factorial at proxy scale, the
-full-scale confirmations and branch experiments. A section whose runs do not exist yet says so.
+the fidelity check at full scale, the proxy calibration, the remedies from seeds (full scale,
+``seeds_<machine>``; proxy factorial) and from branches, the branch experiments. A section whose runs do not exist yet says so.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import platform
 import numpy as np
 
 from jaxfno.data.simulate import n_positions
+from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
-from jaxfno.report.branches import null_perturbation_section, pooled_section, pooled_sentence
+from jaxfno.report.branches import loss_range as _range, null_perturbation_section, pooled_section, pooled_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
@@ -111,9 +112,83 @@ def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
                     "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
+def _device(folder: pathlib.Path) -> str:
+    """The device the folder's runs trained on, as their histories record it."""
+    devices = sorted({read_json(h).get("execution", {}).get("device", "?") for h in folder.glob("*/*/seed*/history.json")})
+    return ", ".join(devices) or "?"
+
+
+def seed_folders(full: pathlib.Path) -> list[pathlib.Path]:
+    """Full-scale study folders of remedy arms trained from seeds (``seeds_<machine>``)."""
+    return sorted(p for p in full.glob("seeds_*") if p.is_dir())
+
+
+def _levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
+    """Per cell, how far each run had descended before its first divergence event (or in all)
+    and the trailing median loss at that event: whether a remedy that did not diverge ever
+    reached the loss at which `stable` did."""
+    levels: dict[str, dict[str, list[float]]] = {}
+    for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+        events = r.verdict.get("outcome_details", {}).get("events", [])
+        cell = levels.setdefault(key.cell, {"lowest": [], "at_event": []})
+        lowest = lowest_trailing_median(r.history["step_loss"], epoch_steps(r.history)[0],
+                                        events[0]["step"] if events else None)
+        if lowest is not None:
+            cell["lowest"].append(lowest)
+        if events and "trailing_median" in events[0]:
+            cell["at_event"].append(events[0]["trailing_median"])
+    return levels
+
+
+def _levels_sentence(folder: pathlib.Path) -> str | None:
+    """Did the remedies that diverged less reach the loss at which `stable` diverged?"""
+    levels, clauses = _levels(folder), []
+    for cell, lv in levels.items():
+        arm, condition = cell.split("@")
+        ref = levels.get(f"stable@{condition}")
+        if arm in ("stable", "control") or not ref or not ref["at_event"] or lv["at_event"] or not lv["lowest"]:
+            continue
+        reached = min(lv["lowest"]) <= max(ref["at_event"])
+        clauses.append(f"`{arm}`'s lowest 100-step median training loss before its end was {_range(lv['lowest'])}, "
+                       f"against {_range(ref['at_event'])} just before `stable`'s divergence events: "
+                       + ("it reached that level and did not diverge" if reached else
+                          "it never reached the level at which `stable` diverged, so these seeds cannot tell "
+                          "prevention from delay"))
+    return ("; ".join(clauses) + f" (`{folder.name}`).") if clauses else None
+
+
+def seeds_section(folders: list[pathlib.Path]) -> list[str]:
+    lines = ["## 3. The remedies", "", "### From seeds at full scale", ""]
+    rows = []
+    for folder in folders:
+        for c in _cells(folder).values():
+            lv = _levels(folder).get(f"{c['arm']}@{c['condition']}", {"lowest": [], "at_event": []})
+            rows.append(f"| `{folder.name}` ({_device(folder)}) | {c['arm']} | {c['condition']} | {c['n']} | "
+                        f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_p(c['fisher_p_vs_stable'])} | {_median(c)} | "
+                        f"{_p(c['logrank_p_vs_stable'])} | {_epochs(c)} | {_fmt(c['best_val_loss'])} | "
+                        f"{_range(lv['lowest'])} | {_range(lv['at_event'])} |")
+    if not rows:
+        return lines + ["No remedy arm has run from seeds at full scale yet.", ""]
+    lines += ["Each folder is one machine; its arms differ only in their recipe and share the seeds (initialisation "
+              "and data order), so each remedy is tested against `stable` on the same machine (one-sided Fisher; "
+              "two-sided log-rank on the first divergence event; divergence epochs 1-based). Training loss reached: "
+              "the lowest 100-step median of the step loss after epoch 1, up to the run's first divergence event "
+              "or its end, min–max over seeds; at the event: the same median just before it.", "",
+              "| runs | arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | "
+              "median time to divergence | log-rank p | divergence epochs | best val | training loss reached | "
+              "training loss at the event |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    for sentence in filter(None, map(_levels_sentence, folders)):
+        lines += [sentence, ""]
+    for folder in folders:
+        if (folder / "report" / "survival.png").exists():
+            lines += [f"![Time to the first divergence event, `{folder.name}`]({folder}/report/survival.png)", ""]
+    return lines
+
+
 def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
     cells = _cells(folder)
-    lines = ["## 3. The remedies (factorial at proxy scale)", ""]
+    lines = ["### Factorial at proxy scale", ""]
     if not cells:
         return lines + ["Not run yet: the factorial (SPEC §7's six arms × asrun, fixed × ≥ 8 seeds) waits for a "
                         "calibrated proxy scale.", ""]
@@ -231,7 +306,33 @@ def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None
             "are the unit of replication.")
 
 
-def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = ()) -> str:
+def _how(cell: dict) -> str:
+    constant = cell["outcomes"].get("collapsed_constant", 0)
+    if constant:
+        return f"{constant} of them ending at a constant output"
+    return "by divergence rather than to a constant output" if cell["outcomes"].get("diverged") else "without divergence"
+
+
+def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
+    """The full-scale seed cells: `stable` and each remedy against it, per machine."""
+    parts = []
+    for folder in folders:
+        cells = _cells(folder)
+        for condition in sorted({c["condition"] for c in cells.values()}):
+            ref = cells.get(f"stable@{condition}")
+            remedies = [c for c in cells.values() if c["condition"] == condition and c["arm"] not in ("stable", "control")]
+            if not ref or not remedies:
+                continue
+            parts.append(
+                f"From seeds at full scale on another machine ({_device(folder)}, `{folder.name}`, `{condition}`, "
+                f"{ref['n']} seeds per arm): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
+                f"first divergence events in epochs {_epochs(ref)}), while "
+                + "; ".join(f"`{c['arm']}` collapsed in {_ci(c)} (one-sided Fisher p {_p(c['fisher_p_vs_stable'])}, "
+                            f"log-rank p {_p(c['logrank_p_vs_stable'])} against `stable`)" for c in remedies) + ".")
+    return " ".join(parts) or None
+
+
+def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = (), seeds: dict = {}) -> str:
     """The answer, sentence by sentence from the cells (nothing typed by hand)."""
     parts = []
     asrun, zero, fixed = (fidelity.get(f"stable@{c}") for c in ("asrun", "asrun_zero_phase", "fixed"))
@@ -245,21 +346,23 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = 
         parts.append(f"With set_phi on (`asrun`: the gain and the short batch, {max(asrun['epochs'])} epochs) it "
                      f"collapsed in "
                      f"{_ci(asrun)} (outcomes: {outcome_text(asrun['outcomes'])}), late (epochs "
-                     f"{_epochs(asrun)}), by divergence rather than to a constant output.")
+                     f"{_epochs(asrun)}), {_how(asrun)}.")
     if fixed:
         parts.append(f"In the `fixed` condition (SPEC as written) it collapsed in {_ci(fixed)} "
                      f"(outcomes: {outcome_text(fixed['outcomes'])}).")
-    remedies = [c for c in factorial.values() if c["arm"] not in ("stable", "control")]
-    if not remedies:
-        parts.append("The remedies (lower LR, warmup-cosine, clipping) have not yet been run from seeds (the "
-                     "factorial) in a condition that collapses, so this project cannot yet say how often they "
-                     "prevent the collapse, and has no evidence at all on warmup-cosine, whose schedule starts at "
-                     "the first step and so cannot be tested by branching.")
-    else:
-        for c in remedies:
-            parts.append(f"`{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided Fisher p "
-                         f"{_p(c['fisher_p_vs_stable'])} against `stable`.")
+    for c in factorial.values():
+        if c["arm"] not in ("stable", "control"):
+            parts.append(f"At proxy scale, `{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided "
+                         f"Fisher p {_p(c['fisher_p_vs_stable'])} against `stable`.")
     parts += [sentence for sentence in extra if sentence]
+    run = {c["arm"] for cells in (factorial, seeds) for c in cells.values()}
+    missing = [arm for arm in stage_a.SPEC_ARMS if arm not in run | {"control", "stable"}]
+    if missing:
+        warmup = [arm for arm in stage_a.SPEC_ARMS if "warmup" in arm]
+        parts.append("Not yet run from seeds in a condition that collapses, at either scale: "
+                     + ", ".join(f"`{arm}`" for arm in missing) + "."
+                     + (" So there is no evidence at all on warmup-cosine, whose schedule starts at the first step "
+                        "and so cannot be tested by branching." if set(warmup) <= set(missing) else ""))
     return " ".join(parts)
 
 
@@ -286,8 +389,7 @@ CAVEATS = [
 
 WARMUP_NOTE = ("Warmup-cosine (`stable_warmup` and its combinations) has no branches: its schedule starts at the "
                "first step, so switching it on mid-run would test another recipe; its evidence can only come from "
-               "seeds. Confirmation at full scale: these branches are full scale; no remedy has run from seeds in "
-               "`asrun` at either scale.")
+               "seeds. These branches are full scale.")
 
 
 # the null-perturbation branches of the rerun, one folder per branch point: after epoch 17 (the
@@ -310,15 +412,18 @@ def branch_points(full: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]
 def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = CAVEATS) -> str:
     """Assemble FINDINGS.md from ``root``'s results folders."""
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
-    confirm = _cells(root / "stage_a_full_asrun" / "confirm")
     full = root / "stage_a_full_asrun"
+    seeds = seed_folders(full)
+    confirm = {key: cell for folder in seeds for key, cell in _cells(folder).items()}
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
+    seed_runs = [run for folder in seeds for run in sorted(folder.glob("*/*/seed*"))]
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
+        _seeds_sentence(seeds), *map(_levels_sentence, seeds),
         pooled_sentence([folder for folder, _ in branch_points(full)]),
-        kick_sentence(full_runs),
+        kick_sentence(full_runs + [run for run in seed_runs if run.parent.name == "stable"]),
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
-        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")])
+        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")], confirm)
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -332,12 +437,13 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         "",
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
+        *seeds_section(seeds),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
         *pooled_section([folder for folder, _ in branch_points(full)], WARMUP_NOTE),
         *branch_section(branch_points(full), [root / "stage_a_full_cpu_upstream_gain" / "branches",
                          root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         *rerun_section(full / "rerun", full / "fidelity" / "asrun" / "stable"),
-        *kick_section(full_runs, root),
+        *kick_section(full_runs + seed_runs, root),
         "## Caveats",
         "",
         *[f"- {c}" for c in caveats],
