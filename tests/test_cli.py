@@ -435,3 +435,31 @@ def test_profile_benchmark_traces_and_summarises_device_timelines(grid_lines_dat
     assert stream["busy_s_per_step"] == pytest.approx(17e-6 / 2)  # union [0, 15] + [30, 32]
     assert stream["top"][0] == ["conv", pytest.approx(20e-6 / 2), 1.0]
     assert stream["events_per_step"] == 1.5
+
+
+def test_study_expectations_keep_one_section_per_device(tmp_path):
+    """A seed collapses on one machine and not on another: each device's runs get their own section."""
+    from jaxfno.io import write_json
+    from jaxfno.study import stage_a
+
+    def run(name, seed, device, outcome):
+        d = tmp_path / name / f"seed{seed}"
+        write_json(d / "config.json", stage_a.config("stable", "smoke", seed).to_dict())
+        write_json(d / "history.json", {"val_loss": [0.1, 0.3], "execution": {"device": device}})
+        for artifact in ("metrics.json", "stats.json"):
+            write_json(d / artifact, {})
+        write_json(d / "verdict.json", {"outcome": outcome, "outcome_details": {"outcome": outcome,
+            "events": [], "best_val_loss": 0.1, "final_val_loss": 0.3, "plateau": 0.28, "contrast": 0.0}})
+
+    run("cpu", 1, "cpu", "collapsed_constant")
+    run("gpu", 1, "NVIDIA H200", "healthy")
+    run("gpu", 2, "NVIDIA H200", "diverged")
+    file = tmp_path / "expectations.json"
+    write_json(file, {"_comment": "kept", "reduced": {"x": "kept"}})
+    assert cli.main(["study", "expectations", "--scale", "smoke", "--file", str(file),
+                     str(tmp_path / "cpu"), str(tmp_path / "gpu")]) == 0
+    sections = json.loads(file.read_text())
+    assert sections["_comment"] == "kept" and sections["reduced"] == {"x": "kept"}
+    assert list(sections["smoke"]) == ["fixed-stable-seed1"] and "on cpu" in sections["smoke"]["fixed-stable-seed1"]
+    assert list(sections["smoke@NVIDIA H200"]) == ["fixed-stable-seed2"]
+    assert stage_a.expectation_section("smoke", {"execution": {"device": "cpu"}}) == "smoke"

@@ -98,13 +98,14 @@ def cmd_study_report(a) -> int:
 
 
 def cmd_study_expectations(a) -> int:
-    """Rewrite one scale's entries of the study's expectations from finished runs."""
+    """Rewrite one scale's sections of the study's expectations from finished runs: one section per
+    device the runs trained on (``stage_a.expectation_section``), each with the runs that collapsed."""
     from jaxfno.evaluation.outcomes import COLLAPSE_OUTCOMES
     from jaxfno.io import write_json
     from jaxfno.pipeline import BRANCH_FILE, RunResult
     from jaxfno.study import stage_a
 
-    entries: dict[str, str] = {}
+    sections: dict[str, dict[str, str]] = {}
     for root in map(pathlib.Path, a.dirs):
         for verdict in sorted(root.rglob("verdict.json")):
             run_dir = verdict.parent
@@ -113,11 +114,12 @@ def cmd_study_expectations(a) -> int:
             result = RunResult.load(run_dir)
             if "outcome" not in result.verdict:
                 raise ConfigError(f"{run_dir}: no SPEC §6.3 outcome; run 'jaxfno rejudge {run_dir}' first")
+            device = stage_a.run_device(result.history)
+            entries = sections.setdefault(stage_a.expectation_section(a.scale, result.history), {})
             if result.verdict["outcome"] not in COLLAPSE_OUTCOMES:
                 continue
             d = result.verdict["outcome_details"]
             event = d["events"][0] if d["events"] else None
-            device = result.history.get("execution", {}).get("device", "unknown device")
             evidence = (f"{run_dir}: {d['outcome']} on {device}"
                         + (f", first divergence event at step {event['step']} (epoch {event['epoch'] + 1} of "
                            f"{len(result.history['val_loss'])}), peak loss {event['peak_loss']:.4g}" if event else "")
@@ -126,11 +128,14 @@ def cmd_study_expectations(a) -> int:
                           "another trajectory")
             for arm, condition in stage_a.identify(result.config, a.scale):
                 entries[f"{condition}-{arm}-seed{result.config.train.seed}"] = evidence
+    if not sections:
+        raise ConfigError(f"no finished run under {', '.join(a.dirs)}")
     path = pathlib.Path(a.file)
     current = read_json(path) if path.exists() else {}
-    current[a.scale] = dict(sorted(entries.items()))
-    write_json(path, current)
-    print(f"{path}: {len(entries)} run id(s) expected to collapse at scale {a.scale}")
+    for section, entries in sections.items():
+        current[section] = dict(sorted(entries.items()))
+        print(f"{path}: {len(entries)} run id(s) expected to collapse at scale {section}")
+    write_json(path, dict(sorted(current.items())))
     return 0
 
 

@@ -55,7 +55,8 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
-            "lowest_after": lowest_trailing_median(result.history["step_loss"], start, after[0]["step"] if after else None),
+            "lowest_after": lowest_trailing_median(result.history["step_loss"], start,
+                                                   after[0]["step"] if after else None),
             "peak_loss": float(np.nanmax(loss)) if loss.size else None,
             "final_val": details["final_val_loss"], "contrast": details["contrast"]}
 

@@ -2,7 +2,8 @@
 
 Sections, each from its folder of finished runs (study layout ``<condition>/<arm>/seed<s>``):
 the fidelity check at full scale, the proxy calibration, the remedies from seeds (full scale,
-``seeds_<machine>``; proxy factorial) and from branches, the branch experiments. A section whose runs do not exist yet says so.
+``seeds_<machine>``; proxy factorial) and from branches, the branch experiments. A section whose
+runs do not exist yet says so.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
 
 def _device(folder: pathlib.Path) -> str:
     """The device the folder's runs trained on, as their histories record it."""
-    devices = sorted({read_json(h).get("execution", {}).get("device", "?") for h in folder.glob("*/*/seed*/history.json")})
+    devices = sorted({stage_a.run_device(read_json(h)) for h in folder.glob("*/*/seed*/history.json")})
     return ", ".join(devices) or "?"
 
 
@@ -310,7 +311,8 @@ def _how(cell: dict) -> str:
     constant = cell["outcomes"].get("collapsed_constant", 0)
     if constant:
         return f"{constant} of them ending at a constant output"
-    return "by divergence rather than to a constant output" if cell["outcomes"].get("diverged") else "without divergence"
+    diverged = cell["outcomes"].get("diverged")
+    return "by divergence rather than to a constant output" if diverged else "without divergence"
 
 
 def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
@@ -320,12 +322,14 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
         cells = _cells(folder)
         for condition in sorted({c["condition"] for c in cells.values()}):
             ref = cells.get(f"stable@{condition}")
-            remedies = [c for c in cells.values() if c["condition"] == condition and c["arm"] not in ("stable", "control")]
+            remedies = [c for c in cells.values()
+                        if c["condition"] == condition and c["arm"] not in ("stable", "control")]
             if not ref or not remedies:
                 continue
             parts.append(
                 f"From seeds at full scale on another machine ({_device(folder)}, `{folder.name}`, `{condition}`, "
-                f"{ref['n']} seeds per arm): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
+                f"{ref['n']} seeds per arm): `stable` collapsed in {_ci(ref)} "
+                f"(outcomes: {outcome_text(ref['outcomes'])}; "
                 f"first divergence events in epochs {_epochs(ref)}), while "
                 + "; ".join(f"`{c['arm']}` collapsed in {_ci(c)} (one-sided Fisher p {_p(c['fisher_p_vs_stable'])}, "
                             f"log-rank p {_p(c['logrank_p_vs_stable'])} against `stable`)" for c in remedies) + ".")

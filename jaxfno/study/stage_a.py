@@ -168,6 +168,18 @@ def identify(cfg: RunConfig, scale: str | Scale) -> list[tuple[str, str]]:
     return found
 
 
+def run_device(history: dict) -> str:
+    """The device a run trained on, as its history records it."""
+    return history.get("execution", {}).get("device", "unknown device")
+
+
+def expectation_section(scale: str, history: dict) -> str:
+    """The section of ``expectations.json`` for a run at ``scale`` with this history: a seed's
+    trajectory, and so whether it collapses, depends on the hardware it trained on."""
+    device = run_device(history)
+    return scale if device == "cpu" else f"{scale}@{device}"
+
+
 def seeds_for(count: int) -> list[int]:
     """The study seed first, then consecutive seeds."""
     return [STUDY_SEED + i for i in range(count)]

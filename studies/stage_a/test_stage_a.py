@@ -28,7 +28,7 @@ def describe(result) -> str:
 
 def test_no_collapse(study, run_key, expectations, request):
     result = study.result(run_key)
-    evidence = expectations.get(run_key.id)
+    evidence = expectations(result.history).get(run_key.id)
     if evidence:
         request.applymarker(pytest.mark.xfail(strict=True, reason=evidence))
     assert result.verdict["outcome"] not in COLLAPSE_OUTCOMES, describe(result)
