@@ -178,3 +178,22 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
     assert _levels_sentence(tmp_path) == (
         "`stable_lowlr`'s lowest 100-step median training loss before its end was 0.1, against 0.3 just before "
         f"`stable`'s divergence events: it reached that level and did not diverge (`{tmp_path.name}`).")
+
+
+def test_level_sentence_places_the_divergences_in_the_descent():
+    from types import SimpleNamespace
+
+    from jaxfno.report.findings import level_sentence
+
+    def run(loss, event=None):
+        events = [{"step": event, "trailing_median": loss[event - 1]}] if event else []
+        return SimpleNamespace(history={"step_loss": loss, "epoch_steps": [50] * (len(loss) // 50)},
+                               verdict={"outcome_details": {"events": events}})
+
+    descent = [0.3] * 150 + [0.1] * 150  # epoch 1 (50 steps), then 0.3, then 0.1
+    runs = [("a", run(descent + [9.0] * 20, event=300)), ("b", run([0.3] * 300)), ("c", run(descent))]
+    assert level_sentence(runs) == (
+        "Across the 3 `asrun` runs from seeds at full and proxy scale, every first divergence event (1) came once "
+        "the 100-step median training loss had fallen to 0.1; of the runs without one, 1 never got that low "
+        "(lowest 0.3; b 1) and 1 got as low and stayed healthy (lowest 0.1; c 1) (sections 2 and 3).")
+    assert level_sentence(runs[1:]) is None  # no divergence event to place

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import platform
+from collections import Counter
 
 import numpy as np
 
@@ -81,13 +82,17 @@ def _fmt(stat, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
-def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
+def calibration_section(folder: pathlib.Path, reference: dict, reference_levels: dict = {}) -> list[str]:
     lines = ["## 2. Proxy calibration (SPEC §7.3)", ""]
     scales = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
     rows = []
     for scale_dir in scales:
+        levels = _levels(scale_dir)
         for c in _cells(scale_dir).values():
             ref = reference.get(f"stable@{c['condition']}")
+            cell = f"{c['arm']}@{c['condition']}"
+            reached = _range(levels.get(cell, {}).get("lowest", []))
+            ref_events = _range(reference_levels.get(f"stable@{c['condition']}", {}).get("at_event", []))
             verdict = "–"
             if ref:
                 low, high = ref["p_collapse_wilson95"]
@@ -101,16 +106,19 @@ def calibration_section(folder: pathlib.Path, reference: dict) -> list[str]:
                     + (f" (stops after {s.stop_after})" if s and s.stop_after else "")) if s else "?"
             rows.append(f"| {scale_dir.name} | {size} | {c['arm']} | {c['condition']} | {c['n']} | "
                         f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_epochs(c)} | {_fmt(c['best_val_loss'])} | "
-                        f"{_fmt(ref['best_val_loss']) if ref else '–'} | {verdict} |")
+                        f"{_fmt(ref['best_val_loss']) if ref else '–'} | {reached} | {ref_events} | {verdict} |")
     if not rows:
         return lines + ["Not run yet.", ""]
     return lines + ["Every calibration run, against the full-scale rate of the same condition (section 1): a "
                     "candidate reproduces when each rate lies in the other's 95 % Wilson interval. Best val: the "
                     "lowest validation loss of each run (mean ± SD over seeds), beside full scale's in the same "
-                    "condition: the full-scale divergences came after the loss had fallen that low.", "",
+                    "condition: the full-scale divergences came after the loss had fallen that low. Training loss "
+                    "reached: the lowest 100-step median of the step loss after epoch 1 (up to a first divergence "
+                    "event), min–max over seeds, beside the same median just before full scale's events.", "",
                     "| candidate | size | arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | "
-                    "divergence epochs | best val | full scale's best val | within the full-scale interval |",
-                    "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+                    "divergence epochs | best val | full scale's best val | training loss reached | full scale's "
+                    "training loss at its events | within the full-scale interval |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _device(folder: pathlib.Path) -> str:
@@ -139,6 +147,34 @@ def _levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
         if events and "trailing_median" in events[0]:
             cell["at_event"].append(events[0]["trailing_median"])
     return levels
+
+
+def _run_level(r) -> tuple[float | None, float | None]:
+    """(lowest trailing median before the first divergence event or the end, the one at that event)."""
+    events = r.verdict.get("outcome_details", {}).get("events", [])
+    until = events[0]["step"] if events else None
+    lowest = lowest_trailing_median(r.history["step_loss"], epoch_steps(r.history)[0], until)
+    return lowest, (events[0].get("trailing_median") if events else None)
+
+
+def level_sentence(results: list[tuple[str, object]]) -> str | None:
+    """Where in the descent the divergences came, over (label, run) pairs of one condition."""
+    levels = [(label, *_run_level(r)) for label, r in results]
+    at_event = [e for _, _, e in levels if e is not None]
+    quiet = [(label, low) for label, low, e in levels if e is None and low is not None]
+    if not at_event or not quiet:
+        return None
+
+    def which(group):
+        return ", ".join(f"{label} {n}" for label, n in Counter(label for label, _ in group).items())
+
+    above = [q for q in quiet if q[1] > max(at_event)]
+    below = [q for q in quiet if q[1] <= max(at_event)]
+    return (f"Across the {len(levels)} `asrun` runs from seeds at full and proxy scale, every first divergence "
+            f"event ({len(at_event)}) came once the 100-step median training loss had fallen to "
+            f"{_range(at_event)}; of the runs without one, {len(above)} never got that low (lowest "
+            f"{_range([low for _, low in above])}; {which(above) or 'none'}) and {len(below)} got as low and stayed "
+            f"healthy (lowest {_range([low for _, low in below])}; {which(below) or 'none'}) (sections 2 and 3).")
 
 
 def _levels_sentence(folder: pathlib.Path) -> str | None:
@@ -403,6 +439,10 @@ BRANCH_POINTS = (("branches", "rerun/seed20260128"), ("branches_e16", "rerun/see
                  ("branches_seed20260129_e*", "rerun/seed20260129"))
 
 
+def _dirs(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+
+
 def branch_points(full: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
     """(branch folder, its source run) of every branch point under ``full`` (patterns expanded;
     the first source's folders listed even before they exist)."""
@@ -424,6 +464,10 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
         _seeds_sentence(seeds), *map(_levels_sentence, seeds),
+        level_sentence([(f"{key.arm} ({folder.name})", r)
+                        for folder in [full / "fidelity", *seeds, *_dirs(root / "stage_a_proxy" / "calibration")]
+                        for key, r in (finished_runs(folder) if folder.exists() else {}).items()
+                        if key.condition == "asrun"]),
         pooled_sentence([folder for folder, _ in branch_points(full)]),
         kick_sentence(full_runs + [run for run in seed_runs if run.parent.name == "stable"]),
         _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
@@ -440,7 +484,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         answer,
         "",
         *fidelity_lines,
-        *calibration_section(root / "stage_a_proxy" / "calibration", fidelity),
+        *calibration_section(root / "stage_a_proxy" / "calibration", fidelity,
+                             _levels(root / "stage_a_full_asrun" / "fidelity")),
         *seeds_section(seeds),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
         *pooled_section([folder for folder, _ in branch_points(full)], WARMUP_NOTE),
