@@ -15,8 +15,10 @@
 # --dry-run runs the stages at toy size on whatever device JAX sees (CI runs it on the CPU); it
 # skips the test suite, which CI runs anyway, and the stages that repeat another with other
 # arguments (the K-member profile, im2col seed throughput, the multi-seed arm). With
-# GPU_CHECK_ARCHIVE=FILE.tgz set, OUT (without checkpoints and raw traces) is packed into that
-# file after every stage, so that a run cut short still hands back what it finished.
+# GPU_CHECK_ARCHIVE=DIR set, OUT and the factorial's runs (without checkpoints and raw traces) are
+# packed after every stage into DIR/gpu.tar.xz.part_aa, _ab, ... of at most 15 MB each (the device
+# tool hands back files of up to 16 MiB; `cat DIR/gpu.tar.xz.part_* | tar xJf -` unpacks), so that
+# a call cut short still hands back what it finished.
 # CONV3X3 (xla|im2col) overrides the 3×3 convolution of the multi-seed arm and the factorial,
 # which is otherwise the one that stepped K members faster (--set execution.conv3x3=...).
 set -uo pipefail
@@ -37,8 +39,13 @@ ARCHIVE=${GPU_CHECK_ARCHIVE:-}
 unset GPU_CHECK_ARCHIVE GPU_CHECK_STAGES
 status=0
 pack() {  # written aside and renamed, so a call cut short mid-write still leaves the last whole archive
-  [ -z "$ARCHIVE" ] || { tar czf "$ARCHIVE.part" --exclude=checkpoints --exclude='*.xplane.pb' "$OUT" \
-    && mv "$ARCHIVE.part" "$ARCHIVE"; }
+  [ -n "$ARCHIVE" ] || return 0
+  local dirs=("$OUT") tmp="$ARCHIVE.writing"
+  [[ -z "${FACTORIAL_DIR:-}" || "$(realpath -m "$FACTORIAL_DIR")/" == "$(realpath -m "$OUT")/"* ]] \
+    || [ ! -d "$FACTORIAL_DIR" ] || dirs+=("$FACTORIAL_DIR")
+  rm -rf "$tmp" && mkdir -p "$tmp" \
+    && tar cJf - --exclude=checkpoints --exclude='*.xplane.pb' --exclude='.*.lock' "${dirs[@]}" 2> /dev/null \
+    | split -b 15M - "$tmp/gpu.tar.xz.part_" && rm -rf "$ARCHIVE" && mv "$tmp" "$ARCHIVE"
 }
 stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.txt, keep going
   local name=$1 limit=$2; shift 2

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh runs end to end at toy size (its --dry-run mode) on whatever device JAX
 sees: the CPU in CI, the GPU when the suite runs on a GPU machine."""
 
+import io
 import os
 import pathlib
 import subprocess
@@ -15,15 +16,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow  # CI time: minutes on 2 cores; run with -m slow
 def test_gpu_check_dry_run(tmp_path):
-    out, archive = tmp_path / "gpu", tmp_path / "gpu.tgz"
+    out, archive = tmp_path / "gpu", tmp_path / "archive"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}  # no outer run's settings
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
                           env={**env, "PYTHON": sys.executable, "GPU_CHECK_ARCHIVE": str(archive),
                                "FACTORIAL_DIR": str(tmp_path / "factorial_runs")},
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with tarfile.open(archive) as packed:  # the archive holds OUT, without checkpoints
-        names = packed.getnames()
+    parts = sorted(archive.glob("gpu.tar.xz.part_*"))
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:xz") as packed:
+        names = packed.getnames()  # OUT and the factorial's runs, without checkpoints
+    assert any("factorial_runs/asrun/stable/seed" in n for n in names)
     assert any(n.endswith("gpu/bench_step.json") for n in names)
     assert not any("/checkpoints/" in n for n in names)
     summary = (out / "summary.md").read_text()
