@@ -197,3 +197,10 @@ def test_level_sentence_places_the_divergences_in_the_descent():
         "the 100-step median training loss had fallen to 0.1; of the runs without one, 1 never got that low "
         "(lowest 0.3; b 1) and 1 got as low and stayed healthy (lowest 0.1; c 1) (sections 2 and 3).")
     assert level_sentence(runs[1:]) is None  # no divergence event to place
+
+
+def test_early_start_p():
+    from jaxfno.report.mechanism import early_start_p
+
+    assert early_start_p([(9, 100), (3, 100)]) == (9, pytest.approx(0.01))
+    assert early_start_p([(99, 100)]) == (99, 1.0)

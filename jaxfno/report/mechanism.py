@@ -85,6 +85,14 @@ def kick_section(run_dirs: list[pathlib.Path], base: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
+def early_start_p(events: list[tuple[int, int]]) -> tuple[int, float]:
+    """(largest position, p) for events given as (steps after the epoch's start, the epoch's
+    steps): the chance that every event starts within the first largest + 1 steps of its epoch
+    were the starts uniform over the epoch (a one-sided test of the largest position)."""
+    latest = max(since for since, _ in events)
+    return latest, float(np.prod([min(1.0, (latest + 1) / n) for _, n in events]))
+
+
 def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
     """The section's reading for the answer paragraph, from the same rows."""
     rows = [kick_row(RunResult.load(d)) for d in run_dirs if (d / "verdict.json").exists()]
@@ -102,5 +110,7 @@ def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
             "gradients of one norm and the short batch would lose its extra weight.")
     if events:
         where = ", ".join(f"{since} of {n}" for since, n in events)
-        text += f" The divergences began {where} steps into their epoch."
+        latest, p = early_start_p(events)
+        text += (f" The divergences began {where} steps into their epoch: were the starts uniform over the "
+                 f"epoch, all {len(events)} would lie within the first {latest + 1} steps with probability {p:.2g}.")
     return text
