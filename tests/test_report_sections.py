@@ -176,8 +176,9 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
                 "healthy", [], steps=60, source=True)
     # windows wholly after epoch 1 start at step 160; the lowest, steps 60..159, has a median of 0.1
     assert _levels_sentence(tmp_path) == (
-        "`stable_lowlr`'s lowest 100-step median training loss before its end was 0.1, against 0.3 just before "
-        f"`stable`'s divergence events: it reached that level and did not diverge (`{tmp_path.name}`).")
+        "`stable_lowlr`'s lowest 100-step median training loss after epoch 1 was 0.1, against 0.3 just before "
+        "`stable`'s divergence events; at the steps where `stable` diverged, the same seeds' `stable_lowlr` runs "
+        f"were at 0.2: it reached that level and did not diverge (`{tmp_path.name}`).")
 
 
 def test_level_sentence_places_the_divergences_in_the_descent():
@@ -191,11 +192,13 @@ def test_level_sentence_places_the_divergences_in_the_descent():
                                verdict={"outcome_details": {"events": events}})
 
     descent = [0.3] * 150 + [0.1] * 150  # epoch 1 (50 steps), then 0.3, then 0.1
-    runs = [("a", run(descent + [9.0] * 20, event=300)), ("b", run([0.3] * 300)), ("c", run(descent))]
+    runs = [("a", run(descent + [9.0] * 20, event=300)), ("b", run([0.3] * 300)), ("c", run(descent)),
+            ("c", run([0.3] * 150 + [0.05] * 150))]
     assert level_sentence(runs) == (
-        "Across the 3 `asrun` runs from seeds at full and proxy scale, every first divergence event (1) came once "
-        "the 100-step median training loss had fallen to 0.1; of the runs without one, 1 never got that low "
-        "(lowest 0.3; b 1) and 1 got as low and stayed healthy (lowest 0.1; c 1) (sections 2 and 3).")
+        "Over the 4 full-scale `asrun` runs from seeds (both machines), the 100-step median training loss just "
+        "before each of the 1 first divergence events was 0.1. Of the runs without an event, 1 (lowest 0.05; c 1) "
+        "went lower than that without diverging, so this level alone does not set a divergence off; 1 (lowest "
+        "0.1; c 1) reached it; 1 (lowest 0.3; b 1) never got as low (section 3).")
     assert level_sentence(runs[1:]) is None  # no divergence event to place
 
 

@@ -90,7 +90,7 @@ def constant_plateau(test_diffraction, probe, physics_cfg: PhysicsConfig, batch_
     return {"plateau": float(found.fun), "amplitude": float(found.x)}
 
 
-def _trailing_median(finite: np.ndarray) -> np.ndarray:
+def trailing_median(finite: np.ndarray) -> np.ndarray:
     """Per step k the median of steps k−100 … k−1 (fewer at the start; NaN at step 0)."""
     padded = np.concatenate([np.full(BEHIND, np.nan), finite])
     with warnings.catch_warnings():  # an all-NaN window (a stopped run's tail) has no median
@@ -100,12 +100,13 @@ def _trailing_median(finite: np.ndarray) -> np.ndarray:
 
 def lowest_trailing_median(step_loss: Sequence[float], since: int, until: int | None = None) -> float | None:
     """How far a run had descended: the lowest trailing median (as in an event's
-    ``trailing_median``) over windows wholly after step ``since`` (the first epoch, or a branch
-    point), up to the one just before step ``until`` (its first divergence event) or its end.
+    ``trailing_median``) over windows from step ``since`` on (the first step after epoch 1, or
+    after a branch point), up to the one just before step ``until`` (its first divergence event)
+    or its end.
     Two recipes compared at their events need to have reached that level."""
     finite = np.asarray(step_loss, np.float64)
     finite = np.where(np.isfinite(finite), finite, np.nan)
-    window = _trailing_median(finite)[since + BEHIND:finite.size if until is None else until + 1]
+    window = trailing_median(finite)[since + BEHIND:finite.size if until is None else until + 1]
     return float(np.nanmin(window)) if window.size and np.isfinite(window).any() else None
 
 
@@ -124,7 +125,7 @@ def divergence_events(step_loss: Sequence[float], grad_norm: Sequence[float],
     if n < AHEAD + 1 or first >= n:
         return [], []
     finite = np.where(np.isfinite(loss), loss, np.nan)
-    behind = _trailing_median(finite)
+    behind = trailing_median(finite)
     with warnings.catch_warnings():  # an all-NaN window (a stopped run's tail) has no median
         warnings.simplefilter("ignore", RuntimeWarning)
         ahead = np.nanmedian(sliding_window_view(finite, AHEAD), axis=1)       # steps k..k+9

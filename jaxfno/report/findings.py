@@ -8,6 +8,7 @@ runs do not exist yet says so.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import platform
 from collections import Counter
@@ -15,7 +16,7 @@ from collections import Counter
 import numpy as np
 
 from jaxfno.data.simulate import n_positions
-from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median
+from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trailing_median
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
 from jaxfno.report.branches import loss_range as _range, null_perturbation_section, pooled_section, pooled_sentence
@@ -165,32 +166,45 @@ def level_sentence(results: list[tuple[str, object]]) -> str | None:
     if not at_event or not quiet:
         return None
 
-    def which(group):
-        return ", ".join(f"{label} {n}" for label, n in Counter(label for label, _ in group).items())
+    def group(keep) -> str:
+        chosen = [(label, low) for label, low in quiet if keep(low)]
+        labels = ", ".join(f"{label} {n}" for label, n in Counter(label for label, _ in chosen).items())
+        return f"{len(chosen)}" + (f" (lowest {_range([low for _, low in chosen])}; {labels})" if chosen else "")
 
-    above = [q for q in quiet if q[1] > max(at_event)]
-    below = [q for q in quiet if q[1] <= max(at_event)]
-    return (f"Across the {len(levels)} `asrun` runs from seeds at full and proxy scale, every first divergence "
-            f"event ({len(at_event)}) came once the 100-step median training loss had fallen to "
-            f"{_range(at_event)}; of the runs without one, {len(above)} never got that low (lowest "
-            f"{_range([low for _, low in above])}; {which(above) or 'none'}) and {len(below)} got as low and stayed "
-            f"healthy (lowest {_range([low for _, low in below])}; {which(below) or 'none'}) (sections 2 and 3).")
+    low, high = min(at_event), max(at_event)
+    return (f"Over the {len(levels)} full-scale `asrun` runs from seeds (both machines), the 100-step median "
+            f"training loss just before each of the {len(at_event)} first divergence events was {_range(at_event)}. "
+            f"Of the runs without an event, {group(lambda x: x < low)} went lower than that without diverging, "
+            f"so this level alone does not set a divergence off; {group(lambda x: low <= x <= high)} reached it; "
+            f"{group(lambda x: x > high)} never got as low (section 3).")
 
 
 def _levels_sentence(folder: pathlib.Path) -> str | None:
-    """Did the remedies that diverged less reach the loss at which `stable` diverged?"""
+    """Did a remedy that diverged less train down to where `stable` diverged? Per seed, the
+    remedy's 100-step median at the step where the same seed's `stable` run diverged."""
+    runs = finished_runs(folder) if folder.exists() else {}
     levels, clauses = _levels(folder), []
     for cell, lv in levels.items():
         arm, condition = cell.split("@")
         ref = levels.get(f"stable@{condition}")
         if arm in ("stable", "control") or not ref or not ref["at_event"] or lv["at_event"] or not lv["lowest"]:
             continue
+        same_step = []
+        for key, r in runs.items():
+            events = r.verdict.get("outcome_details", {}).get("events", [])
+            twin = runs.get(dataclasses.replace(key, arm=arm))
+            if key.arm == "stable" and key.condition == condition and events and twin:
+                twin_loss = np.asarray(twin.history["step_loss"], float)
+                same_step.append(float(trailing_median(twin_loss)[events[0]["step"]]))
         reached = min(lv["lowest"]) <= max(ref["at_event"])
-        clauses.append(f"`{arm}`'s lowest 100-step median training loss before its end was {_range(lv['lowest'])}, "
-                       f"against {_range(ref['at_event'])} just before `stable`'s divergence events: "
+        epochs = max(len(r.history["val_loss"]) for key, r in runs.items() if key.cell == cell)
+        clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
+                       f"against {_range(ref['at_event'])} just before `stable`'s divergence events"
+                       + (f"; at the steps where `stable` diverged, the same seeds' `{arm}` runs were at "
+                          f"{_range(same_step)}" if same_step else "") + ": "
                        + ("it reached that level and did not diverge" if reached else
-                          "it never reached the level at which `stable` diverged, so these seeds cannot tell "
-                          "prevention from delay"))
+                          f"it descended more slowly and did not reach that level within {epochs} "
+                          "epochs, so these seeds show fewer collapses in that time, not prevention"))
     return ("; ".join(clauses) + f" (`{folder.name}`).") if clauses else None
 
 
@@ -362,18 +376,27 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
                         if c["condition"] == condition and c["arm"] not in ("stable", "control")]
             if not ref or not remedies:
                 continue
+            constant = sorted(r.verdict["outcome_details"]["events"][0]["epoch"] + 1
+                              for key, r in finished_runs(folder).items()
+                              if key.cell == f"stable@{condition}" and r.verdict["outcome"] == "collapsed_constant"
+                              and r.verdict["outcome_details"]["events"])
             parts.append(
-                f"From seeds at full scale on another machine ({_device(folder)}, `{folder.name}`, `{condition}`, "
-                f"{ref['n']} seeds per arm): `stable` collapsed in {_ci(ref)} "
-                f"(outcomes: {outcome_text(ref['outcomes'])}; "
-                f"first divergence events in epochs {_epochs(ref)}), while "
+                f"On {_device(folder)} (`{folder.name}`, `{condition}`, {ref['n']} seeds per arm, the same seeds "
+                f"in every arm): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
+                f"first divergence events in epochs {_epochs(ref)}"
+                + (f"; {len(constant)} of its collapses ended at upstream's constant output, the plateau, after a "
+                   f"divergence event in epoch{'s' if len(constant) > 1 else ''} {', '.join(map(str, constant))}"
+                   if constant else "") + "), while "
                 + "; ".join(f"`{c['arm']}` collapsed in {_ci(c)} (one-sided Fisher p {_p(c['fisher_p_vs_stable'])}, "
-                            f"log-rank p {_p(c['logrank_p_vs_stable'])} against `stable`)" for c in remedies) + ".")
+                            f"two-sided log-rank p {_p(c['logrank_p_vs_stable'])} against `stable`)"
+                            for c in remedies) + ".")
     return " ".join(parts) or None
 
 
-def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = (), seeds: dict = {}) -> str:
-    """The answer, sentence by sentence from the cells (nothing typed by hand)."""
+def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str | None]] = (),
+                     seeds: dict = {}) -> str:
+    """The answer, one labelled bullet per line of evidence, from the cells and the ``extra``
+    (label, sentence) pairs (nothing typed by hand)."""
     parts = []
     asrun, zero, fixed = (fidelity.get(f"stable@{c}") for c in ("asrun", "asrun_zero_phase", "fixed"))
     if zero:
@@ -390,20 +413,21 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[str | None] = 
     if fixed:
         parts.append(f"In the `fixed` condition (SPEC as written) it collapsed in {_ci(fixed)} "
                      f"(outcomes: {outcome_text(fixed['outcomes'])}).")
+    bullets = [("Where it collapses (full scale, CPU)", " ".join(parts))] if parts else []
     for c in factorial.values():
         if c["arm"] not in ("stable", "control"):
-            parts.append(f"At proxy scale, `{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided "
-                         f"Fisher p {_p(c['fisher_p_vs_stable'])} against `stable`.")
-    parts += [sentence for sentence in extra if sentence]
+            bullets.append(("Proxy factorial", f"`{c['arm']}` in `{c['condition']}`: P(collapse) {_ci(c)}, one-sided "
+                            f"Fisher p {_p(c['fisher_p_vs_stable'])} against `stable`."))
+    bullets += [(label, sentence) for label, sentence in extra if sentence]
     run = {c["arm"] for cells in (factorial, seeds) for c in cells.values()}
     missing = [arm for arm in stage_a.SPEC_ARMS if arm not in run | {"control", "stable"}]
     if missing:
         warmup = [arm for arm in stage_a.SPEC_ARMS if "warmup" in arm]
-        parts.append("Not yet run from seeds in a condition that collapses, at either scale: "
-                     + ", ".join(f"`{arm}`" for arm in missing) + "."
-                     + (" So there is no evidence at all on warmup-cosine, whose schedule starts at the first step "
-                        "and so cannot be tested by branching." if set(warmup) <= set(missing) else ""))
-    return " ".join(parts)
+        bullets.append(("Not yet run", "From seeds in a condition that collapses, at either scale: "
+                        + ", ".join(f"`{arm}`" for arm in missing) + "."
+                        + (" So there is no evidence at all on warmup-cosine, whose schedule starts at the first "
+                           "step and so cannot be tested by branching." if set(warmup) <= set(missing) else "")))
+    return "\n".join(f"- **{label}.** {sentence}" for label, sentence in bullets)
 
 
 CAVEATS = [
@@ -462,22 +486,25 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
     seed_runs = [run for folder in seeds for run in sorted(folder.glob("*/*/seed*"))]
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
+    seeds_text = " ".join(filter(None, [_seeds_sentence(seeds), *map(_levels_sentence, seeds)])) or None
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
-        _seeds_sentence(seeds), *map(_levels_sentence, seeds),
-        level_sentence([(f"{key.arm} ({folder.name})", r)
-                        for folder in [full / "fidelity", *seeds, *_dirs(root / "stage_a_proxy" / "calibration")]
-                        for key, r in (finished_runs(folder) if folder.exists() else {}).items()
-                        if key.condition == "asrun"]),
-        pooled_sentence([folder for folder, _ in branch_points(full)]),
-        kick_sentence(full_runs + [run for run in seed_runs if run.parent.name == "stable"]),
-        _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity),
-        _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")], confirm)
+        ("Remedies from seeds (full scale)", seeds_text),
+        ("How far the runs descended", level_sentence([
+            (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
+            for key, r in (finished_runs(folder) if folder.exists() else {}).items() if key.condition == "asrun"])),
+        ("Remedies from branches (full scale, CPU, one trajectory)",
+         pooled_sentence([folder for folder, _ in branch_points(full)])),
+        # independent trajectories only: the rerun repeats a seed of the fidelity runs
+        ("Mechanism", kick_sentence(sorted(full.glob("fidelity/*/stable/seed*"))
+                              + [run for run in seed_runs if run.parent.name == "stable"])),
+        ("Proxy", _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity)),
+        ("Rounding", _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"))], confirm)
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
         f"Written by `jaxfno findings` at commit {code_commit()} on {platform.machine()} from the runs under "
         f"`{root}`; every number below is read from them. Outcomes are SPEC §6.3's; collapse = non_finite, "
-        "collapsed_constant or diverged.",
+        "collapsed_constant or diverged. Epochs are 1-based; steps are 0-based global step indices.",
         "",
         "## The answer so far",
         "",
