@@ -463,3 +463,25 @@ def test_study_expectations_keep_one_section_per_device(tmp_path):
     assert list(sections["smoke"]) == ["fixed-stable-seed1"] and "on cpu" in sections["smoke"]["fixed-stable-seed1"]
     assert list(sections["smoke@NVIDIA H200"]) == ["fixed-stable-seed2"]
     assert stage_a.expectation_section("smoke", {"execution": {"device": "cpu"}}) == "smoke"
+
+
+def test_study_members_per_program_reaches_the_study(monkeypatch, tmp_path):
+    """`--members-per-program 1` trains seeds one by one (each finished seed a result on a slow machine)."""
+    import jaxfno.study.runner as runner
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_study(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(runner, "Study", fake_study)
+    with pytest.raises(Stop):
+        cli.main(["study", "stage-a", "--scale", "smoke", "--seeds", "2", "--members-per-program", "1",
+                  "--out", str(tmp_path)])
+    assert seen["max_members"] == 1
+    with pytest.raises(SystemExit):
+        cli.main(["study", "stage-a", "--scale", "smoke", "--members-per-program", "-1", "--out", str(tmp_path)])

@@ -10,8 +10,8 @@ import platform
 import sys
 
 from jaxfno.cli.flags import (ArgumentParser, _absolute_probe, _add_process_args, _model_config,  # noqa: F401
-                              _positive_int, add_config_flags, scale_name, add_run_flags, add_set_flag, config_from_args,
-                              run_config_from_args)
+                              _count, _positive_int, add_config_flags, scale_name, add_run_flags, add_set_flag,
+                              config_from_args, run_config_from_args)
 from jaxfno.cli.runs import (cmd_bench, cmd_branch, cmd_compare, cmd_data_build, cmd_data_show, cmd_inspect,
                              cmd_model_summary, cmd_stats, cmd_train)
 from jaxfno.cli.study import (SCALE_FIELDS, cmd_findings, cmd_outcomes, cmd_rejudge, cmd_study_expectations,
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.add_argument("--conditions", nargs="+", default=["fixed"], choices=tuple(CONDITIONS),
                          help="conditions every arm runs in (SPEC §7.1; default: fixed)")
     stage_a.add_argument("--out", required=True, help="study directory: OUT/<condition>/<arm>/seed<seed>/")
+    stage_a.add_argument("--members-per-program", type=_count, default=None, metavar="K",
+                         help="at most K runs trained together in one program (0: all that share one; default: "
+                              "all on an accelerator, 3 on the CPU); 1 finishes seeds one by one")
     add_config_flags(stage_a, DataConfig, "data")  # the dataset every arm trains on (e.g. --probe gaussian)
     add_config_flags(stage_a, ExecutionConfig, "execution")
     add_set_flag(stage_a, "every run: data.*, execution.* or a scale field (" + ", ".join(SCALE_FIELDS) + ")")

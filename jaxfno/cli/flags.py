@@ -20,6 +20,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def scale_name(text: str) -> str:
     """``--scale``: a scale of ``SCALES``; SPEC §7.3's ``proxy`` before one is calibrated says why not."""
     if text in SCALES:

@@ -59,7 +59,8 @@ def cmd_study_stage_a(a) -> int:
     seeds = stage_a.seeds_for(a.seeds if a.seeds is not None else stage_a.SCALES[a.scale].seeds)
     out = pathlib.Path(a.out)
     study = Study(a.arms or stage_a.default_arms(a.conditions, a.scale), scale, seeds, out, dataset_loader(),
-                  Progress(), conditions=a.conditions, data=data, execution=execution)
+                  Progress(), conditions=a.conditions, data=data, execution=execution,
+                  max_members=a.members_per_program)
     results = study.run_all()
     command = "jaxfno " + " ".join(sys.argv[1:])
     title = f"Stage A study ({a.scale} scale{_probe_note(data)}{''.join(', ' + s for s in a.set)})"
