@@ -381,8 +381,10 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
                               if key.cell == f"stable@{condition}" and r.verdict["outcome"] == "collapsed_constant"
                               and r.verdict["outcome_details"]["events"])
             parts.append(
-                f"On {_device(folder)} (`{folder.name}`, `{condition}`, {ref['n']} seeds per arm, the same seeds "
-                f"in every arm): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
+                f"On {_device(folder)} (`{folder.name}`, `{condition}`"
+                + (", the same seeds in every arm" if all(set(c["seeds"]) <= set(ref["seeds"]) for c in remedies)
+                   else "") +
+                f"): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
                 f"first divergence events in epochs {_epochs(ref)}"
                 + (f"; {len(constant)} of its collapses ended at upstream's constant output, the plateau, after a "
                    f"divergence event in epoch{'s' if len(constant) > 1 else ''} {', '.join(map(str, constant))}"
