@@ -4,7 +4,7 @@
 # 20-epoch runs), one run per condition and seed. About 19 min per run on the 2-core CPU when
 # it has the CPU to itself. Usage: reproduce.sh [OUT] (default runs/full_asrun).
 # asrun and fixed link the 20-epoch runs of ../stage_a_full_cpu_upstream_gain (its reproduce.sh).
-set -euo pipefail
+set -euo pipefail  # GPU_SEEDS=1 on a GPU: the seeds_h200 runs instead of seeds_cpu
 out=${1:-runs/full_asrun}
 base=(--arch stable_hybrid --epochs 8 --lr 1e-3 --scheduler constant --grad-clip 0)
 for s in 20260128 20260129 20260130; do
