@@ -207,3 +207,12 @@ def test_early_start_p():
 
     assert early_start_p([(9, 100), (3, 100)]) == (9, pytest.approx(0.01))
     assert early_start_p([(99, 100)]) == (99, 1.0)
+
+
+def test_unique_counts_a_linked_run_once(tmp_path):
+    from jaxfno.report.findings import _unique
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").symlink_to(tmp_path / "run")
+    assert _unique([tmp_path / "run", tmp_path / "b", tmp_path / "a"]) == [tmp_path / "run", tmp_path / "b"]

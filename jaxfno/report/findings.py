@@ -465,6 +465,14 @@ BRANCH_POINTS = (("branches", "rerun/seed20260128"), ("branches_e16", "rerun/see
                  ("branches_seed20260129_e*", "rerun/seed20260129"))
 
 
+def _unique(runs: list[pathlib.Path]) -> list[pathlib.Path]:
+    """Each run once (the first path naming it), where folders link the same run."""
+    seen: dict[pathlib.Path, pathlib.Path] = {}
+    for run in runs:
+        seen.setdefault(run.resolve(), run)
+    return list(seen.values())
+
+
 def _dirs(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
 
@@ -491,14 +499,15 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     seeds_text = " ".join(filter(None, [_seeds_sentence(seeds), *map(_levels_sentence, seeds)])) or None
     answer = answer_paragraph(fidelity, _cells(root / "stage_a_proxy" / "factorial"), [
         ("Remedies from seeds (full scale)", seeds_text),
-        ("How far the runs descended", level_sentence([
-            (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
-            for key, r in (finished_runs(folder) if folder.exists() else {}).items() if key.condition == "asrun"])),
+        ("How far the runs descended", level_sentence(list({
+            r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
+            for key, r in (finished_runs(folder) if folder.exists() else {}).items()
+            if key.condition == "asrun"}.values()))),  # a run linked into two folders counts once
         ("Remedies from branches (full scale, CPU, one trajectory)",
          pooled_sentence([folder for folder, _ in branch_points(full)])),
         # independent trajectories only: the rerun repeats a seed of the fidelity runs
-        ("Mechanism", kick_sentence(sorted(full.glob("fidelity/*/stable/seed*"))
-                              + [run for run in seed_runs if run.parent.name == "stable"])),
+        ("Mechanism", kick_sentence(_unique(sorted(full.glob("fidelity/*/stable/seed*"))
+                                            + [run for run in seed_runs if run.parent.name == "stable"]))),
         ("Proxy", _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity)),
         ("Rounding", _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"))], confirm)
     text = "\n".join([
@@ -521,7 +530,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *branch_section(branch_points(full), [root / "stage_a_full_cpu_upstream_gain" / "branches",
                          root / "stage_a_full_cpu_upstream_gain" / "branches_seed20260130"]),
         *rerun_section(full / "rerun", full / "fidelity" / "asrun" / "stable"),
-        *kick_section(full_runs + seed_runs, root),
+        *kick_section(_unique(full_runs + seed_runs), root),
         "## Caveats",
         "",
         *[f"- {c}" for c in caveats],
