@@ -381,9 +381,9 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
                               if key.cell == f"stable@{condition}" and r.verdict["outcome"] == "collapsed_constant"
                               and r.verdict["outcome_details"]["events"])
             parts.append(
-                f"On {_device(folder)} (`{folder.name}`, `{condition}`"
-                + (", the same seeds in every arm" if all(set(c["seeds"]) <= set(ref["seeds"]) for c in remedies)
-                   else "") +
+                f"On {'the CPU' if _device(folder) == 'cpu' else _device(folder)} (`{folder.name}`, `{condition}`"
+                + (", each remedy's seeds among `stable`'s" if all(set(c["seeds"]) <= set(ref["seeds"])
+                                                                for c in remedies) else "") +
                 f"): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
                 f"first divergence events in epochs {_epochs(ref)}"
                 + (f"; {len(constant)} of its collapses ended at upstream's constant output, the plateau, after a "
