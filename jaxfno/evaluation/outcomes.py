@@ -102,8 +102,7 @@ def lowest_trailing_median(step_loss: Sequence[float], since: int, until: int | 
     """How far a run had descended: the lowest trailing median (as in an event's
     ``trailing_median``) over windows from step ``since`` on (the first step after epoch 1, or
     after a branch point), up to the one just before step ``until`` (its first divergence event)
-    or its end.
-    Two recipes compared at their events need to have reached that level."""
+    or its end: two recipes compared at their events need to have reached that level."""
     finite = np.asarray(step_loss, np.float64)
     finite = np.where(np.isfinite(finite), finite, np.nan)
     window = trailing_median(finite)[since + BEHIND:finite.size if until is None else until + 1]

@@ -271,11 +271,12 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
             + " (one-sided exact tests stratified by branch point, and sign tests over the branches paired by data "
               "order; sections 3 and 4)."
             + "".join(f" The branches with {s['change']} reached a 100-step median training loss of "
-                      f"{loss_range(s['lowest'])}, {_level(s['lowest'], null['at_event'])} the "
+                      f"{loss_range(s['lowest'])}, {level_word(s['lowest'], null['at_event'])} the "
                       f"{loss_range(null['at_event'])} at which the data-order-only branches diverged."
                       for s in summary.values() if s["lowest"] and null["at_event"] and not s["at_event"])
             + (" These are branches of one trajectory, not seeds." if null["sources"] == 1 else ""))
 
 
-def _level(reached: list[float], diverged: list[float]) -> str:
+def level_word(reached: list[float], diverged: list[float]) -> str:
+    """Where the levels a run reached lie against those at which others diverged."""
     return "below" if max(reached) < min(diverged) else "as low as" if min(reached) <= max(diverged) else "above"

@@ -19,7 +19,8 @@ from jaxfno.data.simulate import n_positions
 from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trailing_median
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
-from jaxfno.report.branches import loss_range as _range, null_perturbation_section, pooled_section, pooled_sentence
+from jaxfno.report.branches import (level_word, loss_range as _range, null_perturbation_section, pooled_section,
+                                   pooled_sentence)
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
@@ -133,29 +134,25 @@ def seed_folders(full: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in full.glob("seeds_*") if p.is_dir())
 
 
-def _levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
-    """Per cell, how far each run had descended before its first divergence event (or in all)
-    and the trailing median loss at that event: whether a remedy that did not diverge ever
-    reached the loss at which `stable` did."""
-    levels: dict[str, dict[str, list[float]]] = {}
-    for key, r in (finished_runs(folder) if folder.exists() else {}).items():
-        events = r.verdict.get("outcome_details", {}).get("events", [])
-        cell = levels.setdefault(key.cell, {"lowest": [], "at_event": []})
-        lowest = lowest_trailing_median(r.history["step_loss"], epoch_steps(r.history)[0],
-                                        events[0]["step"] if events else None)
-        if lowest is not None:
-            cell["lowest"].append(lowest)
-        if events and "trailing_median" in events[0]:
-            cell["at_event"].append(events[0]["trailing_median"])
-    return levels
-
-
 def _run_level(r) -> tuple[float | None, float | None]:
     """(lowest trailing median before the first divergence event or the end, the one at that event)."""
     events = r.verdict.get("outcome_details", {}).get("events", [])
     until = events[0]["step"] if events else None
     lowest = lowest_trailing_median(r.history["step_loss"], epoch_steps(r.history)[0], until)
     return lowest, (events[0].get("trailing_median") if events else None)
+
+
+def _levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
+    """Per cell, how far each run had descended before its first divergence event (or in all)
+    and the trailing median loss at that event: whether a remedy that did not diverge ever
+    reached the loss at which `stable` did."""
+    levels: dict[str, dict[str, list[float]]] = {}
+    for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+        cell = levels.setdefault(key.cell, {"lowest": [], "at_event": []})
+        for name, value in zip(("lowest", "at_event"), _run_level(r)):
+            if value is not None:
+                cell[name].append(value)
+    return levels
 
 
 def level_sentence(results: list[tuple[str, object]]) -> str | None:
@@ -196,7 +193,7 @@ def _levels_sentence(folder: pathlib.Path) -> str | None:
             if key.arm == "stable" and key.condition == condition and events and twin:
                 twin_loss = np.asarray(twin.history["step_loss"], float)
                 same_step.append(float(trailing_median(twin_loss)[events[0]["step"]]))
-        reached = min(lv["lowest"]) <= max(ref["at_event"])
+        reached = level_word(lv["lowest"], ref["at_event"]) != "above"
         epochs = max(len(r.history["val_loss"]) for key, r in runs.items() if key.cell == cell)
         clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
                        f"against {_range(ref['at_event'])} just before `stable`'s divergence events"
@@ -212,9 +209,10 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
     lines = ["## 3. The remedies", "", "### From seeds at full scale", ""]
     rows = []
     for folder in folders:
+        levels, device = _levels(folder), _device(folder)
         for c in _cells(folder).values():
-            lv = _levels(folder).get(f"{c['arm']}@{c['condition']}", {"lowest": [], "at_event": []})
-            rows.append(f"| `{folder.name}` ({_device(folder)}) | {c['arm']} | {c['condition']} | {c['n']} | "
+            lv = levels.get(f"{c['arm']}@{c['condition']}", {"lowest": [], "at_event": []})
+            rows.append(f"| `{folder.name}` ({device}) | {c['arm']} | {c['condition']} | {c['n']} | "
                         f"{outcome_text(c['outcomes'])} | {_ci(c)} | {_p(c['fisher_p_vs_stable'])} | {_median(c)} | "
                         f"{_p(c['logrank_p_vs_stable'])} | {_epochs(c)} | {_fmt(c['best_val_loss'])} | "
                         f"{_range(lv['lowest'])} | {_range(lv['at_event'])} |")
@@ -369,7 +367,7 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
     """The full-scale seed cells: `stable` and each remedy against it, per machine."""
     parts = []
     for folder in folders:
-        cells = _cells(folder)
+        cells, device = _cells(folder), _device(folder)
         for condition in sorted({c["condition"] for c in cells.values()}):
             ref = cells.get(f"stable@{condition}")
             remedies = [c for c in cells.values()
@@ -381,7 +379,7 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
                               if key.cell == f"stable@{condition}" and r.verdict["outcome"] == "collapsed_constant"
                               and r.verdict["outcome_details"]["events"])
             parts.append(
-                f"On {'the CPU' if _device(folder) == 'cpu' else _device(folder)} (`{folder.name}`, `{condition}`"
+                f"On {'the CPU' if device == 'cpu' else device} (`{folder.name}`, `{condition}`"
                 + (", each remedy's seeds among `stable`'s" if all(set(c["seeds"]) <= set(ref["seeds"])
                                                                 for c in remedies) else "") +
                 f"): `stable` collapsed in {_ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
