@@ -216,3 +216,34 @@ def test_unique_counts_a_linked_run_once(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "a").symlink_to(tmp_path / "run")
     assert _unique([tmp_path / "run", tmp_path / "b", tmp_path / "a"]) == [tmp_path / "run", tmp_path / "b"]
+
+
+def test_matrix_lists_every_arm_and_condition_once_per_machine():
+    """The per-remedy table: each full-scale cell once per machine (a run linked into two folders is
+    not repeated), "not run" where nothing exists, and whether the full scale confirms the proxy."""
+    from jaxfno.report.findings import matrix_section
+    from jaxfno.report.statistics import wilson_interval
+
+    def cell(collapsed, n, seeds, p=None):
+        return {"n": n, "collapsed": collapsed, "p_collapse": collapsed / n, "seeds": seeds,
+                "p_collapse_wilson95": list(wilson_interval(collapsed, n)), "fisher_p_vs_stable": p,
+                "median_steps_to_divergence": 700.0 if collapsed else None}
+
+    cpu = {"stable@asrun": cell(2, 3, [1, 2, 3]), "stable_lowlr@asrun": cell(0, 3, [1, 2, 3], p=0.2)}
+    levels = {"stable@asrun": {"lowest": [0.05], "at_event": [0.055, 0.06]},
+              "stable_lowlr@asrun": {"lowest": [0.07, 0.08], "at_event": []}}
+    fidelity = {"stable@asrun": cell(2, 3, [1, 2, 3]), "stable@fixed": cell(0, 2, [1, 2])}
+    factorial = {"stable_lowlr@asrun": cell(0, 8, list(range(8)), p=0.01), "stable_warmup@fixed": cell(8, 8, [1])}
+    rows = [line for line in matrix_section([("full scale, cpu (`seeds_cpu`)", cpu, levels),
+                                             ("full scale, cpu (`fidelity`)", fidelity, {})], factorial)
+            if line.startswith("| ") and not line.startswith("| arm")]
+    assert len(rows) == 13  # 12 cells, one of them with both a full-scale and a proxy row
+    assert [r for r in rows if r.startswith("| stable | asrun")] == [
+        "| stable | asrun | full scale, cpu (`seeds_cpu`) | 3 | 2/3 = 0.67 [0.21, 0.94] | – | step 700 | "
+        "0.05 (0.055–0.06) | – |"]
+    assert "| stable | fixed | full scale, cpu (`fidelity`) | 2 | 0/2 = 0.00 [0.00, 0.66] | – | not reached |" in rows[3]
+    lowlr = [r for r in rows if r.startswith("| stable_lowlr | asrun")]
+    assert lowlr[0].endswith("| 0.2 | not reached | 0.07–0.08 (0.055–0.06) | – |")
+    assert lowlr[1].startswith("| stable_lowlr | asrun | proxy (`factorial`) | 8 |") and lowlr[1].endswith("| yes |")
+    assert [r for r in rows if r.startswith("| stable_warmup | fixed")][0].endswith("| not run at full scale |")
+    assert "| control | asrun | not run | – |" in rows[0]
