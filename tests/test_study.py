@@ -26,6 +26,9 @@ def test_conditions_set_data_physics_and_batches():
     fixed = stage_a.config("stable_warmup_clip", "full", 7, condition="fixed")
     assert fixed.data.set_phi and fixed.physics.batch_gain == "none"
     assert stage_a.config("stable", "full", 7, condition="asrun_zero_phase_drop_last").train.drop_last
+    no_kick = stage_a.config("stable", "full", 7, condition="asrun_drop_last")
+    assert no_kick.train.drop_last and no_kick.data.set_phi and no_kick.physics.batch_gain == "upstream"
+    assert no_kick == stage_a.config("stable", "full", 7, condition="asrun").with_overrides(["train.drop_last=true"])
     assert stage_a.config("stable", "full", 7, condition="asrun_central").physics.object_support == "central"
     with pytest.raises(ValueError, match="runs only in the 'fixed' condition"):
         stage_a.config("stable_upstream_gain", "full", 7, condition="asrun")

@@ -88,6 +88,9 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
     Condition("asrun_zero_phase_nogain", "the zero-phase object without the batch gain", set_phi=False),
     Condition("asrun_zero_phase_drop_last", "asrun_zero_phase without the short last batch", set_phi=False,
               batch_gain="upstream", drop_last=True),
+    # the short batch's part in the late divergences (FINDINGS section 6): asrun without it; `fixed`
+    # is asrun without the gain
+    Condition("asrun_drop_last", "asrun without the short last batch", batch_gain="upstream", drop_last=True),
     Condition("asrun_central", "asrun with the object zeroed outside the central 32 × 32",
               batch_gain="upstream", object_support="central"),
 )}
