@@ -20,7 +20,7 @@ def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, 
     write_json(run / "config.json", cfg.to_dict())
     losses = [0.1] * (branch_epoch * steps) + [0.2] * ((epochs - branch_epoch) * steps)
     write_json(run / "history.json", {"val_loss": [0.1] * epochs, "epoch_steps": [steps] * epochs,
-                                      "step_loss": losses})
+                                      "step_loss": losses, "lr": [cfg.optim.lr] * len(losses)})
     write_json(run / "metrics.json", {})
     write_json(run / "stats.json", {})
     events = [{"step": s, "epoch": s // steps, "peak_loss": 50.0} for s in event_steps]
@@ -178,7 +178,7 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
     assert _levels_sentence(tmp_path) == (
         "`stable_lowlr`'s lowest 100-step median training loss after epoch 1 was 0.1, against 0.3 just before "
         "`stable`'s divergence events; at the steps where `stable` diverged, the same seeds' `stable_lowlr` runs "
-        f"were at 0.2: it reached that level and did not diverge (`{tmp_path.name}`).")
+        f"were at 0.2, at a learning rate of 0.00025 against `stable`'s 0.001: it reached that level and did not diverge (`{tmp_path.name}`).")
 
 
 def test_level_sentence_places_the_divergences_in_the_descent():

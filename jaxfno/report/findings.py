@@ -184,19 +184,23 @@ def _levels_sentence(folder: pathlib.Path) -> str | None:
         ref = levels.get(f"stable@{condition}")
         if arm in ("stable", "control") or not ref or not ref["at_event"] or lv["at_event"] or not lv["lowest"]:
             continue
-        same_step = []
+        same_step, lr, ref_lr = [], [], []  # the remedy's loss and learning rate where `stable` diverged
         for key, r in runs.items():
             events = r.verdict.get("outcome_details", {}).get("events", [])
             twin = runs.get(dataclasses.replace(key, arm=arm))
             if key.arm == "stable" and key.condition == condition and events and twin:
+                step = events[0]["step"]
                 twin_loss = np.asarray(twin.history["step_loss"], float)
-                same_step.append(float(trailing_median(twin_loss)[events[0]["step"]]))
+                same_step.append(float(trailing_median(twin_loss)[step]))
+                lr.append(twin.history["lr"][step])
+                ref_lr.append(r.history["lr"][step])
         reached = level_word(lv["lowest"], ref["at_event"]) != "above"
         epochs = max(len(r.history["val_loss"]) for key, r in runs.items() if key.cell == cell)
         clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
                        f"against {_range(ref['at_event'])} just before `stable`'s divergence events"
                        + (f"; at the steps where `stable` diverged, the same seeds' `{arm}` runs were at "
-                          f"{_range(same_step)}" if same_step else "") + ": "
+                          f"{_range(same_step)}, at a learning rate of {_range(lr)} against `stable`'s "
+                          f"{_range(ref_lr)}" if same_step else "") + ": "
                        + ("it reached that level and did not diverge" if reached else
                           f"it descended more slowly and did not reach that level within {epochs} "
                           "epochs, so these seeds show fewer collapses in that time, not prevention"))
