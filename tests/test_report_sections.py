@@ -247,3 +247,33 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
     assert lowlr[1].startswith("| stable_lowlr | asrun | proxy (`factorial`) | 8 |") and lowlr[1].endswith("| yes |")
     assert [r for r in rows if r.startswith("| stable_warmup | fixed")][0].endswith("| not run at full scale |")
     assert "| control | asrun | not run | – |" in rows[0]
+
+
+def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_path):
+    """Short batches (each epoch's last step) at or below the level, from the one before the
+    start up to the first event at or after it; an earlier event is the source's."""
+    from jaxfno.pipeline import RunResult
+    from jaxfno.report.exposure import Group, exposure, exposure_section, none_p
+
+    _branch(tmp_path, "run", [], "diverged", [200], steps=60, source=True)
+    losses = [0.3] * 60 + [0.1] * 180  # epoch ends at steps 59, 119, 179, 239
+    write_json(tmp_path / "run" / "history.json", {"val_loss": [0.1] * 4, "epoch_steps": [60] * 4,
+                                                   "step_loss": losses, "lr": [1e-3] * 240})
+    run = RunResult.load(tmp_path / "run")
+    assert exposure(run, 0.1).short_batches == 2 and exposure(run, 0.1).event  # steps 119, 179; 59 is above
+    assert exposure(run, 0.09).short_batches == 0  # never that low
+    assert (exposure(run, 0.1, start=180).short_batches, exposure(run, 0.1, start=180).event) == (1, True)
+    late = exposure(run, 0.1, start=230)  # the event at 200 began before the short batch at 229
+    assert (late.short_batches, late.event) == (1, False)
+    no_short = RunResult(run.run_dir, run.config.with_overrides(["train.drop_last=true"]), run.history,
+                         run.metrics, run.stats, run.verdict)
+    assert exposure(no_short, 0.1).short_batches == 0
+
+    stable = Group("`seeds`", "stable", "asrun", "cpu", (exposure(run, 0.1),) * 2)  # 4 short batches, 2 events
+    remedy = Group("branches", "optim.lr=0.00025", "asrun", "cpu", (late,) * 3)
+    untested = Group("`seeds`", "stable_lowlr", "asrun", "cpu", (exposure(run, 0.09),))
+    rows = [line for line in exposure_section([stable, remedy, untested], 0.1) if line.startswith("| ")]
+    assert rows[1] == "| `seeds` | stable | asrun | cpu | 2 | 4 (2) | 2 | 0.5 | – |"
+    assert rows[2] == "| branches | optim.lr=0.00025 | asrun | cpu | 3 | 3 (1) | 0 | 0 | 0.12 |"
+    assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
+    assert none_p(0.5, 3) == pytest.approx(0.125)

@@ -19,8 +19,10 @@ from jaxfno.data.simulate import n_positions
 from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trailing_median
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
-from jaxfno.report.branches import (level_word, loss_range as _range, null_perturbation_section, pooled_section,
-                                   pooled_sentence)
+from jaxfno.pipeline import RunResult
+from jaxfno.report.branches import (branch_rows, level_word, loss_range as _range, null_perturbation_section,
+                                   pooled_section, pooled_sentence, pooled_summary)
+from jaxfno.report.exposure import Group, exposure, exposure_section, exposure_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
@@ -235,6 +237,32 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
         if (folder / "report" / "survival.png").exists():
             lines += [f"![Time to the first divergence event, `{folder.name}`]({folder}/report/survival.png)", ""]
     return lines
+
+
+def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Path], level: float) -> list[Group]:
+    """Each cell of the full-scale runs from seeds (``folders``: a run linked into two folders
+    counts once; the zero-phase object's cells, whose losses are another problem's, left out) and
+    each change of the branches pooled over their branch points, as exposure groups."""
+    groups, seen = [], set()
+    for folder in folders:
+        device, cells = _device(folder), {}
+        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+            if stage_a.CONDITIONS[key.condition].set_phi and r.run_dir.resolve() not in seen:
+                seen.add(r.run_dir.resolve())
+                cells.setdefault((key.arm, key.condition), []).append(exposure(r, level))
+        groups += [Group(f"`{folder.name}`", arm, condition, device, tuple(e)) for (arm, condition), e in cells.items()]
+    changes = {name: s["change"] for name, s in pooled_summary(branch_folders).items()}
+    branches: dict[str, list] = {}
+    for folder in branch_folders:
+        for name, rows in (branch_rows(folder) if folder.exists() else {}).items():
+            for row in rows:
+                r = RunResult.load(folder / row["run"])
+                branches.setdefault(name, []).append((stage_a.run_device(r.history),
+                                                      exposure(r, level, row["first_step"])))
+    for name, found in branches.items():
+        groups.append(Group("branches", changes[name], "asrun", ", ".join(sorted({d for d, _ in found})),
+                            tuple(e for _, e in found)))
+    return groups
 
 
 def _inside(a: dict, b: dict) -> bool:
@@ -548,12 +576,17 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     seeds_text = " ".join(filter(None, [_seeds_sentence(seeds), *map(_levels_sentence, seeds)])) or None
     factorial = _cells(root / "stage_a_proxy" / "factorial")
+    # the level of `stable`'s first divergence events from seeds, and who took short batches there
+    level = max((e for folder in seeds for e in _levels(folder).get("stable@asrun", {}).get("at_event", [])),
+                default=None)
+    exposed = exposure_groups([*seeds, full / "fidelity"], [f for f, _ in branch_points(full)], level) if level else []
     answer = answer_paragraph(fidelity, factorial, [
         ("Remedies from seeds (full scale)", seeds_text),
         ("How far the runs descended", level_sentence(list({
             r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
             for key, r in (finished_runs(folder) if folder.exists() else {}).items()
             if key.condition == "asrun"}.values()))),  # a run linked into two folders counts once
+        ("Exposure", exposure_sentence(exposed, level) if exposed else None),
         ("Remedies from branches (full scale, CPU, one trajectory)",
          pooled_sentence([folder for folder, _ in branch_points(full)])),
         # independent trajectories only: the rerun repeats a seed of the fidelity runs
@@ -578,6 +611,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity,
                              _levels(root / "stage_a_full_asrun" / "fidelity")),
         *seeds_section(seeds),
+        *(exposure_section(exposed, level) if exposed else []),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
         *pooled_section([folder for folder, _ in branch_points(full)], WARMUP_NOTE),
         *branch_section(branch_points(full), [root / "stage_a_full_cpu_upstream_gain" / "branches",

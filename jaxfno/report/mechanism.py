@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 
+from jaxfno.config import RunConfig
 from jaxfno.data.simulate import n_positions
 from jaxfno.evaluation.outcomes import epoch_steps
 from jaxfno.pipeline import RunResult
@@ -21,14 +22,19 @@ WINDOW = 25  # steps after an epoch boundary counted as "just after the short ba
 CLIP = 0.5  # the seed's clipping threshold (SPEC §7's stable_warmup_clip)
 
 
+def short_batch(cfg: RunConfig) -> bool:
+    """Whether each epoch of a run with this config ends with a short batch."""
+    n_train = cfg.train.train_subset or n_positions(cfg.data.train_stride) ** 2 * cfg.data.nimgs_train
+    return n_train % cfg.train.batch_size != 0 and not cfg.train.drop_last
+
+
 def kick_row(result: RunResult) -> dict:
     """Per-run statistics over epochs 2.. (epoch 1 is the descent from the initialisation)."""
     h, cfg = result.history, result.config
     loss, grad = np.asarray(h["step_loss"], float), np.asarray(h["grad_norm"], float)
     steps = np.asarray(epoch_steps(h))
     starts = np.concatenate([[0], np.cumsum(steps)[:-1]])
-    n_train = cfg.train.train_subset or n_positions(cfg.data.train_stride) ** 2 * cfg.data.nimgs_train
-    short = n_train % cfg.train.batch_size != 0 and not cfg.train.drop_last
+    short = short_batch(cfg)
     after, rest = [], []
     events = result.verdict.get("outcome_details", {}).get("events", [])
     first = events[0]["step"] if events else None

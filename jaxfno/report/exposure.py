@@ -1,0 +1,136 @@
+"""Exposure: how many short batches a run took at the training loss where `stable` diverged.
+
+A remedy run that never trained down to that loss was never exposed to what set the divergences
+off (FINDINGS section 6: each began a few dozen steps after a short batch), so its "no collapse"
+says nothing about prevention there. Counting the short batches each run took while its 100-step
+median training loss was at or below the level of `stable`'s first divergence events, and the
+events that followed, puts seeds and branches on one scale: events per exposure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxfno.evaluation.outcomes import epoch_steps, trailing_median
+from jaxfno.pipeline import RunResult
+from jaxfno.report.mechanism import short_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Exposure:
+    short_batches: int  # taken at or below the level, before the first event from ``start`` on
+    event: bool  # a first divergence event from ``start`` on
+
+
+def exposure(result: RunResult, level: float, start: int | None = None) -> Exposure:
+    """The short batches ``result`` took while its trailing median loss (as in an event's
+    ``trailing_median``) was at or below ``level``, from ``start`` (a branch's first step; by
+    default the first step after epoch 1) up to its first divergence event from then on. The
+    short batch just before ``start`` counts (its kick is still in Adam's moments at a branch
+    point), and so does an event from it on; one that began before it (a source's, which a branch
+    section counts when it reaches past the branch point) cannot have followed an exposure."""
+    h = result.history
+    steps = np.asarray(epoch_steps(h))
+    start = int(steps[0]) if start is None else start
+    events = [e["step"] for e in result.verdict.get("outcome_details", {}).get("events", [])
+              if e["step"] >= start - 1]
+    loss = np.asarray(h["step_loss"], np.float64)
+    level_at = trailing_median(np.where(np.isfinite(loss), loss, np.nan))
+    until = events[0] if events else loss.size
+    ends = np.cumsum(steps) - 1 if short_batch(result.config) else np.array([], int)
+    taken = [e for e in ends if start - 1 <= e < until and level_at[e] <= level]
+    return Exposure(len(taken), bool(events))
+
+
+def none_p(rate: float, short_batches: int) -> float:
+    """The chance of no event in ``short_batches`` exposures, each setting one off independently at
+    ``rate`` (a reference group's events per exposure)."""
+    return float((1.0 - rate) ** short_batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    label: str  # the runs' folder and machine, or "branches"
+    what: str  # the arm, or a branch group's change
+    condition: str
+    device: str
+    exposures: tuple[Exposure, ...]
+
+    @property
+    def short_batches(self) -> int:
+        return sum(e.short_batches for e in self.exposures)
+
+    @property
+    def events(self) -> int:
+        return sum(e.event for e in self.exposures)
+
+
+def _reference(groups: list[Group], device: str) -> Group | None:
+    """`stable` in `asrun` from seeds on ``device``: the rate a remedy is held against."""
+    return next((g for g in groups if g.what == "stable" and g.condition == "asrun" and g.device == device
+                 and g.label != "branches"), None)
+
+
+def _rate(g: Group) -> str:
+    return "–" if not g.short_batches else f"{g.events / g.short_batches:.2g}"
+
+
+def _none(g: Group, groups: list[Group]) -> str:
+    ref = _reference(groups, g.device)
+    if g is ref or ref is None or not ref.short_batches:
+        return "–"
+    if not g.short_batches:
+        return "untested: none taken"
+    return "–" if g.events else f"{none_p(ref.events / ref.short_batches, g.short_batches):.2g}"
+
+
+def exposure_section(groups: list[Group], level: float) -> list[str]:
+    if not groups:
+        return []
+    lines = ["### Exposure: short batches taken where `stable` diverged", "",
+             f"Per group, the short batches its runs took while their 100-step median training loss was at or "
+             f"below {level:.3g}, the highest level at which a first divergence event of `stable` began (section 3), "
+             "up to their first divergence event (branches: from the short batch just before the branch point, so an "
+             "event that began before that short batch is the source's and not counted here, unlike section 4), and "
+             "the first events that followed (`jaxfno/report/exposure.py`). The last column is the chance of no event "
+             "in that many short batches were each to set one off independently at the rate of `stable` in `asrun` "
+             "on the same machine (an assumption: the short batches of one run are not independent). A group that "
+             "took none was not tested at that level.", "",
+             "| runs | arm or change | condition | machine | runs | short batches at the level (per run) | "
+             "first divergence events | events per short batch | no event at `stable`'s rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        counts = [e.short_batches for e in g.exposures]
+        per_run = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+        lines.append(f"| {g.label} | {g.what} | {g.condition} | {g.device} | {len(g.exposures)} | "
+                     f"{g.short_batches} ({per_run}) | {g.events} | {_rate(g)} | {_none(g, groups)} |")
+    return lines + [""]
+
+
+def exposure_sentence(groups: list[Group], level: float) -> str | None:
+    refs = [g for g in groups if _reference(groups, g.device) is g]
+    if not refs:
+        return None
+    others = [g for g in groups if g not in refs]
+    untested = [g for g in others if not g.short_batches]
+    tested = [g for g in others if g.short_batches]
+
+    def name(g: Group) -> str:
+        return (f"the branches with {g.what}" if g.label == "branches" else
+                f"`{g.what}` in `{g.condition}` ({g.device})")
+
+    text = (f"Counting the short batches each run took while its 100-step median training loss was at or below "
+            f"{level:.3g} (the highest level at which a first divergence event of `stable` began), up to a first "
+            "event: " + "; ".join(f"`stable` on {g.device} took {g.short_batches} and {g.events} first events "
+                                  f"followed ({_rate(g)} per short batch)" for g in refs))
+    if untested:
+        text += ("; " + ", ".join(name(g) for g in untested) + " took none, so those runs did not test "
+                 "prevention at that level")
+    if tested:
+        text += "; " + "; ".join(
+            f"{name(g)} took {g.short_batches} with {g.events} first event{'s' if g.events != 1 else ''}"
+            + ("" if g.events else f" (none at `stable`'s rate on that machine: probability {_none(g, groups)})")
+            for g in tested)
+    return text + " (section 3; the short batches of one run are not independent)."
