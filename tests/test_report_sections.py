@@ -277,3 +277,29 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     assert rows[2] == "| branches | optim.lr=0.00025 | asrun | cpu | 3 | 3 (1) | 0 | 0 | 0.12 |"
     assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
     assert none_p(0.5, 3) == pytest.approx(0.125)
+
+
+def test_bottom_line_says_which_remedies_were_exposed():
+    from jaxfno.report.exposure import Exposure, Group
+    from jaxfno.report.findings import bottom_line
+
+    def cell(arm, collapsed, n, p=None):
+        return {"arm": arm, "condition": "asrun", "collapsed": collapsed, "n": n, "fisher_p_vs_stable": p,
+                "epochs": [20]}
+
+    cpu = {"stable@asrun": cell("stable", 2, 3), "stable_warmup@asrun": cell("stable_warmup", 0, 3, 0.2)}
+    gpu = {"stable@asrun": cell("stable", 4, 6), "stable_lowlr@asrun": cell("stable_lowlr", 0, 6, 0.03)}
+    exposed = [Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False),)),
+               Group("`seeds_h200`", "stable_lowlr", "asrun", "H200", (Exposure(0, False),)),
+               Group("branches", "optim.lr=0.00025", "asrun", "cpu", (Exposure(4, False),))]
+    branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "change": "nothing but the data order"},
+                "lr": {"n": 6, "collapsed": {"k": 0}, "change": "optim.lr=0.00025"}}
+    fidelity = {"stable@asrun": cell("stable", 2, 3), "stable@fixed": {**cell("stable", 0, 2), "condition": "fixed"}}
+    line = bottom_line([("cpu", cpu), ("H200", gpu)], exposed, branches, fidelity)
+    assert line.startswith("In the one condition that collapsed in the fidelity check (`asrun`, full scale), "
+                           "`stable` collapsed in 6/9 of its seeds (2/3 on cpu, 4/6 on H200).")
+    assert ("; `stable_lowlr` never trained down to the loss at which `stable` diverged (no short batch taken "
+            "there), so those seeds show fewer collapses within 20 epochs, not prevention.") in line
+    assert "those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss." in line
+    assert line.endswith("Not yet run from seeds in `asrun`: `stable_warmup_lowlr`, `stable_warmup_clip`.")
+    assert bottom_line([("cpu", {})], exposed, branches) is None

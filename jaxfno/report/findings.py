@@ -20,7 +20,7 @@ from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trai
 from jaxfno.io import read_json
 from jaxfno.provenance import code_commit
 from jaxfno.pipeline import RunResult
-from jaxfno.report.branches import (branch_rows, level_word, loss_range as _range, null_perturbation_section,
+from jaxfno.report.branches import (NULL_GROUP, branch_rows, level_word, loss_range as _range, null_perturbation_section,
                                    pooled_section, pooled_sentence, pooled_summary)
 from jaxfno.report.exposure import Group, exposure, exposure_section, exposure_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
@@ -473,6 +473,49 @@ def _seeds_sentence(folders: list[pathlib.Path]) -> str | None:
     return " ".join(parts) or None
 
 
+def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branches: dict,
+                fidelity: dict = {}) -> str | None:
+    """The answer in one paragraph: `stable`'s collapse rate from seeds in `asrun`, each remedy's
+    with whether its runs took short batches where `stable` diverged, the branches, and the arms
+    not yet tested there (``seed_cells``: machine, cells; ``branches``: ``pooled_summary``;
+    ``fidelity``: the fidelity check's cells, which say whether `asrun` is the only condition
+    that collapsed)."""
+    stable = [(device, cells["stable@asrun"]) for device, cells in seed_cells if "stable@asrun" in cells]
+    if not stable:
+        return None
+    k, n = sum(c["collapsed"] for _, c in stable), sum(c["n"] for _, c in stable)
+    only = {c["condition"] for c in fidelity.values() if c["collapsed"]} == {"asrun"}
+    text = (("In the one condition that collapsed in the fidelity check" if only else "In") +
+            f" (`asrun`, full scale), `stable` collapsed in {k}/{n} of its "
+            "seeds (" + ", ".join(f"{c['collapsed']}/{c['n']} on {device}" for device, c in stable) + ").")
+    exposure_of = {(g.what, g.device): g.short_batches for g in exposed if g.label != "branches"
+                   and g.condition == "asrun"}
+    remedies = [(device, c) for device, cells in seed_cells for c in cells.values()
+                if c["condition"] == "asrun" and c["arm"] not in ("stable", "control")]
+    tested = {c["arm"] for device, c in remedies if exposure_of.get((c["arm"], device))}
+    if remedies:
+        text += (" From seeds, " + ", ".join(f"`{c['arm']}` collapsed in {c['collapsed']}/{c['n']} on {device} "
+                                            f"(Fisher p {_p(c['fisher_p_vs_stable'])})" for device, c in remedies))
+        untested = [f"`{c['arm']}`" for _, c in remedies if c["arm"] not in tested]
+        text += ("; " + ", ".join(untested) + " never trained down to the loss at which `stable` diverged (no short batch taken there), so those seeds show "
+                   f"fewer collapses within {max(e for _, c in remedies for e in c['epochs'])} epochs, not "
+                   "prevention." if untested else ".")
+    null = branches.get(NULL_GROUP)
+    if null:
+        taken = {g.what: g for g in exposed if g.label == "branches"}
+        others = [s for name, s in branches.items() if name != NULL_GROUP]
+        text += (f" From states just before a divergence (one trajectory), the branches that changed only the data "
+                 f"order collapsed in {null['collapsed']['k']}/{null['n']}, "
+                 + ", ".join(f"those with {s['change']} in {s['collapsed']['k']}/{s['n']}"
+                             + (f" after {taken[s['change']].short_batches} short batches at that loss"
+                                if s["change"] in taken else "") for s in others) + ".")
+    missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable") and arm not in tested
+               and not any(arm == c["arm"] for _, c in remedies)]
+    if missing:
+        text += " Not yet run from seeds in `asrun`: " + ", ".join(missing) + "."
+    return text
+
+
 def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str | None]] = (),
                      seeds: dict = {}) -> str:
     """The answer, one labelled bullet per line of evidence, from the cells and the ``extra``
@@ -603,6 +646,9 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         "",
         "## The answer so far",
         "",
+        *([line, ""] if (line := bottom_line([(_device(f), _cells(f)) for f in seeds], exposed,
+                                              pooled_summary([f for f, _ in branch_points(full)]), fidelity))
+          else []),
         answer,
         "",
         *matrix_section([(f"full scale, {_device(folder)} (`{folder.name}`)", _cells(folder), _levels(folder))
