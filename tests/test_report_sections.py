@@ -253,7 +253,7 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     """Short batches (each epoch's last step) at or below the level, from the one before the
     start up to the first event at or after it; an earlier event is the source's."""
     from jaxfno.pipeline import RunResult
-    from jaxfno.report.exposure import Group, exposure, exposure_section, none_p
+    from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, none_p
 
     _branch(tmp_path, "run", [], "diverged", [200], steps=60, source=True)
     losses = [0.3] * 60 + [0.1] * 180  # epoch ends at steps 59, 119, 179, 239
@@ -267,15 +267,17 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     assert (late.short_batches, late.event) == (1, False)
     no_short = RunResult(run.run_dir, run.config.with_overrides(["train.drop_last=true"]), run.history,
                          run.metrics, run.stats, run.verdict)
-    assert exposure(no_short, 0.1).short_batches == 0
+    assert exposure(no_short, 0.1) == Exposure(0, True, short=False)
 
     stable = Group("`seeds`", "stable", "asrun", "cpu", (exposure(run, 0.1),) * 2)  # 4 short batches, 2 events
     remedy = Group("branches", "optim.lr=0.00025", "asrun", "cpu", (late,) * 3)
     untested = Group("`seeds`", "stable_lowlr", "asrun", "cpu", (exposure(run, 0.09),))
-    rows = [line for line in exposure_section([stable, remedy, untested], 0.1) if line.startswith("| ")]
+    dropped = Group("`seeds`", "stable", "asrun_drop_last", "cpu", (exposure(no_short, 0.1),))
+    rows = [line for line in exposure_section([stable, remedy, untested, dropped], 0.1) if line.startswith("| ")]
     assert rows[1] == "| `seeds` | stable | asrun | cpu | 2 | 4 (2) | 2 | 0.5 | – |"
     assert rows[2] == "| branches | optim.lr=0.00025 | asrun | cpu | 3 | 3 (1) | 0 | 0 | 0.12 |"
     assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
+    assert rows[4].endswith("| 0 (0) | 1 | – | no short batch |")
     assert none_p(0.5, 3) == pytest.approx(0.125)
 
 

@@ -22,6 +22,7 @@ from jaxfno.report.mechanism import short_batch
 class Exposure:
     short_batches: int  # taken at or below the level, before the first event from ``start`` on
     event: bool  # a first divergence event from ``start`` on
+    short: bool = True  # whether the run's epochs end with a short batch at all
 
 
 def exposure(result: RunResult, level: float, start: int | None = None) -> Exposure:
@@ -39,9 +40,10 @@ def exposure(result: RunResult, level: float, start: int | None = None) -> Expos
     loss = np.asarray(h["step_loss"], np.float64)
     level_at = trailing_median(np.where(np.isfinite(loss), loss, np.nan))
     until = events[0] if events else loss.size
-    ends = np.cumsum(steps) - 1 if short_batch(result.config) else np.array([], int)
+    short = short_batch(result.config)
+    ends = np.cumsum(steps) - 1 if short else np.array([], int)
     taken = [e for e in ends if start - 1 <= e < until and level_at[e] <= level]
-    return Exposure(len(taken), bool(events))
+    return Exposure(len(taken), bool(events), short)
 
 
 def none_p(rate: float, short_batches: int) -> float:
@@ -81,6 +83,8 @@ def _none(g: Group, groups: list[Group]) -> str:
     ref = _reference(groups, g.device)
     if g is ref or ref is None or not ref.short_batches:
         return "–"
+    if not any(e.short for e in g.exposures):
+        return "no short batch"
     if not g.short_batches:
         return "untested: none taken"
     return "–" if g.events else f"{none_p(ref.events / ref.short_batches, g.short_batches):.2g}"
@@ -114,7 +118,7 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     if not refs:
         return None
     others = [g for g in groups if g not in refs]
-    untested = [g for g in others if not g.short_batches]
+    untested = [g for g in others if not g.short_batches and any(e.short for e in g.exposures)]
     tested = [g for g in others if g.short_batches]
 
     def name(g: Group) -> str:
