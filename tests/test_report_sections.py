@@ -234,8 +234,8 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
               "stable_lowlr@asrun": {"lowest": [0.07, 0.08], "at_event": []}}
     fidelity = {"stable@asrun": cell(2, 3, [1, 2, 3]), "stable@fixed": cell(0, 2, [1, 2])}
     factorial = {"stable_lowlr@asrun": cell(0, 8, list(range(8)), p=0.01), "stable_warmup@fixed": cell(8, 8, [1])}
-    rows = [line for line in matrix_section([("full scale, cpu (`seeds_cpu`)", cpu, levels),
-                                             ("full scale, cpu (`fidelity`)", fidelity, {})], factorial)
+    rows = [line for line in matrix_section([("full scale, cpu (`seeds_cpu`)", "cpu", cpu, levels),
+                                             ("full scale, cpu (`fidelity`)", "cpu", fidelity, {})], factorial)
             if line.startswith("| ") and not line.startswith("| arm")]
     assert len(rows) == 13  # 12 cells, one of them with both a full-scale and a proxy row
     assert [r for r in rows if r.startswith("| stable | asrun")] == [

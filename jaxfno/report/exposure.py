@@ -68,6 +68,10 @@ class Group:
     def events(self) -> int:
         return sum(e.event for e in self.exposures)
 
+    @property
+    def has_short(self) -> bool:
+        return any(e.short for e in self.exposures)
+
 
 def _reference(groups: list[Group], device: str) -> Group | None:
     """`stable` in `asrun` from seeds on ``device``: the rate a remedy is held against."""
@@ -83,7 +87,7 @@ def _none(g: Group, groups: list[Group]) -> str:
     ref = _reference(groups, g.device)
     if g is ref or ref is None or not ref.short_batches:
         return "–"
-    if not any(e.short for e in g.exposures):
+    if not g.has_short:
         return "no short batch"
     if not g.short_batches:
         return "untested: none taken"
@@ -118,7 +122,7 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     if not refs:
         return None
     others = [g for g in groups if g not in refs]
-    untested = [g for g in others if not g.short_batches and any(e.short for e in g.exposures)]
+    untested = [g for g in others if not g.short_batches and g.has_short]
     tested = [g for g in others if g.short_batches]
 
     def name(g: Group) -> str:

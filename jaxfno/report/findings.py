@@ -239,10 +239,12 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
     return lines
 
 
-def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Path], level: float) -> list[Group]:
+def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Path], level: float,
+                    pooled: dict) -> list[Group]:
     """Each cell of the full-scale runs from seeds (``folders``: a run linked into two folders
     counts once; the zero-phase object's cells, whose losses are another problem's, left out) and
-    each change of the branches pooled over their branch points, as exposure groups."""
+    each change of the branches pooled over their branch points (``pooled``: their
+    ``pooled_summary``, which names each group's change), as exposure groups."""
     groups, seen = [], set()
     for folder in folders:
         device, cells = _device(folder), {}
@@ -251,7 +253,6 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
                 seen.add(r.run_dir.resolve())
                 cells.setdefault((key.arm, key.condition), []).append(exposure(r, level))
         groups += [Group(f"`{folder.name}`", arm, condition, device, tuple(e)) for (arm, condition), e in cells.items()]
-    changes = {name: s["change"] for name, s in pooled_summary(branch_folders).items()}
     branches: dict[str, list] = {}
     for folder in branch_folders:
         for name, rows in (branch_rows(folder) if folder.exists() else {}).items():
@@ -260,7 +261,7 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
                 branches.setdefault(name, []).append((stage_a.run_device(r.history),
                                                       exposure(r, level, row["first_step"])))
     for name, found in branches.items():
-        groups.append(Group("branches", changes[name], "asrun", ", ".join(sorted({d for d, _ in found})),
+        groups.append(Group("branches", pooled[name]["change"], "asrun", ", ".join(sorted({d for d, _ in found})),
                             tuple(e for _, e in found)))
     return groups
 
@@ -271,19 +272,19 @@ def _inside(a: dict, b: dict) -> bool:
     return alow <= b["p_collapse"] <= ahigh and blow <= a["p_collapse"] <= bhigh
 
 
-def matrix_section(sources: list[tuple[str, dict, dict]], factorial: dict,
+def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
                    conditions: tuple[str, ...] = ("asrun", "fixed")) -> list[str]:
     """Per arm and condition, every line of evidence from seeds: each full-scale source's cell
-    (``sources``: label, cells, training-loss levels; a cell shown by an earlier source is not
-    repeated) and the proxy factorial's, with whether the full scale confirms the proxy; "not
+    (``sources``: label, machine, cells, training-loss levels; a cell with the same seeds on the
+    same machine shown by an earlier source is not repeated) and the proxy factorial's, with whether the full scale confirms the proxy; "not
     run" where none exists."""
     rows, shown = [], set()
     for arm in stage_a.SPEC_ARMS:
         for condition in conditions:
             key, found = f"{arm}@{condition}", []
-            for label, cells, levels in sources:
+            for label, device, cells, levels in sources:
                 cell = cells.get(key)
-                same = (key, tuple(cell["seeds"]), label.split(" (")[0]) if cell else None  # seeds, machine
+                same = (key, tuple(cell["seeds"]), device) if cell else None
                 if cell and same not in shown:
                     shown.add(same)
                     reached = _range(levels.get(key, {}).get("lowest", []))
@@ -622,7 +623,9 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     # the level of `stable`'s first divergence events from seeds, and who took short batches there
     level = max((e for folder in seeds for e in _levels(folder).get("stable@asrun", {}).get("at_event", [])),
                 default=None)
-    exposed = exposure_groups([*seeds, full / "fidelity"], [f for f, _ in branch_points(full)], level) if level else []
+    branch_folders = [f for f, _ in branch_points(full)]
+    pooled = pooled_summary(branch_folders)
+    exposed = exposure_groups([*seeds, full / "fidelity"], branch_folders, level, pooled) if level else []
     answer = answer_paragraph(fidelity, factorial, [
         ("Remedies from seeds (full scale)", seeds_text),
         ("How far the runs descended", level_sentence(list({
@@ -647,12 +650,12 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         "## The answer so far",
         "",
         *([line, ""] if (line := bottom_line([(_device(f), _cells(f)) for f in seeds], exposed,
-                                              pooled_summary([f for f, _ in branch_points(full)]), fidelity))
+                                              pooled, fidelity))
           else []),
         answer,
         "",
-        *matrix_section([(f"full scale, {_device(folder)} (`{folder.name}`)", _cells(folder), _levels(folder))
-                         for folder in [*seeds, full / "fidelity"]], factorial),
+        *matrix_section([(f"full scale, {device} (`{folder.name}`)", device, _cells(folder), _levels(folder))
+                         for folder in [*seeds, full / "fidelity"] for device in [_device(folder)]], factorial),
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity,
                              _levels(root / "stage_a_full_asrun" / "fidelity")),
