@@ -305,3 +305,35 @@ def test_bottom_line_says_which_remedies_were_exposed():
     assert "those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss." in line
     assert line.endswith("Not yet run from seeds in `asrun`: `stable_warmup_lowlr`, `stable_warmup_clip`.")
     assert bottom_line([("cpu", {})], exposed, branches) is None
+
+
+def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
+    """Upstream's "the collapse is architectural" meets the hybrid control only where both arms ran
+    from the same seeds; the caveat says the control also clips."""
+    from jaxfno.io import read_json
+    from jaxfno.report.findings import architecture_caveat, architecture_sentence
+
+    def run(arm, seed, sets, outcome, events):
+        _branch(folder / "asrun" / arm, f"seed{seed}", [f"train.seed={seed}", *sets], outcome, events, steps=60,
+                source=True, trailing_median=0.3)
+        run_dir = folder / "asrun" / arm / f"seed{seed}"  # what the study's summary reads besides
+        verdict = read_json(run_dir / "verdict.json")
+        verdict["outcome_details"]["time_to_divergence"] = {"step": events[0] if events else 240,
+                                                            "epoch": 3, "observed": bool(events)}
+        write_json(run_dir / "verdict.json", {**verdict, "rules": [], "collapsed": False})
+        write_json(run_dir / "metrics.json", {"ssim": [0.5, 0.5], "mae": [0.1, 0.1]})
+        write_json(run_dir / "stats.json", {name: 0.1 for name in ("amp_ssim", "floor_amp_ssim", "best_val_loss",
+                                                                  "final_val_loss", "phase_ssim", "amp_mae",
+                                                                  "phase_mae")})
+
+    folder = tmp_path / "seeds_cpu"
+    for seed in (1, 2):
+        run("stable", seed, [], "diverged", [230])
+    assert architecture_sentence([folder]) is None  # no control yet
+    run("control", 1, ["model.arch=hybrid", "optim.grad_clip=1.0"], "healthy", [])
+    sentence = architecture_sentence([folder])
+    assert ("At full scale, in `asrun` on unknown device (`seeds_cpu`) the hybrid `control` (hybrid generator, Adam 1e-3, norm "
+            "clip 1.0) collapsed in 0/1 = 0.00 [0.00, 0.79], `stable` in 2/2 = 1.00 [0.34, 1.00] (one-sided Fisher "
+            "p 0.333 for fewer collapses with the hybrid); the hybrid's lowest 100-step median training loss was "
+            "0.1, against 0.3 just before `stable`'s divergence events") in sentence
+    assert "clip at 1.0" in architecture_caveat(True) and "not been run" in architecture_caveat(False)

@@ -569,10 +569,47 @@ CAVEATS = [
     "number here comes from the devices named in each folder's README. SPEC §10 reports the zero-phase "
     "condition collapsing for seeds 20260128 and 20260129 on another machine with the same command; on this "
     "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
-    "Upstream concluded that the collapse is architectural. Here the hybrid control has not been run in a "
-    "collapsing condition yet, so this project can neither confirm nor refute that; SPEC §9.7 notes upstream's own "
-    "control runs collapsed too.",
 ]
+
+
+def architecture_caveat(tested: bool) -> str:
+    """What limits this project's word on upstream's conclusion, "the collapse is architectural"."""
+    if not tested:
+        return ("Upstream concluded that the collapse is architectural. Here the hybrid control has not been run in "
+                "a collapsing condition yet, so this project can neither confirm nor refute that; SPEC §9.7 notes "
+                "upstream's own control runs collapsed too.")
+    return ("Upstream concluded that the collapse is architectural. Here the hybrid `control` differs from `stable` "
+            "in its norm clip at 1.0 as well as in its generator (with the batch gain the clip acts on nearly every "
+            "step, section 6), so a difference between them is not the architecture's alone; SPEC §9.7 notes "
+            "upstream's own control runs collapsed too.")
+
+
+def architecture_sentence(folders: list[pathlib.Path]) -> str | None:
+    """Upstream's conclusion, "the collapse is architectural" (`stable_hybrid` collapses where the
+    hybrid generator does not), against the hybrid `control` beside `stable` from the same seeds
+    on one machine."""
+    parts = []
+    for folder in folders:
+        cells, levels = _cells(folder), _levels(folder)
+        for key in sorted(k for k in cells if k.startswith("control@")):
+            control = cells[key]
+            condition = control["condition"]
+            stable = cells.get(f"stable@{condition}")
+            if not stable:
+                continue
+            lowest = levels.get(key, {}).get("lowest", [])
+            ref = levels.get(f"stable@{condition}", {}).get("at_event", [])
+            parts.append(
+                f"in `{condition}` on {_device(folder)} (`{folder.name}`) the hybrid `control` "
+                f"({stage_a.ARMS['control'].description}) collapsed in {_ci(control)}, `stable` in {_ci(stable)} "
+                f"(one-sided Fisher p {_p(control['fisher_p_vs_stable'])} for fewer collapses with the hybrid)"
+                + (f"; the hybrid's lowest 100-step median training loss was {_range(lowest)}"
+                   + (f", against {_range(ref)} just before `stable`'s divergence events" if ref else "")
+                   if lowest else ""))
+    if not parts:
+        return None
+    return ("Upstream concluded that the collapse is architectural (`stable_hybrid` collapses where the hybrid "
+            "generator does not). At full scale, " + "; ".join(parts) + " (the control also clips; see the caveats).")
 
 
 WARMUP_NOTE = ("Warmup-cosine (`stable_warmup` and its combinations) has no branches: its schedule starts at the "
@@ -618,6 +655,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
     seed_runs = [run for folder in seeds for run in sorted(folder.glob("*/*/seed*"))]
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
+    architecture = architecture_sentence(seeds)
     seeds_text = " ".join(filter(None, [_seeds_sentence(seeds), *map(_levels_sentence, seeds)])) or None
     factorial = _cells(root / "stage_a_proxy" / "factorial")
     # the level of `stable`'s first divergence events from seeds, and who took short batches there
@@ -639,7 +677,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         ("Mechanism", kick_sentence(_unique(sorted(full.glob("fidelity/*/stable/seed*"))
                                             + [run for run in seed_runs if run.parent.name == "stable"]))),
         ("Proxy", _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity)),
-        ("Rounding", _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable"))], confirm)
+        ("Rounding", _rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")),
+        ("Architecture (upstream's conclusion)", architecture)], confirm)
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -669,7 +708,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *kick_section(_unique(full_runs + seed_runs), root),
         "## Caveats",
         "",
-        *[f"- {c}" for c in caveats],
+        *[f"- {c}" for c in [*caveats, architecture_caveat(architecture is not None)]],
         "",
     ])
     out.write_text(text)
