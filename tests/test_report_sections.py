@@ -336,4 +336,10 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
             "clip 1.0) collapsed in 0/1 = 0.00 [0.00, 0.79], `stable` in 2/2 = 1.00 [0.34, 1.00] (one-sided Fisher "
             "p 0.333 for fewer collapses with the hybrid); the hybrid's lowest 100-step median training loss was "
             "0.1, against 0.3 just before `stable`'s divergence events") in sentence
+    assert "never trained down" not in sentence
+    history = read_json(folder / "asrun" / "control" / "seed1" / "history.json")
+    write_json(folder / "asrun" / "control" / "seed1" / "history.json",
+               {**history, "step_loss": [0.5] * len(history["step_loss"])})
+    assert ("was 0.5, against 0.3 just before `stable`'s divergence events, so it never trained down to where "
+            "`stable` diverged") in architecture_sentence([folder])
     assert "clip at 1.0" in architecture_caveat(True) and "not been run" in architecture_caveat(False)

@@ -604,7 +604,9 @@ def architecture_sentence(folders: list[pathlib.Path]) -> str | None:
                 f"({stage_a.ARMS['control'].description}) collapsed in {_ci(control)}, `stable` in {_ci(stable)} "
                 f"(one-sided Fisher p {_p(control['fisher_p_vs_stable'])} for fewer collapses with the hybrid)"
                 + (f"; the hybrid's lowest 100-step median training loss was {_range(lowest)}"
-                   + (f", against {_range(ref)} just before `stable`'s divergence events" if ref else "")
+                   + (f", against {_range(ref)} just before `stable`'s divergence events"
+                      + (", so it never trained down to where `stable` diverged"
+                         if level_word(lowest, ref) == "above" else "") if ref else "")
                    if lowest else ""))
     if not parts:
         return None
