@@ -333,7 +333,7 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     run("control", 1, ["model.arch=hybrid", "optim.grad_clip=1.0"], "healthy", [])
     sentence = architecture_sentence([folder])
     assert ("At full scale, in `asrun` on unknown device (`seeds_cpu`) the hybrid `control` (hybrid generator, Adam 1e-3, norm "
-            "clip 1.0) collapsed in 0/1 = 0.00 [0.00, 0.79], `stable` in 2/2 = 1.00 [0.34, 1.00] (one-sided Fisher "
+            "clip 1.0) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1), `stable` in 2/2 = 1.00 [0.34, 1.00] (one-sided Fisher "
             "p 0.333 for fewer collapses with the hybrid); the hybrid's lowest 100-step median training loss was "
             "0.1, against 0.3 just before `stable`'s divergence events") in sentence
     assert "never trained down" not in sentence

@@ -601,7 +601,11 @@ def architecture_sentence(folders: list[pathlib.Path]) -> str | None:
             ref = levels.get(f"stable@{condition}", {}).get("at_event", [])
             parts.append(
                 f"in `{condition}` on {_device(folder)} (`{folder.name}`) the hybrid `control` "
-                f"({stage_a.ARMS['control'].description}) collapsed in {_ci(control)}, `stable` in {_ci(stable)} "
+                f"({stage_a.ARMS['control'].description}) collapsed in {_ci(control)} (outcomes: "
+                f"{outcome_text(control['outcomes'])}"
+                + (f"; first divergence events in epochs {_epochs(control)}" if control["divergence_epochs"] else "")
+                + "), `stable` in "
+                f"{_ci(stable)} "
                 f"(one-sided Fisher p {_p(control['fisher_p_vs_stable'])} for fewer collapses with the hybrid)"
                 + (f"; the hybrid's lowest 100-step median training loss was {_range(lowest)}"
                    + (f", against {_range(ref)} just before `stable`'s divergence events"
