@@ -253,7 +253,7 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     """Short batches (each epoch's last step) at or below the level, from the one before the
     start up to the first event at or after it; an earlier event is the source's."""
     from jaxfno.pipeline import RunResult
-    from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, none_p
+    from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence, none_p
 
     _branch(tmp_path, "run", [], "diverged", [200], steps=60, source=True)
     losses = [0.3] * 60 + [0.1] * 180  # epoch ends at steps 59, 119, 179, 239
@@ -279,6 +279,12 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
     assert rows[4].endswith("| 0 (0) | 1 | – | no short batch |")
     assert none_p(0.5, 3) == pytest.approx(0.125)
+    # a proxy candidate's `stable` is held against full scale's rate, never taken for the reference
+    proxy = Group("`calibration/p`", "stable", "asrun", "cpu", (late,), "p")
+    text = exposure_sentence([proxy, stable, remedy], 0.1)
+    assert "`stable` on cpu took 4 and 2 first events followed (0.5 per short batch)" in text
+    assert ("`stable` at proxy scale `p` in `asrun` (cpu) took 1 with 0 first events (none at `stable`'s rate on "
+            "that machine: probability 0.5)") in text
 
 
 def test_bottom_line_says_which_remedies_were_exposed():

@@ -59,6 +59,7 @@ class Group:
     condition: str
     device: str
     exposures: tuple[Exposure, ...]
+    scale: str = "full"  # a proxy candidate's name: its `stable` is compared with full scale's, not a remedy
 
     @property
     def short_batches(self) -> int:
@@ -76,7 +77,7 @@ class Group:
 def _reference(groups: list[Group], device: str) -> Group | None:
     """`stable` in `asrun` from seeds on ``device``: the rate a remedy is held against."""
     return next((g for g in groups if g.what == "stable" and g.condition == "asrun" and g.device == device
-                 and g.label != "branches"), None)
+                 and g.label != "branches" and g.scale == "full"), None)
 
 
 def _rate(g: Group) -> str:
@@ -126,8 +127,9 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     tested = [g for g in others if g.short_batches]
 
     def name(g: Group) -> str:
+        scale = "" if g.scale == "full" else f" at proxy scale `{g.scale}`"
         return (f"the branches with {g.what}" if g.label == "branches" else
-                f"`{g.what}` in `{g.condition}` ({g.device})")
+                f"`{g.what}`{scale} in `{g.condition}` ({g.device})")
 
     text = (f"Counting the short batches each run took while its 100-step median training loss was at or below "
             f"{level:.3g} (the highest level at which a first divergence event of `stable` began), up to a first "

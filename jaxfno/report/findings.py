@@ -240,11 +240,21 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
 
 
 def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Path], level: float,
-                    pooled: dict) -> list[Group]:
+                    pooled: dict, proxies: list[pathlib.Path] = []) -> list[Group]:
     """Each cell of the full-scale runs from seeds (``folders``: a run linked into two folders
-    counts once; the zero-phase object's cells, whose losses are another problem's, left out) and
+    counts once; the zero-phase object's cells, whose losses are another problem's, left out),
     each change of the branches pooled over their branch points (``pooled``: their
-    ``pooled_summary``, which names each group's change), as exposure groups."""
+    ``pooled_summary``, which names each group's change), and each proxy candidate's cell whose
+    runs trained down to ``level`` (``proxies``; those that did not are section 2's), as exposure
+    groups."""
+    proxy_groups = []
+    for folder in proxies:
+        cells = {}
+        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+            if stage_a.CONDITIONS[key.condition].set_phi:
+                cells.setdefault((key.arm, key.condition), []).append(exposure(r, level))
+        proxy_groups += [Group(f"`calibration/{folder.name}`", arm, condition, _device(folder), tuple(e), folder.name)
+                         for (arm, condition), e in cells.items() if any(x.short_batches for x in e)]
     groups, seen = [], set()
     for folder in folders:
         device, cells = _device(folder), {}
@@ -263,7 +273,7 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
     for name, found in branches.items():
         groups.append(Group("branches", pooled[name]["change"], "asrun", ", ".join(sorted({d for d, _ in found})),
                             tuple(e for _, e in found)))
-    return groups
+    return groups + proxy_groups
 
 
 def _inside(a: dict, b: dict) -> bool:
@@ -490,7 +500,7 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
             f" (`asrun`, full scale), `stable` collapsed in {k}/{n} of its "
             "seeds (" + ", ".join(f"{c['collapsed']}/{c['n']} on {device}" for device, c in stable) + ").")
     exposure_of = {(g.what, g.device): g.short_batches for g in exposed if g.label != "branches"
-                   and g.condition == "asrun"}
+                   and g.condition == "asrun" and g.scale == "full"}
     remedies = [(device, c) for device, cells in seed_cells for c in cells.values()
                 if c["condition"] == "asrun" and c["arm"] not in ("stable", "control")]
     tested = {c["arm"] for device, c in remedies if exposure_of.get((c["arm"], device))}
@@ -669,7 +679,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
                 default=None)
     branch_folders = [f for f, _ in branch_points(full)]
     pooled = pooled_summary(branch_folders)
-    exposed = exposure_groups([*seeds, full / "fidelity"], branch_folders, level, pooled) if level else []
+    exposed = exposure_groups([*seeds, full / "fidelity"], branch_folders, level, pooled,
+                              _dirs(root / "stage_a_proxy" / "calibration")) if level else []
     answer = answer_paragraph(fidelity, factorial, [
         ("Remedies from seeds (full scale)", seeds_text),
         ("How far the runs descended", level_sentence(list({
