@@ -45,7 +45,8 @@ for point in branches branches_e16; do
   jaxfno outcomes "$out/$point" --relative-to "$out/$point" --out "$out/$point/outcomes.md"
 done
 # seeds_h200/ (on a GPU; its README): stable against stable_lowlr from six seeds, one vmapped program.
-# seeds_cpu/ (this CPU, one seed per program): stable_warmup, stable_warmup_clip and the hybrid control
+# seeds_cpu/ (this CPU, one seed per program): stable_warmup, stable_warmup_clip, stable_warmup_lowlr and the
+# hybrid control
 # from seeds, beside the asrun stable runs above.
 if [ "${GPU_SEEDS:-0}" = 1 ]; then
   jaxfno study stage-a --scale full --conditions asrun --seeds 6 --arms stable stable_lowlr \
@@ -55,5 +56,5 @@ else
   jaxfno study stage-a --scale full --conditions asrun --seeds 3 --arms stable_warmup --members-per-program 1 \
     --out "$out/seeds_cpu"
   jaxfno study stage-a --scale full --conditions asrun --seeds 1 --arms stable_warmup_clip control \
-    --members-per-program 1 --out "$out/seeds_cpu"
+    stable_warmup_lowlr --members-per-program 1 --out "$out/seeds_cpu"
 fi
