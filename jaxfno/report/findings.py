@@ -12,6 +12,7 @@ import dataclasses
 import pathlib
 import platform
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from jaxfno.provenance import code_commit
 from jaxfno.pipeline import RunResult
 from jaxfno.report.branches import (NULL_GROUP, branch_rows, level_word, loss_range as _range, null_perturbation_section,
                                    pooled_section, pooled_sentence, pooled_summary)
-from jaxfno.report.exposure import Group, exposure, exposure_section, exposure_sentence
+from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
@@ -240,29 +241,28 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
 
 
 def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Path], level: float,
-                    pooled: dict, proxies: list[pathlib.Path] = []) -> list[Group]:
+                    pooled: dict, proxies: Sequence[pathlib.Path] = ()) -> list[Group]:
     """Each cell of the full-scale runs from seeds (``folders``: a run linked into two folders
     counts once; the zero-phase object's cells, whose losses are another problem's, left out),
     each change of the branches pooled over their branch points (``pooled``: their
     ``pooled_summary``, which names each group's change), and each proxy candidate's cell whose
     runs trained down to ``level`` (``proxies``; those that did not are section 2's), as exposure
     groups."""
-    proxy_groups = []
-    for folder in proxies:
-        cells = {}
-        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
-            if stage_a.CONDITIONS[key.condition].set_phi:
-                cells.setdefault((key.arm, key.condition), []).append(exposure(r, level))
-        proxy_groups += [Group(f"`calibration/{folder.name}`", arm, condition, _device(folder), tuple(e), folder.name)
-                         for (arm, condition), e in cells.items() if any(x.short_batches for x in e)]
-    groups, seen = [], set()
-    for folder in folders:
-        device, cells = _device(folder), {}
+    seen: set[pathlib.Path] = set()
+
+    def cells(folder: pathlib.Path) -> dict[tuple[str, str], tuple[Exposure, ...]]:
+        found: dict[tuple[str, str], list[Exposure]] = {}
         for key, r in (finished_runs(folder) if folder.exists() else {}).items():
             if stage_a.CONDITIONS[key.condition].set_phi and r.run_dir.resolve() not in seen:
                 seen.add(r.run_dir.resolve())
-                cells.setdefault((key.arm, key.condition), []).append(exposure(r, level))
-        groups += [Group(f"`{folder.name}`", arm, condition, device, tuple(e)) for (arm, condition), e in cells.items()]
+                found.setdefault((key.arm, key.condition), []).append(exposure(r, level))
+        return {cell: tuple(e) for cell, e in found.items()}
+
+    groups = [Group(f"`{folder.name}`", arm, condition, _device(folder), e)
+              for folder in folders for (arm, condition), e in cells(folder).items()]
+    proxy_groups = [Group(f"`calibration/{folder.name}`", arm, condition, _device(folder), e, folder.name)
+                    for folder in proxies for (arm, condition), e in cells(folder).items()
+                    if any(x.short_batches for x in e)]
     branches: dict[str, list] = {}
     for folder in branch_folders:
         for name, rows in (branch_rows(folder) if folder.exists() else {}).items():

@@ -139,7 +139,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
     Scale("proxy_full_w16", width=16, blocks=4, modes=12, train_subset=0, epochs=20, seeds=3,
           conditions=("asrun", "fixed")),
     # Width 16 reached the loss at which full scale diverged only in its last epochs: twice the
-    # epochs, each about a third of a full-scale epoch's cost.
+    # epochs, so that it trains there for longer.
     Scale("proxy_full_w16_e40", width=16, blocks=4, modes=12, train_subset=0, epochs=40, seeds=3,
           conditions=("asrun", "fixed")),
 )}
