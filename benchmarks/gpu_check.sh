@@ -18,7 +18,8 @@
 # GPU_CHECK_ARCHIVE=DIR set, OUT and the factorial's runs (without checkpoints and raw traces) are
 # packed after every stage into DIR/gpu.tar.xz.part_aa, _ab, ... of at most 15 MB each (the device
 # tool hands back files of up to 16 MiB; `cat DIR/gpu.tar.xz.part_* | tar xJf -` unpacks), so that
-# a call cut short still hands back what it finished.
+# a call cut short still hands back what it finished. On a lent machine set it: the tool hands back
+# at most 8 files, so the factorial's run folders come back only inside the archive.
 # CONV3X3 (xla|im2col) overrides the 3×3 convolution of the multi-seed arm and the factorial,
 # which is otherwise the one that stepped K members faster (--set execution.conv3x3=...).
 set -uo pipefail
@@ -28,6 +29,8 @@ if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUT=${1:-results/gpu}
 mkdir -p "$OUT"
 export JAXFNO_CACHE=${JAXFNO_CACHE:-$PWD/.cache}
+# A stage stopped at its limit keeps the progress it printed (Python buffers it otherwise).
+export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 ALL_STAGES="env bench_step profile_one profile_members bench_seeds bench_seeds_im2col arm_1seed arm_4seeds factorial pytest"
 # The dry run (CI) leaves out the stages that repeat another one with other arguments.

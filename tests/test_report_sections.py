@@ -349,3 +349,31 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     assert ("was 0.5, against 0.3 just before `stable`'s divergence events, so it never trained down to where "
             "`stable` diverged") in architecture_sentence([folder])
     assert "clip at 1.0" in architecture_caveat(True) and "not been run" in architecture_caveat(False)
+
+
+def test_report_only_rows_are_quoted_apart_and_skip_cells_with_committed_runs(tmp_path):
+    from jaxfno.report.report_only import report_only_section, report_only_sentence, unretrieved_rows
+
+    folder = tmp_path / "h200_report_only"
+    folder.mkdir()
+    head = "| arm | condition | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | best val |\n|---|---|---|---|---|---|\n"
+    (folder / "summary.md").write_text(
+        "# Stage A study\n\n" + head
+        + "| stable | asrun | diverged 2, healthy 1 | 2/3 = 0.67 [0.21, 0.94] | – | 0.0700 ± 0.0010 |\n"
+        + "| stable_warmup | asrun | healthy 3 | 0/3 = 0.00 [0.00, 0.56] | 0.1 | 0.0650 ± 0.0020 |\n\nValues …\n")
+    (folder / "report_provenance.md").write_text("# Provenance\n\n- devices the runs trained on: NVIDIA H200 × 1\n")
+    committed = {("NVIDIA H200", "stable@asrun"), ("cpu", "stable_warmup@asrun")}
+    rows = unretrieved_rows(folder, committed)
+    assert [r["arm"] for r in rows] == ["stable_warmup"]  # `stable` has its runs on that device
+    sentence = report_only_sentence([folder], committed)
+    assert "`stable_warmup` in `asrun` collapsed in 0/3 = 0.00 [0.00, 0.56]" in sentence
+    assert "Fisher p 0.1" in sentence and "0.0650 ± 0.0020 against `stable`'s 0.0700 ± 0.0010" in sentence
+    section = "\n".join(report_only_section([folder], committed))
+    assert "runs not retrieved" in section and "| stable_warmup | asrun | healthy 3 |" in section
+    assert "| stable | asrun |" not in section
+    # once the runs are committed on that device, the report has nothing left to quote
+    everything = committed | {("NVIDIA H200", "stable_warmup@asrun")}
+    assert report_only_sentence([folder], everything) is None and report_only_section([folder], everything) == []
+    (folder / "report_provenance.md").write_text("# Provenance\n")
+    with pytest.raises(ValueError, match="devices the runs trained on"):
+        unretrieved_rows(folder, committed)
