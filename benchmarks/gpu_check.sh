@@ -40,6 +40,8 @@ STAGES=" ${GPU_CHECK_STAGES:-$ALL_STAGES} "
 # output over a GPU run's archive.
 ARCHIVE=${GPU_CHECK_ARCHIVE:-}
 unset GPU_CHECK_ARCHIVE GPU_CHECK_STAGES
+[ $DRY -eq 1 ] || [ -n "$ARCHIVE" ] || echo "warning: GPU_CHECK_ARCHIVE is unset: a device tool that hands back" \
+  "a few files (8 here) returns none of the factorial's run folders" >&2
 status=0
 pack() {  # written aside and renamed, so a call cut short mid-write still leaves the last whole archive
   [ -n "$ARCHIVE" ] || return 0
