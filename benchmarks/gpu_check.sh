@@ -18,8 +18,8 @@
 # GPU_CHECK_ARCHIVE=DIR set, OUT and the factorial's runs (without checkpoints and raw traces) are
 # packed after every stage into DIR/gpu.tar.xz.part_aa, _ab, ... of at most 15 MB each (the device
 # tool hands back files of up to 16 MiB; `cat DIR/gpu.tar.xz.part_* | tar xJf -` unpacks), so that
-# a call cut short still hands back what it finished. On a lent machine set it: the tool hands back
-# at most 8 files, so the factorial's run folders come back only inside the archive.
+# a call cut short still hands back what it finished. The factorial stage on a GPU requires it
+# (GPU_CHECK_ARCHIVE=none: keep the runs on the machine).
 # CONV3X3 (xla|im2col) overrides the 3×3 convolution of the multi-seed arm and the factorial,
 # which is otherwise the one that stepped K members faster (--set execution.conv3x3=...).
 set -uo pipefail
@@ -27,7 +27,6 @@ cd "$(dirname "$0")/.."
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUT=${1:-results/gpu}
-mkdir -p "$OUT"
 export JAXFNO_CACHE=${JAXFNO_CACHE:-$PWD/.cache}
 # A stage stopped at its limit keeps the progress it printed (Python buffers it otherwise).
 export PYTHONUNBUFFERED=1
@@ -40,8 +39,15 @@ STAGES=" ${GPU_CHECK_STAGES:-$ALL_STAGES} "
 # output over a GPU run's archive.
 ARCHIVE=${GPU_CHECK_ARCHIVE:-}
 unset GPU_CHECK_ARCHIVE GPU_CHECK_STAGES
-[ $DRY -eq 1 ] || [ -n "$ARCHIVE" ] || echo "warning: GPU_CHECK_ARCHIVE is unset: a device tool that hands back" \
-  "a few files (8 here) returns none of the factorial's run folders" >&2
+# A device tool hands back a few files, not the factorial's run folders: a GPU session once lost
+# twelve finished runs that way (results/stage_a_full_asrun/h200_report_only).
+if [ $DRY -eq 0 ] && [[ $STAGES == *" factorial "* ]] && [ -z "$ARCHIVE" ]; then
+  echo "gpu_check.sh: the factorial stage needs GPU_CHECK_ARCHIVE=DIR (its runs come back only packed there)," \
+    "or GPU_CHECK_ARCHIVE=none to leave them on the machine" >&2
+  exit 2
+fi
+[ "$ARCHIVE" != none ] || ARCHIVE=
+mkdir -p "$OUT"
 status=0
 pack() {  # written aside and renamed, so a call cut short mid-write still leaves the last whole archive
   [ -n "$ARCHIVE" ] || return 0

@@ -39,3 +39,15 @@ def test_gpu_check_dry_run(tmp_path):
     # The factorial's chunk (in the dry run one asrun run), reported as far as it got.
     factorial = (out / "factorial" / "summary.md").read_text()
     assert "| stable | asrun |" in factorial and (out / "factorial" / "outcomes.md").exists()
+
+
+def test_gpu_check_refuses_a_device_factorial_without_an_archive(tmp_path):
+    """On a device the factorial's runs come back only packed: without GPU_CHECK_ARCHIVE the script
+    stops before writing anything (nothing of the project runs: the check precedes every stage)."""
+    out = tmp_path / "gpu"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)],
+                          env={**env, "PYTHON": "false", "GPU_CHECK_STAGES": "env factorial"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "needs GPU_CHECK_ARCHIVE=DIR" in proc.stderr
+    assert not out.exists()

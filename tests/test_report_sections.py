@@ -313,6 +313,26 @@ def test_bottom_line_says_which_remedies_were_exposed():
     assert bottom_line([("cpu", {})], exposed, branches) is None
 
 
+def _seed_run(folder, arm, seed, sets, outcome, events, device=None):
+    """A finished run from seeds with everything the study's summary reads."""
+    from jaxfno.io import read_json
+
+    _branch(folder / "asrun" / arm, f"seed{seed}", [f"train.seed={seed}", *sets], outcome, events, steps=60,
+            source=True, trailing_median=0.3)
+    run_dir = folder / "asrun" / arm / f"seed{seed}"
+    verdict = read_json(run_dir / "verdict.json")
+    verdict["outcome_details"]["time_to_divergence"] = {"step": events[0] if events else 240,
+                                                        "epoch": 3, "observed": bool(events)}
+    write_json(run_dir / "verdict.json", {**verdict, "rules": [], "collapsed": False})
+    write_json(run_dir / "metrics.json", {"ssim": [0.5, 0.5], "mae": [0.1, 0.1]})
+    write_json(run_dir / "stats.json", {name: 0.1 for name in ("amp_ssim", "floor_amp_ssim", "best_val_loss",
+                                                              "final_val_loss", "phase_ssim", "amp_mae",
+                                                              "phase_mae")})
+    history = read_json(run_dir / "history.json")
+    write_json(run_dir / "history.json", {**history, "grad_norm": [1.0] * len(history["step_loss"]),
+                                          **({"execution": {"device": device}} if device else {})})
+
+
 def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     """Upstream's "the collapse is architectural" meets the hybrid control only where both arms ran
     from the same seeds; the caveat says the control also clips."""
@@ -320,17 +340,7 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     from jaxfno.report.findings import architecture_caveat, architecture_sentence
 
     def run(arm, seed, sets, outcome, events):
-        _branch(folder / "asrun" / arm, f"seed{seed}", [f"train.seed={seed}", *sets], outcome, events, steps=60,
-                source=True, trailing_median=0.3)
-        run_dir = folder / "asrun" / arm / f"seed{seed}"  # what the study's summary reads besides
-        verdict = read_json(run_dir / "verdict.json")
-        verdict["outcome_details"]["time_to_divergence"] = {"step": events[0] if events else 240,
-                                                            "epoch": 3, "observed": bool(events)}
-        write_json(run_dir / "verdict.json", {**verdict, "rules": [], "collapsed": False})
-        write_json(run_dir / "metrics.json", {"ssim": [0.5, 0.5], "mae": [0.1, 0.1]})
-        write_json(run_dir / "stats.json", {name: 0.1 for name in ("amp_ssim", "floor_amp_ssim", "best_val_loss",
-                                                                  "final_val_loss", "phase_ssim", "amp_mae",
-                                                                  "phase_mae")})
+        _seed_run(folder, arm, seed, sets, outcome, events)
 
     folder = tmp_path / "seeds_cpu"
     for seed in (1, 2):
@@ -351,29 +361,78 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     assert "clip at 1.0" in architecture_caveat(True) and "not been run" in architecture_caveat(False)
 
 
+
+REPORT_HEAD = ("| arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | best val |\n"
+               "|---|---|---|---|---|---|---|\n")
+
+
+def _report_only(folder, rows, device="NVIDIA H200 × 1", table=None):
+    """A report-only folder as gpu_check.sh leaves it: an earlier table of another stage, then the factorial's."""
+    folder.mkdir(parents=True)
+    other = REPORT_HEAD + "| control | asrun | 1 | healthy 1 | 0/1 = 0.00 [0.00, 0.79] | – | 0.1 |\n"
+    table = REPORT_HEAD + "".join(rows) if table is None else table
+    (folder / "summary.md").write_text(f"# GPU check\n\n## arm_1seed\n\n{other}\n"
+                                       f"## factorial (the runs finished so far)\n\n# Stage A\n\n{table}\nValues …\n")
+    (folder / "report_provenance.md").write_text(f"# Provenance\n\n- devices the runs trained on: {device}\n")
+    return folder
+
+
+STABLE_ROW = "| stable | asrun | 3 | diverged 2, healthy 1 | 2/3 = 0.67 [0.21, 0.94] | – | 0.0700 ± 0.0010 |\n"
+WARMUP_ROW = "| stable_warmup | asrun | 3 | healthy 3 | 0/3 = 0.00 [0.00, 0.56] | 0.1 | 0.0650 ± 0.0020 |\n"
+
+
 def test_report_only_rows_are_quoted_apart_and_skip_cells_with_committed_runs(tmp_path):
     from jaxfno.report.report_only import report_only_section, report_only_sentence, unretrieved_rows
 
-    folder = tmp_path / "h200_report_only"
-    folder.mkdir()
-    head = "| arm | condition | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | best val |\n|---|---|---|---|---|---|\n"
-    (folder / "summary.md").write_text(
-        "# Stage A study\n\n" + head
-        + "| stable | asrun | diverged 2, healthy 1 | 2/3 = 0.67 [0.21, 0.94] | – | 0.0700 ± 0.0010 |\n"
-        + "| stable_warmup | asrun | healthy 3 | 0/3 = 0.00 [0.00, 0.56] | 0.1 | 0.0650 ± 0.0020 |\n\nValues …\n")
-    (folder / "report_provenance.md").write_text("# Provenance\n\n- devices the runs trained on: NVIDIA H200 × 1\n")
+    folder = _report_only(tmp_path / "h200_report_only", [STABLE_ROW, WARMUP_ROW])
     committed = {("NVIDIA H200", "stable@asrun"), ("cpu", "stable_warmup@asrun")}
-    rows = unretrieved_rows(folder, committed)
+    rows = unretrieved_rows(folder, committed)  # the factorial's table, not the one before it
     assert [r["arm"] for r in rows] == ["stable_warmup"]  # `stable` has its runs on that device
     sentence = report_only_sentence([folder], committed)
     assert "`stable_warmup` in `asrun` collapsed in 0/3 = 0.00 [0.00, 0.56]" in sentence
     assert "Fisher p 0.1" in sentence and "0.0650 ± 0.0020 against `stable`'s 0.0700 ± 0.0010" in sentence
     section = "\n".join(report_only_section([folder], committed))
-    assert "runs not retrieved" in section and "| stable_warmup | asrun | healthy 3 |" in section
-    assert "| stable | asrun |" not in section
+    assert "| stable_warmup | asrun | 3 | healthy 3 |" in section and "| stable | asrun |" not in section
     # once the runs are committed on that device, the report has nothing left to quote
     everything = committed | {("NVIDIA H200", "stable_warmup@asrun")}
     assert report_only_sentence([folder], everything) is None and report_only_section([folder], everything) == []
+
+
+@pytest.mark.parametrize("table, device, message", [
+    (REPORT_HEAD + "| stable_warmup | asrun | 3 | a | b | c |\n", "NVIDIA H200 × 1", "a row has 6 cells, the header 7"),
+    (REPORT_HEAD, "NVIDIA H200 × 1", "no rows"),
+    (REPORT_HEAD.splitlines()[0] + "\n" + WARMUP_ROW, "NVIDIA H200 × 1", "separator"),
+    ("| arm | condition |\n|---|---|\n| stable | asrun |\n", "NVIDIA H200 × 1", "lacks the column"),
+    ("no table here\n", "NVIDIA H200 × 1", "no table under"),
+    (None, "NVIDIA H200 × 1, cpu × 1", "2 devices"),
+])
+def test_report_only_refuses_what_it_cannot_read(tmp_path, table, device, message):
+    from jaxfno.report.report_only import unretrieved_rows
+
+    folder = _report_only(tmp_path / "x_report_only", [WARMUP_ROW], device, table)
+    with pytest.raises(ValueError, match=message):
+        unretrieved_rows(folder, set())
     (folder / "report_provenance.md").write_text("# Provenance\n")
     with pytest.raises(ValueError, match="devices the runs trained on"):
-        unretrieved_rows(folder, committed)
+        unretrieved_rows(folder, set())
+
+
+def test_findings_quote_a_report_only_folder_apart_from_the_runs(tmp_path):
+    from jaxfno.report.findings import write_findings
+
+    seeds = tmp_path / "stage_a_full_asrun" / "seeds_h200"
+    for seed in (1, 2, 3):
+        _seed_run(seeds, "stable", seed, [], "diverged" if seed < 3 else "healthy", [230] if seed < 3 else [],
+                  device="NVIDIA H200")
+    _report_only(tmp_path / "stage_a_full_asrun" / "h200_report_only", [STABLE_ROW, WARMUP_ROW])
+    text = write_findings(tmp_path, tmp_path / "FINDINGS.md")
+    header, rest = text.split("## The answer so far")
+    assert "except those quoted from a device's report of runs that did not come back" in header
+    answer = rest.split("### Per remedy")[0]
+    assert "**Reported, runs not retrieved (full scale).**" in answer and "`stable_warmup` in `asrun`" in answer
+    # the committed `stable` runs are counted; the quoted remedy counts as not run everywhere else
+    assert "Not yet run from seeds in `asrun`: `stable_warmup`" in answer
+    assert "| stable_warmup | asrun | not run |" in text
+    assert "| `seeds_h200` (NVIDIA H200) | stable | asrun | 3 |" in text
+    assert "| `seeds_h200` (NVIDIA H200) | stable_warmup |" not in text
+    assert "| stable | asrun | 3 |" not in text.split("runs not retrieved (`h200_report_only`)")[1]

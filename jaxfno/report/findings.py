@@ -560,7 +560,7 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str
         warmup = [arm for arm in stage_a.SPEC_ARMS if "warmup" in arm]
         bullets.append(("Not yet run", "From seeds in a condition that collapses, at either scale: "
                         + ", ".join(f"`{arm}`" for arm in missing) + "."
-                        + (" So there is no evidence at all on warmup-cosine, whose schedule starts at the first "
+                        + (" So no committed run bears on warmup-cosine, whose schedule starts at the first "
                            "step and so cannot be tested by branching." if set(warmup) <= set(missing) else "")))
     return "\n".join(f"- **{label}.** {sentence}" for label, sentence in bullets)
 
@@ -674,6 +674,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     # reports printed on a device whose runs did not come back: quoted apart, counted nowhere
     report_only = sorted(p for p in full.glob("*_report_only") if p.is_dir())
     committed = {(_device(folder), key) for folder in seeds for key in _cells(folder)}
+    quoted = report_only_section(report_only, committed)
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     architecture = architecture_sentence(seeds)
     seeds_text = " ".join(filter(None, [_seeds_sentence(seeds), *map(_levels_sentence, seeds)])) or None
@@ -705,7 +706,9 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
         f"Written by `jaxfno findings` at commit {code_commit()} on {platform.machine()} from the runs under "
-        f"`{root}`; every number below is read from them. Outcomes are SPEC §6.3's; collapse = non_finite, "
+        f"`{root}`; every number below is read from them"
+        + (" except those quoted from a device's report of runs that did not come back" if quoted else "")
+        + ". Outcomes are SPEC §6.3's; collapse = non_finite, "
         "collapsed_constant or diverged. Epochs are 1-based; steps are 0-based global step indices.",
         "",
         "## The answer so far",
@@ -721,7 +724,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity,
                              _levels(root / "stage_a_full_asrun" / "fidelity")),
         *seeds_section(seeds),
-        *report_only_section(report_only, committed),
+        *quoted,
         *(exposure_section(exposed, level) if exposed else []),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),
         *pooled_section([folder for folder, _ in branch_points(full)], WARMUP_NOTE),
