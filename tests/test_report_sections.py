@@ -382,20 +382,21 @@ WARMUP_ROW = "| stable_warmup | asrun | 3 | healthy 3 | 0/3 = 0.00 [0.00, 0.56] 
 
 
 def test_report_only_rows_are_quoted_apart_and_skip_cells_with_committed_runs(tmp_path):
-    from jaxfno.report.report_only import report_only_section, report_only_sentence, unretrieved_rows
+    from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 
     folder = _report_only(tmp_path / "h200_report_only", [STABLE_ROW, WARMUP_ROW])
     committed = {("NVIDIA H200", "stable@asrun"), ("cpu", "stable_warmup@asrun")}
-    rows = unretrieved_rows(folder, committed)  # the factorial's table, not the one before it
-    assert [r["arm"] for r in rows] == ["stable_warmup"]  # `stable` has its runs on that device
-    sentence = report_only_sentence([folder], committed)
+    reports = read_reports([folder], committed)  # the factorial's table, not the one before it
+    assert [r["arm"] for r in reports[0].unretrieved] == ["stable_warmup"]  # `stable` has its runs on that device
+    sentence = report_only_sentence(reports)
     assert "`stable_warmup` in `asrun` collapsed in 0/3 = 0.00 [0.00, 0.56]" in sentence
     assert "Fisher p 0.1" in sentence and "0.0650 ± 0.0020 against `stable`'s 0.0700 ± 0.0010" in sentence
-    section = "\n".join(report_only_section([folder], committed))
+    section = "\n".join(report_only_section(reports))
     assert "| stable_warmup | asrun | 3 | healthy 3 |" in section and "| stable | asrun |" not in section
     # once the runs are committed on that device, the report has nothing left to quote
     everything = committed | {("NVIDIA H200", "stable_warmup@asrun")}
-    assert report_only_sentence([folder], everything) is None and report_only_section([folder], everything) == []
+    reports = read_reports([folder], everything)
+    assert report_only_sentence(reports) is None and report_only_section(reports) == []
 
 
 @pytest.mark.parametrize("table, device, message", [
@@ -407,14 +408,14 @@ def test_report_only_rows_are_quoted_apart_and_skip_cells_with_committed_runs(tm
     (None, "NVIDIA H200 × 1, cpu × 1", "2 devices"),
 ])
 def test_report_only_refuses_what_it_cannot_read(tmp_path, table, device, message):
-    from jaxfno.report.report_only import unretrieved_rows
+    from jaxfno.report.report_only import read_reports
 
     folder = _report_only(tmp_path / "x_report_only", [WARMUP_ROW], device, table)
     with pytest.raises(ValueError, match=message):
-        unretrieved_rows(folder, set())
+        read_reports([folder], set())
     (folder / "report_provenance.md").write_text("# Provenance\n")
     with pytest.raises(ValueError, match="devices the runs trained on"):
-        unretrieved_rows(folder, set())
+        read_reports([folder], set())
 
 
 def test_findings_quote_a_report_only_folder_apart_from_the_runs(tmp_path):

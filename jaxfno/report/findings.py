@@ -25,7 +25,7 @@ from jaxfno.report.branches import (NULL_GROUP, branch_rows, level_word, loss_ra
                                    pooled_section, pooled_sentence, pooled_summary)
 from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
-from jaxfno.report.report_only import report_only_section, report_only_sentence
+from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.study import outcome_text, summarise
 from jaxfno.study import stage_a
 from jaxfno.study.runner import finished_runs
@@ -668,13 +668,14 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
     full = root / "stage_a_full_asrun"
     seeds = seed_folders(full)
-    confirm = {key: cell for folder in seeds for key, cell in _cells(folder).items()}
+    seed_cells = {folder: _cells(folder) for folder in seeds}
+    confirm = {key: cell for cells in seed_cells.values() for key, cell in cells.items()}
     full_runs = sorted(full.glob("fidelity/*/stable/seed*")) + sorted(full.glob("rerun/seed*"))
     seed_runs = [run for folder in seeds for run in sorted(folder.glob("*/*/seed*"))]
     # reports printed on a device whose runs did not come back: quoted apart, counted nowhere
-    report_only = sorted(p for p in full.glob("*_report_only") if p.is_dir())
-    committed = {(_device(folder), key) for folder in seeds for key in _cells(folder)}
-    quoted = report_only_section(report_only, committed)
+    reports = read_reports(sorted(p for p in full.glob("*_report_only") if p.is_dir()),
+                           {(_device(folder), key) for folder, cells in seed_cells.items() for key in cells})
+    quoted = report_only_section(reports)
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     architecture = architecture_sentence(seeds)
     seeds_text = " ".join(filter(None, [_seeds_sentence(seeds), *map(_levels_sentence, seeds)])) or None
@@ -688,7 +689,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
                               _dirs(root / "stage_a_proxy" / "calibration")) if level else []
     answer = answer_paragraph(fidelity, factorial, [
         ("Remedies from seeds (full scale)", seeds_text),
-        ("Reported, runs not retrieved (full scale)", report_only_sentence(report_only, committed)),
+        ("Reported, runs not retrieved (full scale)", report_only_sentence(reports)),
         ("How far the runs descended", level_sentence(list({
             r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
             for key, r in (finished_runs(folder) if folder.exists() else {}).items()
@@ -713,7 +714,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         "",
         "## The answer so far",
         "",
-        *([line, ""] if (line := bottom_line([(_device(f), _cells(f)) for f in seeds], exposed,
+        *([line, ""] if (line := bottom_line([(_device(f), seed_cells[f]) for f in seeds], exposed,
                                               pooled, fidelity))
           else []),
         answer,

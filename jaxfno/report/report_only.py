@@ -7,6 +7,7 @@ report's provenance, naming the one device the runs trained on)."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 HEADING = "## factorial"  # gpu_check.sh's section of the factorial's report; other tables precede it
@@ -59,48 +60,55 @@ def reported_device(folder: pathlib.Path) -> str:
     raise ValueError(f"{source}: no line {prefix.strip()!r}")
 
 
-def _rows(folder: pathlib.Path) -> list[dict[str, str]]:
-    source = folder / "summary.md"
-    return table_rows(source.read_text(), str(source), HEADING)
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One report-only folder, read once: its device, every row, and the rows it alone holds."""
+    folder: pathlib.Path
+    device: str
+    rows: list[dict[str, str]]
+    unretrieved: list[dict[str, str]]
 
 
-def unretrieved_rows(folder: pathlib.Path, committed: set[tuple[str, str]]) -> list[dict[str, str]]:
-    """The report's rows for cells that no committed folder of the same device holds
-    (``committed``: (device, "arm@condition"))."""
-    device = reported_device(folder)
-    return [row for row in _rows(folder) if (device, f"{row['arm']}@{row['condition']}") not in committed]
+def read_reports(folders: list[pathlib.Path], committed: set[tuple[str, str]]) -> list[Report]:
+    """Each folder's report; its unretrieved rows are the cells that no committed folder of the
+    same device holds (``committed``: (device, "arm@condition"))."""
+    reports = []
+    for folder in folders:
+        device, source = reported_device(folder), folder / "summary.md"
+        rows = table_rows(source.read_text(), str(source), HEADING)
+        reports.append(Report(folder, device, rows, [r for r in rows
+                                                     if (device, f"{r['arm']}@{r['condition']}") not in committed]))
+    return reports
 
 
-def _claims(folder: pathlib.Path, rows: list[dict[str, str]]) -> str:
+def _claims(report: Report) -> str:
     # `stable`'s row of the same report: the remedies' best validation loss beside its own
-    stable = {r["condition"]: r for r in _rows(folder) if r["arm"] == "stable"}
+    stable = {r["condition"]: r for r in report.rows if r["arm"] == "stable"}
     return "; ".join(f"`{r['arm']}` in `{r['condition']}` collapsed in {r['P(collapse) [95 % Wilson]']} "
                      f"({r['outcomes']}; one-sided Fisher p {r['Fisher p vs stable']} against `stable` on the "
                      f"same seeds; best validation loss {r['best val']}"
                      + (f" against `stable`'s {stable[r['condition']]['best val']}" if r["condition"] in stable else "")
-                     + ")" for r in rows)
+                     + ")" for r in report.unretrieved)
 
 
-def report_only_sentence(folders: list[pathlib.Path], committed: set[tuple[str, str]]) -> str | None:
-    parts = [f"on {reported_device(f)} (`{f.name}`) {_claims(f, rows)}"
-             for f in folders if (rows := unretrieved_rows(f, committed))]
+def report_only_sentence(reports: list[Report]) -> str | None:
+    parts = [f"on {r.device} (`{r.folder.name}`) {_claims(r)}" for r in reports if r.unretrieved]
     if not parts:
         return None
     return ("Printed by the study on the device, its runs not retrieved (so no other sentence or table counts "
             "them, and how low their training loss went is unknown): " + "; ".join(parts) + ".")
 
 
-def report_only_section(folders: list[pathlib.Path], committed: set[tuple[str, str]]) -> list[str]:
+def report_only_section(reports: list[Report]) -> list[str]:
     lines = []
-    for folder in folders:
-        rows = unretrieved_rows(folder, committed)
-        if not rows:
+    for r in reports:
+        if not r.unretrieved:
             continue
-        keys = list(rows[0])
-        lines += [f"### Reported on {reported_device(folder)}, runs not retrieved (`{folder.name}`)", "",
+        keys, folder = list(r.unretrieved[0]), r.folder
+        lines += [f"### Reported on {r.device}, runs not retrieved (`{folder.name}`)", "",
                   f"The study's report as the device printed it ({folder}/summary.md); the run folders did not "
                   f"come back ({folder}/README.md says why and how to train them again), so these rows cannot be "
                   "derived again here and no other table, test or sentence counts them.", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                  *("| " + " | ".join(row[k] for k in keys) + " |" for row in rows), ""]
+                  *("| " + " | ".join(row[k] for k in keys) + " |" for row in r.unretrieved), ""]
     return lines
