@@ -246,7 +246,9 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
     assert lowlr[0].endswith("| 0.2 | not reached | 0.07–0.08 (0.055–0.06) | – |")
     assert lowlr[1].startswith("| stable_lowlr | asrun | proxy (`factorial`) | 8 |") and lowlr[1].endswith("| yes |")
     assert [r for r in rows if r.startswith("| stable_warmup | fixed")][0].endswith("| not run at full scale |")
-    assert "| control | asrun | not run | – |" in rows[0]
+    assert "| control | asrun | not run | – |" in rows[0]  # stable collapsed in asrun: no reason given
+    assert ("| control | fixed | not run: `stable` collapsed in none of its seeds here "
+            "(0/2, full scale, cpu (`fidelity`)), nothing to prevent yet | – |") in rows[1]
 
 
 def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_path):

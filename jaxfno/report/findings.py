@@ -283,6 +283,16 @@ def _inside(a: dict, b: dict) -> bool:
     return alow <= b["p_collapse"] <= ahigh and blow <= a["p_collapse"] <= bhigh
 
 
+def _not_run(arm: str, condition: str, sources: list[tuple[str, str, dict, dict]]) -> str:
+    """Why a cell has no runs, where the sources say: a remedy has nothing to prevent in a condition
+    where every `stable` cell from seeds stayed free of collapse."""
+    stable = [(label, cells[f"stable@{condition}"]) for label, _, cells, _ in sources if f"stable@{condition}" in cells]
+    if arm == "stable" or not stable or any(c["collapsed"] for _, c in stable):
+        return "not run"
+    seen = "; ".join(f"{c['collapsed']}/{c['n']}, {label}" for label, c in stable)
+    return f"not run: `stable` collapsed in none of its seeds here ({seen}), nothing to prevent yet"
+
+
 def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
                    conditions: tuple[str, ...] = ("asrun", "fixed")) -> list[str]:
     """Per arm and condition, every line of evidence from seeds: each full-scale source's cell
@@ -310,7 +320,7 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
                 rows.append(f"| {arm} | {condition} | {label} | {c['n']} | {_ci(c)} | "
                             f"{_p(c['fisher_p_vs_stable'])} | {_median(c)} | {level} | {confirmed} |")
             if not found:
-                rows.append(f"| {arm} | {condition} | not run | – | – | – | – | – | – |")
+                rows.append(f"| {arm} | {condition} | {_not_run(arm, condition, sources)} | – | – | – | – | – | – |")
     note = ("" if factorial else " No proxy scale is calibrated (section 2), so there is no proxy answer to "
             "confirm: every number here is full scale.")
     return ["### Per remedy and condition", "",
