@@ -192,14 +192,16 @@ def test_level_sentence_places_the_divergences_in_the_descent():
                                verdict={"outcome_details": {"events": events}})
 
     descent = [0.3] * 150 + [0.1] * 150  # epoch 1 (50 steps), then 0.3, then 0.1
-    runs = [("a", run(descent + [9.0] * 20, event=300)), ("b", run([0.3] * 300)), ("c", run(descent)),
-            ("c", run([0.3] * 150 + [0.05] * 150))]
+    runs = [("stable (x)", run(descent + [9.0] * 20, event=300)), ("b (x)", run([0.3] * 300)),
+            ("c (x)", run(descent)), ("c (x)", run([0.3] * 150 + [0.05] * 150)),
+            ("control (x)", run([0.3] * 150 + [0.2] * 150 + [9.0] * 20, event=300))]
     assert level_sentence(runs) == (
-        "Over the 4 full-scale `asrun` runs from seeds (both machines), the 100-step median training loss just "
-        "before each of the 1 first divergence events was 0.1. Of the runs without an event, 1 (lowest 0.05; c 1) "
-        "went lower than that without diverging, so this level alone does not set a divergence off; 1 (lowest "
-        "0.1; c 1) reached it; 1 (lowest 0.3; b 1) never got as low (section 3).")
-    assert level_sentence(runs[1:]) is None  # no divergence event to place
+        "Over the 5 full-scale `asrun` runs from seeds (both machines), `stable`'s 1 first divergence events "
+        "began at a 100-step median training loss of 0.1 (other arms' first events: control (x) at 0.2). Of the "
+        "runs without an event, 1 (lowest 0.05; c (x) 1) went lower than that without diverging, so this level "
+        "alone does not set a divergence off; 1 (lowest 0.1; c (x) 1) came down into that range; 1 (lowest 0.3; "
+        "b (x) 1) stayed above it (section 3).")
+    assert level_sentence(runs[1:]) is None  # no divergence event of `stable` to place
 
 
 def test_early_start_p():
@@ -247,8 +249,7 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
     assert lowlr[1].startswith("| stable_lowlr | asrun | proxy (`factorial`) | 8 |") and lowlr[1].endswith("| yes |")
     assert [r for r in rows if r.startswith("| stable_warmup | fixed")][0].endswith("| not run at full scale |")
     assert "| control | asrun | not run | – |" in rows[0]  # stable collapsed in asrun: no reason given
-    assert ("| control | fixed | not run: `stable` collapsed in none of its seeds here "
-            "(0/2, full scale, cpu (`fidelity`)), nothing to prevent yet | – |") in rows[1]
+    assert "| control | fixed | not run: `stable` has not collapsed here (0/2, full scale, cpu (`fidelity`)) | – |" in rows[1]
 
 
 def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_path):
@@ -295,24 +296,44 @@ def test_bottom_line_says_which_remedies_were_exposed():
 
     def cell(arm, collapsed, n, p=None):
         return {"arm": arm, "condition": "asrun", "collapsed": collapsed, "n": n, "fisher_p_vs_stable": p,
-                "epochs": [20]}
+                "epochs": [20], "seeds": list(range(n))}
 
     cpu = {"stable@asrun": cell("stable", 2, 3), "stable_warmup@asrun": cell("stable_warmup", 0, 3, 0.2)}
     gpu = {"stable@asrun": cell("stable", 4, 6), "stable_lowlr@asrun": cell("stable_lowlr", 0, 6, 0.03)}
     exposed = [Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False),)),
                Group("`seeds_h200`", "stable_lowlr", "asrun", "H200", (Exposure(0, False),)),
                Group("branches", "optim.lr=0.00025", "asrun", "cpu", (Exposure(4, False),))]
-    branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "change": "nothing but the data order"},
-                "lr": {"n": 6, "collapsed": {"k": 0}, "change": "optim.lr=0.00025"}}
+    branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order"},
+                "lr": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025"},
+                "clip": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 3}, "change": "optim.grad_clip=0.5"}}
     fidelity = {"stable@asrun": cell("stable", 2, 3), "stable@fixed": {**cell("stable", 0, 2), "condition": "fixed"}}
     line = bottom_line([("cpu", cpu), ("H200", gpu)], exposed, branches, fidelity)
     assert line.startswith("In the one condition that collapsed in the fidelity check (`asrun`, full scale), "
-                           "`stable` collapsed in 6/9 of its seeds (2/3 on cpu, 4/6 on H200).")
+                           "`stable` collapsed in 6/9 of its runs from seeds (2/3 on cpu, 4/6 on H200; 6 distinct "
+                           "seeds, a seed on two machines counted on each, since rounding parts their trajectories).")
     assert ("; `stable_lowlr` never trained down to the loss at which `stable` diverged (no short batch taken "
             "there), so those seeds show fewer collapses within 20 epochs, not prevention.") in line
-    assert "those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss." in line
+    assert ("those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss, those with optim.grad_clip=0.5 "
+            "in 0/6 (a divergence event in 3/6, recovered from).") in line
     assert line.endswith("Not yet run from seeds in `asrun`: `stable_warmup_lowlr`, `stable_warmup_clip`.")
     assert bottom_line([("cpu", {})], exposed, branches) is None
+
+
+def test_revisions_sentence_names_a_folder_that_mixes_code_revisions(tmp_path):
+    from jaxfno.io import read_json
+    from jaxfno.report.findings import revisions_sentence
+
+    mixed, same = tmp_path / "mixed", tmp_path / "same"
+    for folder, commits in ((mixed, {"stable": None, "stable_lowlr": "abcdef123"}), (same, {"stable": "1234567aa"})):
+        for arm, commit in commits.items():
+            for seed in (1, 2):
+                _seed_run(folder, arm, seed, [], "healthy", [])
+                if commit:
+                    history = folder / "asrun" / arm / f"seed{seed}" / "history.json"
+                    write_json(history, {**read_json(history), "execution": {"device": "cpu", "commit": commit}})
+    assert revisions_sentence([same]) is None  # one revision: nothing to say
+    assert revisions_sentence([mixed, same]).startswith(
+        "Code revisions (runs per revision): `mixed`: stable unrecorded (2); stable_lowlr abcdef1 (2). ")
 
 
 def _seed_run(folder, arm, seed, sets, outcome, events, device=None):

@@ -157,12 +157,14 @@ def _levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
     return levels
 
 
-def level_sentence(results: list[tuple[str, object]]) -> str | None:
-    """Where in the descent the divergences came, over (label, run) pairs of one condition."""
+def level_sentence(results: list[tuple[str, object]], reference: str = "stable") -> str | None:
+    """Where in the descent the divergences came, over (label, run) pairs of one condition (a
+    label is "arm (folder)"): the level is that of ``reference``'s events, as in the exposure table."""
     levels = [(label, *_run_level(r)) for label, r in results]
-    at_event = [e for _, _, e in levels if e is not None]
+    ours = [e for label, _, e in levels if e is not None and label.split(" (")[0] == reference]
+    others = [(label, e) for label, _, e in levels if e is not None and label.split(" (")[0] != reference]
     quiet = [(label, low) for label, low, e in levels if e is None and low is not None]
-    if not at_event or not quiet:
+    if not ours or not quiet:
         return None
 
     def group(keep) -> str:
@@ -170,12 +172,14 @@ def level_sentence(results: list[tuple[str, object]]) -> str | None:
         labels = ", ".join(f"{label} {n}" for label, n in Counter(label for label, _ in chosen).items())
         return f"{len(chosen)}" + (f" (lowest {_range([low for _, low in chosen])}; {labels})" if chosen else "")
 
-    low, high = min(at_event), max(at_event)
-    return (f"Over the {len(levels)} full-scale `asrun` runs from seeds (both machines), the 100-step median "
-            f"training loss just before each of the {len(at_event)} first divergence events was {_range(at_event)}. "
-            f"Of the runs without an event, {group(lambda x: x < low)} went lower than that without diverging, "
-            f"so this level alone does not set a divergence off; {group(lambda x: low <= x <= high)} reached it; "
-            f"{group(lambda x: x > high)} never got as low (section 3).")
+    low, high = min(ours), max(ours)
+    other = (" (other arms' first events: " + ", ".join(f"{label} at {e:.3g}" for label, e in others) + ")"
+             if others else "")
+    return (f"Over the {len(levels)} full-scale `asrun` runs from seeds (both machines), `{reference}`'s "
+            f"{len(ours)} first divergence events began at a 100-step median training loss of {_range(ours)}"
+            f"{other}. Of the runs without an event, {group(lambda x: x < low)} went lower than that without "
+            f"diverging, so this level alone does not set a divergence off; {group(lambda x: low <= x <= high)} "
+            f"came down into that range; {group(lambda x: x > high)} stayed above it (section 3).")
 
 
 def _levels_sentence(folder: pathlib.Path) -> str | None:
@@ -211,6 +215,26 @@ def _levels_sentence(folder: pathlib.Path) -> str | None:
     return ("; ".join(clauses) + f" (`{folder.name}`).") if clauses else None
 
 
+def revisions_sentence(folders: list[pathlib.Path]) -> str | None:
+    """Which code revisions each folder's arms trained at, where a folder mixes them: a seed
+    retrained at another revision can take another trajectory (section 5)."""
+    clauses = []
+    for folder in folders:
+        by_arm: dict[str, Counter] = {}
+        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+            commit = r.history.get("execution", {}).get("commit")
+            by_arm.setdefault(key.arm, Counter())[commit[:7] if commit else "unrecorded"] += 1
+        if len({c for counts in by_arm.values() for c in counts}) > 1:
+            clauses.append(f"`{folder.name}`: " + "; ".join(
+                f"{arm} " + ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
+                for arm, counts in sorted(by_arm.items())))
+    if not clauses:
+        return None
+    return ("Code revisions (runs per revision): " + "; ".join(clauses) + ". Within such a folder the arms share "
+            "config, seeds and machine but not the code revision, and a seed retrained at another revision can "
+            "take another trajectory (section 5).")
+
+
 def seeds_section(folders: list[pathlib.Path]) -> list[str]:
     lines = ["## 3. The remedies", "", "### From seeds at full scale", ""]
     rows = []
@@ -224,8 +248,8 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
                         f"{_range(lv['lowest'])} | {_range(lv['at_event'])} |")
     if not rows:
         return lines + ["No remedy arm has run from seeds at full scale yet.", ""]
-    lines += ["Each folder is one machine; its arms differ only in their recipe and share the seeds (initialisation "
-              "and data order), so each remedy is tested against `stable` on the same machine (one-sided Fisher; "
+    lines += ["Each folder is one machine; its arms differ in their recipe and share the seeds (initialisation "
+              "and data order; code revisions below), so each remedy is tested against `stable` on the same machine (one-sided Fisher; "
               "two-sided log-rank on the first divergence event; divergence epochs 1-based). Training loss reached: "
               "the lowest 100-step median of the step loss after epoch 1, up to the run's first divergence event "
               "or its end, min–max over seeds; at the event: the same median just before it.", "",
@@ -233,7 +257,7 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
               "median time to divergence | log-rank p | divergence epochs | best val | training loss reached | "
               "training loss at the event |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
-    for sentence in filter(None, map(_levels_sentence, folders)):
+    for sentence in filter(None, [*map(_levels_sentence, folders), revisions_sentence(folders)]):
         lines += [sentence, ""]
     for folder in folders:
         if (folder / "report" / "survival.png").exists():
@@ -284,13 +308,13 @@ def _inside(a: dict, b: dict) -> bool:
 
 
 def _not_run(arm: str, condition: str, sources: list[tuple[str, str, dict, dict]]) -> str:
-    """Why a cell has no runs, where the sources say: a remedy has nothing to prevent in a condition
-    where every `stable` cell from seeds stayed free of collapse."""
+    """Why a cell has no runs, where the sources say: no `stable` run from seeds collapsed in that
+    condition (a remedy there has shown nothing to prevent yet)."""
     stable = [(label, cells[f"stable@{condition}"]) for label, _, cells, _ in sources if f"stable@{condition}" in cells]
     if arm == "stable" or not stable or any(c["collapsed"] for _, c in stable):
         return "not run"
     seen = "; ".join(f"{c['collapsed']}/{c['n']}, {label}" for label, c in stable)
-    return f"not run: `stable` collapsed in none of its seeds here ({seen}), nothing to prevent yet"
+    return f"not run: `stable` has not collapsed here ({seen})"
 
 
 def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
@@ -326,7 +350,8 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
     return ["### Per remedy and condition", "",
             "Every cell of SPEC §7's arms × {" + ", ".join(conditions) + "} with the runs from seeds behind it "
             "(each machine separately: a remedy is tested only against `stable` on the same machine; one-sided "
-            "Fisher; median time to divergence: Kaplan–Meier, in 0-based global steps; training loss reached: "
+            "Fisher; median time to divergence: Kaplan–Meier, in 0-based global steps, of the first divergence event "
+            "whether or not the run collapsed; training loss reached: "
             "the lowest 100-step median after epoch 1 up to a first divergence event, min–max over seeds, with "
             "`stable`'s just before its events on the same machine in brackets: a remedy whose runs stayed above "
             "that level was not tested where `stable` diverged). Branches, which are one "
@@ -452,7 +477,8 @@ def _rerun_sentence(folder: pathlib.Path, reference: pathlib.Path) -> str | None
     if not clauses:
         return None
     return ("Full-scale runs trained again with the same config on the same machine at another commit (section 5): "
-            + "; ".join(clauses) + ". Trajectories here are sensitive to float rounding, so the timing of a late "
+            + "; ".join(clauses) + ". Trajectories here are sensitive to tiny numerical differences (the first ones at the level of "
+            "float rounding), so the timing of a late "
             "divergence in one run, or its absence in one branch, says little; seeds (or null-perturbation branches) "
             "are the unit of replication.")
 
@@ -508,8 +534,10 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     k, n = sum(c["collapsed"] for _, c in stable), sum(c["n"] for _, c in stable)
     only = {c["condition"] for c in fidelity.values() if c["collapsed"]} == {"asrun"}
     text = (("In the one condition that collapsed in the fidelity check" if only else "In") +
-            f" (`asrun`, full scale), `stable` collapsed in {k}/{n} of its "
-            "seeds (" + ", ".join(f"{c['collapsed']}/{c['n']} on {device}" for device, c in stable) + ").")
+            f" (`asrun`, full scale), `stable` collapsed in {k}/{n} of its runs from seeds ("
+            + ", ".join(f"{c['collapsed']}/{c['n']} on {device}" for device, c in stable)
+            + f"; {len({s for _, c in stable for s in c['seeds']})} distinct seeds, a seed on two machines "
+            "counted on each, since rounding parts their trajectories).")
     exposure_of = {(g.what, g.device): g.short_batches for g in exposed if g.label != "branches"
                    and g.condition == "asrun" and g.scale == "full"}
     remedies = [(device, c) for device, cells in seed_cells for c in cells.values()
@@ -529,6 +557,8 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
         text += (f" From states just before a divergence (one trajectory), the branches that changed only the data "
                  f"order collapsed in {null['collapsed']['k']}/{null['n']}, "
                  + ", ".join(f"those with {s['change']} in {s['collapsed']['k']}/{s['n']}"
+                             + (f" (a divergence event in {s['event']['k']}/{s['n']}, recovered from)"
+                                if s.get("event", {}).get("k", 0) > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
     missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable") and arm not in tested
