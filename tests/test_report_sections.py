@@ -167,7 +167,7 @@ def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
 
 
 def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_path):
-    from jaxfno.report.findings import _levels_sentence
+    from jaxfno.report.seeds import levels_sentence
 
     for seed in (1, 2):
         _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
@@ -175,7 +175,7 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
         _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
                 "healthy", [], steps=60, source=True)
     # windows wholly after epoch 1 start at step 160; the lowest, steps 60..159, has a median of 0.1
-    assert _levels_sentence(tmp_path) == (
+    assert levels_sentence(tmp_path) == (
         "`stable_lowlr`'s lowest 100-step median training loss after epoch 1 was 0.1, against 0.3 just before "
         "`stable`'s divergence events; at the steps where `stable` diverged, the same seeds' `stable_lowlr` runs "
         f"were at 0.2, at a learning rate of 0.00025 against `stable`'s 0.001: it reached that level and did not diverge (`{tmp_path.name}`).")
@@ -184,7 +184,7 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
 def test_level_sentence_places_the_divergences_in_the_descent():
     from types import SimpleNamespace
 
-    from jaxfno.report.findings import level_sentence
+    from jaxfno.report.seeds import level_sentence
 
     def run(loss, event=None):
         events = [{"step": event, "trailing_median": loss[event - 1]}] if event else []
@@ -212,18 +212,18 @@ def test_early_start_p():
 
 
 def test_unique_counts_a_linked_run_once(tmp_path):
-    from jaxfno.report.findings import _unique
+    from jaxfno.report.cells import unique
 
     (tmp_path / "run").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a").symlink_to(tmp_path / "run")
-    assert _unique([tmp_path / "run", tmp_path / "b", tmp_path / "a"]) == [tmp_path / "run", tmp_path / "b"]
+    assert unique([tmp_path / "run", tmp_path / "b", tmp_path / "a"]) == [tmp_path / "run", tmp_path / "b"]
 
 
 def test_matrix_lists_every_arm_and_condition_once_per_machine():
     """The per-remedy table: each full-scale cell once per machine (a run linked into two folders is
     not repeated), "not run" where nothing exists, and whether the full scale confirms the proxy."""
-    from jaxfno.report.findings import matrix_section
+    from jaxfno.report.seeds import matrix_section
     from jaxfno.report.statistics import wilson_interval
 
     def cell(collapsed, n, seeds, p=None):
@@ -321,7 +321,7 @@ def test_bottom_line_says_which_remedies_were_exposed():
 
 def test_revisions_sentence_names_a_folder_that_mixes_code_revisions(tmp_path):
     from jaxfno.io import read_json
-    from jaxfno.report.findings import revisions_sentence
+    from jaxfno.report.seeds import revisions_sentence
 
     mixed, same = tmp_path / "mixed", tmp_path / "same"
     for folder, commits in ((mixed, {"stable": None, "stable_lowlr": "abcdef123"}), (same, {"stable": "1234567aa"})):
@@ -360,7 +360,7 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     """Upstream's "the collapse is architectural" meets the hybrid control only where both arms ran
     from the same seeds; the caveat says the control also clips."""
     from jaxfno.io import read_json
-    from jaxfno.report.findings import architecture_caveat, architecture_sentence
+    from jaxfno.report.seeds import architecture_caveat, architecture_sentence
 
     def run(arm, seed, sets, outcome, events):
         _seed_run(folder, arm, seed, sets, outcome, events)

@@ -1,0 +1,61 @@
+"""What the sections of FINDINGS.md share: a study cell's numbers as table text (rate with its
+interval, median time to divergence, p-value, mean ± SD) and the folders, devices and runs behind them."""
+
+from __future__ import annotations
+
+import pathlib
+
+from jaxfno.io import read_json
+from jaxfno.report.study import summarise
+from jaxfno.study import stage_a
+from jaxfno.study.runner import finished_runs
+
+
+def ci(cell: dict) -> str:
+    low, high = cell["p_collapse_wilson95"]
+    return f"{cell['collapsed']}/{cell['n']} = {cell['p_collapse']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def median(cell: dict) -> str:
+    m = cell["median_steps_to_divergence"]
+    return "not reached" if m is None else f"step {m:.0f}"
+
+
+def p_text(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def cells(folder: pathlib.Path) -> dict:
+    runs = finished_runs(folder) if folder.exists() else {}
+    return summarise(runs) if runs else {}
+
+
+def epochs(cell: dict) -> str:
+    epochs = sorted(e + 1 for e in cell["divergence_epochs"])
+    return ", ".join(map(str, epochs)) or "–"
+
+
+def fmt(stat, digits: int = 4) -> str:
+    if stat is None:
+        return "–"
+    if len(stat["values"]) == 1:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def device(folder: pathlib.Path) -> str:
+    """The device the folder's runs trained on, as their histories record it."""
+    devices = sorted({stage_a.run_device(read_json(h)) for h in folder.glob("*/*/seed*/history.json")})
+    return ", ".join(devices) or "?"
+
+
+def unique(runs: list[pathlib.Path]) -> list[pathlib.Path]:
+    """Each run once (the first path naming it), where folders link the same run."""
+    seen: dict[pathlib.Path, pathlib.Path] = {}
+    for run in runs:
+        seen.setdefault(run.resolve(), run)
+    return list(seen.values())
+
+
+def dirs(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []

@@ -1,0 +1,299 @@
+"""FINDINGS.md on the full-scale runs from seeds (``seeds_<machine>``): each remedy against `stable` on the same
+machine, how far the runs descended, the per-remedy matrix, upstream's "architectural" against the hybrid control."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections import Counter
+
+import numpy as np
+
+from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trailing_median
+from jaxfno.report.branches import level_word, loss_range as _range
+from jaxfno.report.cells import ci, epochs, fmt, median, p_text
+from jaxfno.report.cells import cells as folder_cells, device as folder_device
+from jaxfno.report.study import outcome_text
+from jaxfno.study import stage_a
+from jaxfno.study.runner import finished_runs
+
+
+def seed_folders(full: pathlib.Path) -> list[pathlib.Path]:
+    """Full-scale study folders of remedy arms trained from seeds (``seeds_<machine>``)."""
+    return sorted(p for p in full.glob("seeds_*") if p.is_dir())
+
+
+def _run_level(r) -> tuple[float | None, float | None]:
+    """(lowest trailing median before the first divergence event or the end, the one at that event)."""
+    events = r.verdict.get("outcome_details", {}).get("events", [])
+    until = events[0]["step"] if events else None
+    lowest = lowest_trailing_median(r.history["step_loss"], epoch_steps(r.history)[0], until)
+    return lowest, (events[0].get("trailing_median") if events else None)
+
+
+def loss_levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
+    """Per cell, how far each run had descended before its first divergence event (or in all)
+    and the trailing median loss at that event: whether a remedy that did not diverge ever
+    reached the loss at which `stable` did."""
+    levels: dict[str, dict[str, list[float]]] = {}
+    for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+        cell = levels.setdefault(key.cell, {"lowest": [], "at_event": []})
+        for name, value in zip(("lowest", "at_event"), _run_level(r)):
+            if value is not None:
+                cell[name].append(value)
+    return levels
+
+
+def level_sentence(results: list[tuple[str, object]], reference: str = "stable") -> str | None:
+    """Where in the descent the divergences came, over (label, run) pairs of one condition (a
+    label is "arm (folder)"): the level is that of ``reference``'s events, as in the exposure table."""
+    levels = [(label, *_run_level(r)) for label, r in results]
+    ours = [e for label, _, e in levels if e is not None and label.split(" (")[0] == reference]
+    others = [(label, e) for label, _, e in levels if e is not None and label.split(" (")[0] != reference]
+    quiet = [(label, low) for label, low, e in levels if e is None and low is not None]
+    if not ours or not quiet:
+        return None
+
+    def group(keep) -> str:
+        chosen = [(label, low) for label, low in quiet if keep(low)]
+        labels = ", ".join(f"{label} {n}" for label, n in Counter(label for label, _ in chosen).items())
+        return f"{len(chosen)}" + (f" (lowest {_range([low for _, low in chosen])}; {labels})" if chosen else "")
+
+    low, high = min(ours), max(ours)
+    other = (" (other arms' first events: " + ", ".join(f"{label} at {e:.3g}" for label, e in others) + ")"
+             if others else "")
+    return (f"Over the {len(levels)} full-scale `asrun` runs from seeds (both machines), `{reference}`'s "
+            f"{len(ours)} first divergence events began at a 100-step median training loss of {_range(ours)}"
+            f"{other}. Of the runs without an event, {group(lambda x: x < low)} went lower than that without "
+            f"diverging, so this level alone does not set a divergence off; {group(lambda x: low <= x <= high)} "
+            f"came down into that range; {group(lambda x: x > high)} stayed above it (section 3).")
+
+
+def levels_sentence(folder: pathlib.Path) -> str | None:
+    """Did a remedy that diverged less train down to where `stable` diverged? Per seed, the
+    remedy's 100-step median at the step where the same seed's `stable` run diverged."""
+    runs = finished_runs(folder) if folder.exists() else {}
+    levels, clauses = loss_levels(folder), []
+    for cell, lv in levels.items():
+        arm, condition = cell.split("@")
+        ref = levels.get(f"stable@{condition}")
+        if arm in ("stable", "control") or not ref or not ref["at_event"] or lv["at_event"] or not lv["lowest"]:
+            continue
+        same_step, lr, ref_lr = [], [], []  # the remedy's loss and learning rate where `stable` diverged
+        for key, r in runs.items():
+            events = r.verdict.get("outcome_details", {}).get("events", [])
+            twin = runs.get(dataclasses.replace(key, arm=arm))
+            if key.arm == "stable" and key.condition == condition and events and twin:
+                step = events[0]["step"]
+                twin_loss = np.asarray(twin.history["step_loss"], float)
+                same_step.append(float(trailing_median(twin_loss)[step]))
+                lr.append(twin.history["lr"][step])
+                ref_lr.append(r.history["lr"][step])
+        reached = level_word(lv["lowest"], ref["at_event"]) != "above"
+        epochs = max(len(r.history["val_loss"]) for key, r in runs.items() if key.cell == cell)
+        clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
+                       f"against {_range(ref['at_event'])} just before `stable`'s divergence events"
+                       + (f"; at the steps where `stable` diverged, the same seeds' `{arm}` runs were at "
+                          f"{_range(same_step)}, at a learning rate of {_range(lr)} against `stable`'s "
+                          f"{_range(ref_lr)}" if same_step else "") + ": "
+                       + ("it reached that level and did not diverge" if reached else
+                          f"it descended more slowly and did not reach that level within {epochs} "
+                          "epochs, so these seeds show fewer collapses in that time, not prevention"))
+    return ("; ".join(clauses) + f" (`{folder.name}`).") if clauses else None
+
+
+def revisions_sentence(folders: list[pathlib.Path]) -> str | None:
+    """Which code revisions each folder's arms trained at, where a folder mixes them: a seed
+    retrained at another revision can take another trajectory (section 5)."""
+    clauses = []
+    for folder in folders:
+        by_arm: dict[str, Counter] = {}
+        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+            commit = r.history.get("execution", {}).get("commit")
+            by_arm.setdefault(key.arm, Counter())[commit[:7] if commit else "unrecorded"] += 1
+        if len({c for counts in by_arm.values() for c in counts}) > 1:
+            clauses.append(f"`{folder.name}`: " + "; ".join(
+                f"{arm} " + ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
+                for arm, counts in sorted(by_arm.items())))
+    if not clauses:
+        return None
+    return ("Code revisions (runs per revision): " + "; ".join(clauses) + ". Within such a folder the arms share "
+            "config, seeds and machine but not the code revision, and a seed retrained at another revision can "
+            "take another trajectory (section 5).")
+
+
+def seeds_section(folders: list[pathlib.Path]) -> list[str]:
+    lines = ["## 3. The remedies", "", "### From seeds at full scale", ""]
+    rows = []
+    for folder in folders:
+        levels, device = loss_levels(folder), folder_device(folder)
+        for c in folder_cells(folder).values():
+            lv = levels.get(f"{c['arm']}@{c['condition']}", {"lowest": [], "at_event": []})
+            rows.append(f"| `{folder.name}` ({device}) | {c['arm']} | {c['condition']} | {c['n']} | "
+                        f"{outcome_text(c['outcomes'])} | {ci(c)} | {p_text(c['fisher_p_vs_stable'])} | {median(c)} | "
+                        f"{p_text(c['logrank_p_vs_stable'])} | {epochs(c)} | {fmt(c['best_val_loss'])} | "
+                        f"{_range(lv['lowest'])} | {_range(lv['at_event'])} |")
+    if not rows:
+        return lines + ["No remedy arm has run from seeds at full scale yet.", ""]
+    lines += ["Each folder is one machine; its arms differ in their recipe and share the seeds (initialisation "
+              "and data order; code revisions below), so each remedy is tested against `stable` on the same "
+              "machine (one-sided Fisher; two-sided log-rank on the first divergence event; divergence epochs "
+              "1-based). Training loss reached: the lowest 100-step median of the step loss after epoch 1, up to "
+              "the run's first divergence event or its end, min–max over seeds; at the event: the same median "
+              "just before it.", "",
+              "| runs | arm | condition | seeds | outcomes | P(collapse) [95 % Wilson] | Fisher p vs stable | "
+              "median time to divergence | log-rank p | divergence epochs | best val | training loss reached | "
+              "training loss at the event |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    for sentence in filter(None, [*map(levels_sentence, folders), revisions_sentence(folders)]):
+        lines += [sentence, ""]
+    for folder in folders:
+        if (folder / "report" / "survival.png").exists():
+            lines += [f"![Time to the first divergence event, `{folder.name}`]({folder}/report/survival.png)", ""]
+    return lines
+
+
+def rates_agree(a: dict, b: dict) -> bool:
+    """Each cell's rate inside the other's 95 % Wilson interval (SPEC §7.3's agreement)."""
+    (alow, ahigh), (blow, bhigh) = a["p_collapse_wilson95"], b["p_collapse_wilson95"]
+    return alow <= b["p_collapse"] <= ahigh and blow <= a["p_collapse"] <= bhigh
+
+
+def _not_run(arm: str, condition: str, sources: list[tuple[str, str, dict, dict]]) -> str:
+    """Why a cell has no runs, where the sources say: no `stable` run from seeds collapsed in that
+    condition (a remedy there has shown nothing to prevent yet)."""
+    stable = [(label, cells[f"stable@{condition}"]) for label, _, cells, _ in sources if f"stable@{condition}" in cells]
+    if arm == "stable" or not stable or any(c["collapsed"] for _, c in stable):
+        return "not run"
+    seen = "; ".join(f"{c['collapsed']}/{c['n']}, {label}" for label, c in stable)
+    return f"not run: `stable` has not collapsed here ({seen})"
+
+
+def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
+                   conditions: tuple[str, ...] = ("asrun", "fixed")) -> list[str]:
+    """Per arm and condition, every line of evidence from seeds: each full-scale source's cell
+    (``sources``: label, machine, cells, training-loss levels; a cell with the same seeds on the
+    same machine shown by an earlier source is not repeated) and the proxy factorial's, with whether
+    the full scale confirms the proxy; "not run" where none exists."""
+    rows, shown = [], set()
+    for arm in stage_a.SPEC_ARMS:
+        for condition in conditions:
+            key, found = f"{arm}@{condition}", []
+            for label, device, cells, levels in sources:
+                cell = cells.get(key)
+                same = (key, tuple(cell["seeds"]), device) if cell else None
+                if cell and same not in shown:
+                    shown.add(same)
+                    reached = _range(levels.get(key, {}).get("lowest", []))
+                    events = _range(levels.get(f"stable@{condition}", {}).get("at_event", []))
+                    found.append((label, cell, f"{reached} ({events})", "–"))
+            if key in factorial:
+                full = [c for _, c, _, _ in found]
+                confirmed = ("not run at full scale" if not full else
+                             "yes" if all(rates_agree(factorial[key], c) for c in full) else "no")
+                found.append(("proxy (`factorial`)", factorial[key], "–", confirmed))
+            for label, c, level, confirmed in found:
+                rows.append(f"| {arm} | {condition} | {label} | {c['n']} | {ci(c)} | "
+                            f"{p_text(c['fisher_p_vs_stable'])} | {median(c)} | {level} | {confirmed} |")
+            if not found:
+                rows.append(f"| {arm} | {condition} | {_not_run(arm, condition, sources)} "
+                            "| – | – | – | – | – | – |")
+    note = ("" if factorial else " No proxy scale is calibrated (section 2), so there is no proxy answer to "
+            "confirm: every number here is full scale.")
+    return ["### Per remedy and condition", "",
+            "Every cell of SPEC §7's arms × {" + ", ".join(conditions) + "} with the runs from seeds behind it "
+            "(each machine separately: a remedy is tested only against `stable` on the same machine; one-sided "
+            "Fisher; median time to divergence: Kaplan–Meier, in 0-based global steps, of the first divergence event "
+            "whether or not the run collapsed; training loss reached: "
+            "the lowest 100-step median after epoch 1 up to a first divergence event, min–max over seeds, with "
+            "`stable`'s just before its events on the same machine in brackets: a remedy whose runs stayed above "
+            "that level was not tested where `stable` diverged). Branches, which are one "
+            "trajectory, are in the answer above and section 3." + note, "",
+            "| arm | condition | runs | seeds | P(collapse) [95 % Wilson] | Fisher p vs stable | "
+            "median time to divergence | training loss reached (`stable`'s at its events) | "
+            "proxy confirmed at full scale |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def how(cell: dict) -> str:
+    constant = cell["outcomes"].get("collapsed_constant", 0)
+    if constant:
+        return f"{constant} of them ending at a constant output"
+    diverged = cell["outcomes"].get("diverged")
+    return "by divergence rather than to a constant output" if diverged else "without divergence"
+
+
+def seeds_sentence(folders: list[pathlib.Path]) -> str | None:
+    """The full-scale seed cells: `stable` and each remedy against it, per machine."""
+    parts = []
+    for folder in folders:
+        cells, device = folder_cells(folder), folder_device(folder)
+        for condition in sorted({c["condition"] for c in cells.values()}):
+            ref = cells.get(f"stable@{condition}")
+            remedies = [c for c in cells.values()
+                        if c["condition"] == condition and c["arm"] not in ("stable", "control")]
+            if not ref or not remedies:
+                continue
+            constant = sorted(r.verdict["outcome_details"]["events"][0]["epoch"] + 1
+                              for key, r in finished_runs(folder).items()
+                              if key.cell == f"stable@{condition}" and r.verdict["outcome"] == "collapsed_constant"
+                              and r.verdict["outcome_details"]["events"])
+            parts.append(
+                f"On {'the CPU' if device == 'cpu' else device} (`{folder.name}`, `{condition}`"
+                + (", each remedy's seeds among `stable`'s" if all(set(c["seeds"]) <= set(ref["seeds"])
+                                                                for c in remedies) else "") +
+                f"): `stable` collapsed in {ci(ref)} (outcomes: {outcome_text(ref['outcomes'])}; "
+                f"first divergence events in epochs {epochs(ref)}"
+                + (f"; {len(constant)} of its collapses ended at upstream's constant output, the plateau, after a "
+                   f"divergence event in epoch{'s' if len(constant) > 1 else ''} {', '.join(map(str, constant))}"
+                   if constant else "") + "), while "
+                + "; ".join(f"`{c['arm']}` collapsed in {ci(c)} (one-sided Fisher p {p_text(c['fisher_p_vs_stable'])}, "
+                            f"two-sided log-rank p {p_text(c['logrank_p_vs_stable'])} against `stable`)"
+                            for c in remedies) + ".")
+    return " ".join(parts) or None
+
+
+def architecture_caveat(tested: bool) -> str:
+    """What limits this project's word on upstream's conclusion, "the collapse is architectural"."""
+    if not tested:
+        return ("Upstream concluded that the collapse is architectural. Here the hybrid control has not been run in "
+                "a collapsing condition yet, so this project can neither confirm nor refute that; SPEC §9.7 notes "
+                "upstream's own control runs collapsed too.")
+    return ("Upstream concluded that the collapse is architectural. Here the hybrid `control` differs from `stable` "
+            "in its norm clip at 1.0 as well as in its generator (with the batch gain the clip acts on nearly every "
+            "step, section 6), so a difference between them is not the architecture's alone; SPEC §9.7 notes "
+            "upstream's own control runs collapsed too.")
+
+
+def architecture_sentence(folders: list[pathlib.Path]) -> str | None:
+    """Upstream's conclusion, "the collapse is architectural" (`stable_hybrid` collapses where the
+    hybrid generator does not), against the hybrid `control` beside `stable` from the same seeds
+    on one machine."""
+    parts = []
+    for folder in folders:
+        cells, levels = folder_cells(folder), loss_levels(folder)
+        for key in sorted(k for k in cells if k.startswith("control@")):
+            control = cells[key]
+            condition = control["condition"]
+            stable = cells.get(f"stable@{condition}")
+            if not stable:
+                continue
+            lowest = levels.get(key, {}).get("lowest", [])
+            ref = levels.get(f"stable@{condition}", {}).get("at_event", [])
+            parts.append(
+                f"in `{condition}` on {folder_device(folder)} (`{folder.name}`) the hybrid `control` "
+                f"({stage_a.ARMS['control'].description}) collapsed in {ci(control)} (outcomes: "
+                f"{outcome_text(control['outcomes'])}"
+                + (f"; first divergence events in epochs {epochs(control)}" if control["divergence_epochs"] else "")
+                + "), `stable` in "
+                f"{ci(stable)} "
+                f"(one-sided Fisher p {p_text(control['fisher_p_vs_stable'])} for fewer collapses with the hybrid)"
+                + (f"; the hybrid's lowest 100-step median training loss was {_range(lowest)}"
+                   + (f", against {_range(ref)} just before `stable`'s divergence events"
+                      + (", so it never trained down to where `stable` diverged"
+                         if level_word(lowest, ref) == "above" else "") if ref else "")
+                   if lowest else ""))
+    if not parts:
+        return None
+    return ("Upstream concluded that the collapse is architectural (`stable_hybrid` collapses where the hybrid "
+            "generator does not). At full scale, " + "; ".join(parts) + " (the control also clips; see the caveats).")
