@@ -104,6 +104,18 @@ def test_pooled_over_branch_points(tmp_path):
     assert sentence.endswith("These are branches of one trajectory, not seeds.")
     assert "also a transient LR cut" in sentence
 
+    # a branch point of another source run (another config): a second trajectory
+    c = tmp_path / "other_after2"
+    for i in (1, 2):
+        for name, sets in (("seed_order", []), ("lr_order", ["optim.lr=0.00025"])):
+            _branch(c, f"{name}{i}", [f"train.seed={i}", *sets], "healthy", [])
+            write_json(c / f"{name}{i}" / "branch.json", {"source": "src2", "kind": "last", "epoch": 1,
+                                                          "source_config_hash": "another"})
+    assert pooled_summary([a, b, c])["seed"]["sources"] == 2
+    sentence = pooled_sentence([a, b, c])
+    assert "from 3 checkpoints (after epochs 2, 3) of 2 runs" in sentence
+    assert sentence.endswith("These are branches of 2 trajectories, not seeds.")
+
 
 def test_no_branches_yet(tmp_path):
     assert pooled_sentence([tmp_path / "missing"]) is None and pooled_section([tmp_path / "missing"]) == []

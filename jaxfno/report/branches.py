@@ -216,6 +216,10 @@ def _runs(n: int) -> str:
     return "one run" if n == 1 else f"{n} runs"
 
 
+def trajectories(n: int) -> str:
+    return "one trajectory" if n == 1 else f"{n} trajectories"
+
+
 def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
     """Per change, every branch point's branches together (section 3's table from branches)."""
     summary = pooled_summary(folders)
@@ -274,7 +278,7 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
                       f"{loss_range(s['lowest'])}, {level_word(s['lowest'], null['at_event'])} the "
                       f"{loss_range(null['at_event'])} at which the data-order-only branches diverged."
                       for s in summary.values() if s["lowest"] and null["at_event"] and not s["at_event"])
-            + (" These are branches of one trajectory, not seeds." if null["sources"] == 1 else ""))
+            + f" These are branches of {trajectories(null['sources'])}, not seeds.")
 
 
 def level_word(reached: list[float], diverged: list[float]) -> str:

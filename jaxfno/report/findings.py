@@ -16,7 +16,7 @@ from jaxfno.data.simulate import n_positions
 from jaxfno.provenance import code_commit
 from jaxfno.pipeline import RunResult
 from jaxfno.report.branches import (NULL_GROUP, branch_rows, loss_range as _range, null_perturbation_section,
-                                   pooled_section, pooled_sentence, pooled_summary)
+                                   pooled_section, pooled_sentence, pooled_summary, trajectories)
 from jaxfno.report.cells import ci, dirs, epochs, fmt, median, p_text, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
 from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence
@@ -216,7 +216,8 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     if null:
         taken = {g.what: g for g in exposed if g.label == "branches"}
         others = [s for name, s in branches.items() if name != NULL_GROUP]
-        text += (f" From states just before a divergence (one trajectory), the branches that changed only the data "
+        text += (f" From states just before a divergence ({trajectories(null.get('sources', 1))}), the branches that "
+                 "changed only the data "
                  f"order collapsed in {null['collapsed']['k']}/{null['n']}, "
                  + ", ".join(f"those with {s['change']} in {s['collapsed']['k']}/{s['n']}"
                              + (f" (a divergence event in {s['event']['k']}/{s['n']}, recovered from)"
@@ -293,8 +294,9 @@ WARMUP_NOTE = ("Warmup-cosine (`stable_warmup` and its combinations) has no bran
 # the null-perturbation branches of the rerun, one folder per branch point: after epoch 17 (the
 # last checkpoint before its divergence) and after epoch 16 (its best, before the epoch-17 kick)
 BRANCH_POINTS = (("branches", "rerun/seed20260128"), ("branches_e16", "rerun/seed20260128"),
-                 # the second source's, after the last epoch before its first divergence event
-                 ("branches_seed20260129_e*", "rerun/seed20260129"))
+                 # other sources', after an epoch before their first divergence event
+                 ("branches_seed20260129_e*", "rerun/seed20260129"),
+                 ("branches_seed20260131_e*", "seeds_cpu/asrun/stable/seed20260131"))
 
 
 def branch_points(full: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
@@ -339,7 +341,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
             for key, r in (finished_runs(folder) if folder.exists() else {}).items()
             if key.condition == "asrun"}.values()))),  # a run linked into two folders counts once
         ("Exposure", exposure_sentence(exposed, level) if exposed else None),
-        ("Remedies from branches (full scale, CPU, one trajectory)",
+        (f"Remedies from branches (full scale, CPU, {trajectories(pooled.get(NULL_GROUP, {}).get('sources', 1))})",
          pooled_sentence([folder for folder, _ in branch_points(full)])),
         # independent trajectories only: the rerun repeats a seed of the fidelity runs
         ("Mechanism", kick_sentence(unique(sorted(full.glob("fidelity/*/stable/seed*"))
