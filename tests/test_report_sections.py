@@ -243,7 +243,8 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
                 "p_collapse_wilson95": list(wilson_interval(collapsed, n)), "fisher_p_vs_stable": p,
                 "median_steps_to_divergence": 700.0 if collapsed else None}
 
-    cpu = {"stable@asrun": cell(2, 3, [1, 2, 3]), "stable_lowlr@asrun": cell(0, 3, [1, 2, 3], p=0.2)}
+    # `fidelity` links three of `seeds_cpu`'s four `stable` runs: that cell is not shown again
+    cpu = {"stable@asrun": cell(2, 4, [1, 2, 3, 4]), "stable_lowlr@asrun": cell(0, 3, [1, 2, 3], p=0.2)}
     levels = {"stable@asrun": {"lowest": [0.05], "at_event": [0.055, 0.06]},
               "stable_lowlr@asrun": {"lowest": [0.07, 0.08], "at_event": []}}
     fidelity = {"stable@asrun": cell(2, 3, [1, 2, 3]), "stable@fixed": cell(0, 2, [1, 2])}
@@ -253,7 +254,7 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
             if line.startswith("| ") and not line.startswith("| arm")]
     assert len(rows) == 13  # 12 cells, one of them with both a full-scale and a proxy row
     assert [r for r in rows if r.startswith("| stable | asrun")] == [
-        "| stable | asrun | full scale, cpu (`seeds_cpu`) | 3 | 2/3 = 0.67 [0.21, 0.94] | – | step 700 | "
+        "| stable | asrun | full scale, cpu (`seeds_cpu`) | 4 | 2/4 = 0.50 [0.15, 0.85] | – | step 700 | "
         "0.05 (0.055–0.06) | – |"]
     assert "| stable | fixed | full scale, cpu (`fidelity`) | 2 | 0/2 = 0.00 [0.00, 0.66] | – | not reached |" in rows[3]
     lowlr = [r for r in rows if r.startswith("| stable_lowlr | asrun")]

@@ -172,18 +172,18 @@ def _not_run(arm: str, condition: str, sources: list[tuple[str, str, dict, dict]
 def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
                    conditions: tuple[str, ...] = ("asrun", "fixed")) -> list[str]:
     """Per arm and condition, every line of evidence from seeds: each full-scale source's cell
-    (``sources``: label, machine, cells, training-loss levels; a cell with the same seeds on the
-    same machine shown by an earlier source is not repeated) and the proxy factorial's, with whether
-    the full scale confirms the proxy; "not run" where none exists."""
-    rows, shown = [], set()
+    (``sources``: label, machine, cells, training-loss levels; a cell whose seeds on the same
+    machine an earlier source's cell already holds is not repeated: the folders link the same runs)
+    and the proxy factorial's, with whether the full scale confirms the proxy; "not run" where none
+    exists."""
+    rows, shown = [], []
     for arm in stage_a.SPEC_ARMS:
         for condition in conditions:
             key, found = f"{arm}@{condition}", []
             for label, device, cells, levels in sources:
                 cell = cells.get(key)
-                same = (key, tuple(cell["seeds"]), device) if cell else None
-                if cell and same not in shown:
-                    shown.add(same)
+                if cell and not any((k, d) == (key, device) and set(cell["seeds"]) <= seeds for k, seeds, d in shown):
+                    shown.append((key, set(cell["seeds"]), device))
                     reached = _range(levels.get(key, {}).get("lowest", []))
                     events = _range(levels.get(f"stable@{condition}", {}).get("at_event", []))
                     found.append((label, cell, f"{reached} ({events})", "–"))
