@@ -316,7 +316,8 @@ def test_bottom_line_says_which_remedies_were_exposed():
     exposed = [Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False),)),
                Group("`seeds_h200`", "stable_lowlr", "asrun", "H200", (Exposure(0, False),)),
                Group("branches", "optim.lr=0.00025", "asrun", "cpu", (Exposure(4, False),))]
-    branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order"},
+    branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order",
+                         "sources": 1},
                 "lr": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025"},
                 "clip": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 3}, "change": "optim.grad_clip=0.5"}}
     fidelity = {"stable@asrun": cell("stable", 2, 3), "stable@fixed": {**cell("stable", 0, 2), "condition": "fixed"}}

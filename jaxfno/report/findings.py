@@ -216,12 +216,12 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     if null:
         taken = {g.what: g for g in exposed if g.label == "branches"}
         others = [s for name, s in branches.items() if name != NULL_GROUP]
-        text += (f" From states just before a divergence ({trajectories(null.get('sources', 1))}), the branches that "
+        text += (f" From states just before a divergence ({trajectories(null['sources'])}), the branches that "
                  "changed only the data "
                  f"order collapsed in {null['collapsed']['k']}/{null['n']}, "
                  + ", ".join(f"those with {s['change']} in {s['collapsed']['k']}/{s['n']}"
                              + (f" (a divergence event in {s['event']['k']}/{s['n']}, recovered from)"
-                                if s.get("event", {}).get("k", 0) > s["collapsed"]["k"] else "")
+                                if s["event"]["k"] > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
     missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable") and arm not in tested
