@@ -95,6 +95,20 @@ def test_divergence_event_and_spikes():
     assert [s["step"] for s in spikes] == [2500]
 
 
+def test_trailing_median_is_the_median_of_the_finite_losses_behind_each_step():
+    import warnings
+
+    from jaxfno.evaluation.outcomes import trailing_median
+
+    loss = np.random.default_rng(0).lognormal(size=400)
+    loss[[150, 151, 320]] = np.nan  # non-finite steps drop out of their windows
+    loss[-120:] = np.nan  # a stopped run's tail: all-NaN windows have no median
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = [np.nanmedian(loss[max(k - 100, 0):k]) if k else np.nan for k in range(loss.size)]
+    np.testing.assert_array_equal(trailing_median(loss), expected)
+
+
 def test_lowest_trailing_median_stops_before_the_event():
     # epoch 1 at 1.0, then 150 steps at 0.5 and 150 at 0.2: windows wholly after step 100 only
     loss = [1.0] * 100 + [0.5] * 150 + [0.2] * 150

@@ -350,6 +350,20 @@ def test_revisions_sentence_names_a_folder_that_mixes_code_revisions(tmp_path):
         "Code revisions (runs per revision): `mixed`: stable unrecorded (2); stable_lowlr abcdef1 (2). ")
 
 
+def test_a_run_is_read_once_until_its_files_change(tmp_path):
+    from jaxfno.io import read_json
+    from jaxfno.report.cells import load_run, runs
+
+    _seed_run(tmp_path, "stable", 1, [], "healthy", [])
+    run_dir = tmp_path / "asrun" / "stable" / "seed1"
+    assert load_run(run_dir) is load_run(run_dir)  # the sections of FINDINGS.md share one read
+    verdict = read_json(run_dir / "verdict.json")
+    write_json(run_dir / "verdict.json", {**verdict, "outcome": "diverged"})  # an atomic rewrite
+    assert load_run(run_dir).verdict["outcome"] == "diverged"
+    assert [r.verdict["outcome"] for r in runs(tmp_path).values()] == ["diverged"]
+    assert runs(tmp_path / "missing") == {}
+
+
 def _seed_run(folder, arm, seed, sets, outcome, events, device=None):
     """A finished run from seeds with everything the study's summary reads."""
     from jaxfno.io import read_json

@@ -93,9 +93,13 @@ def constant_plateau(test_diffraction, probe, physics_cfg: PhysicsConfig, batch_
 def trailing_median(finite: np.ndarray) -> np.ndarray:
     """Per step k the median of steps k−100 … k−1 (fewer at the start; NaN at step 0)."""
     padded = np.concatenate([np.full(BEHIND, np.nan), finite])
+    windows = sliding_window_view(padded, BEHIND)[:finite.size]
+    medians = np.median(windows, axis=1)  # the same value as nanmedian where a window is all finite, faster
+    gaps = np.isnan(medians)
     with warnings.catch_warnings():  # an all-NaN window (a stopped run's tail) has no median
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(sliding_window_view(padded, BEHIND)[:finite.size], axis=1)
+        medians[gaps] = np.nanmedian(windows[gaps], axis=1)
+    return medians
 
 
 def lowest_trailing_median(step_loss: Sequence[float], since: int, until: int | None = None) -> float | None:

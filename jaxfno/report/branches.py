@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxfno.evaluation.outcomes import AHEAD, COLLAPSE_OUTCOMES, epoch_steps, lowest_trailing_median
 from jaxfno.io import read_json
-from jaxfno.pipeline import RunResult
+from jaxfno.report.cells import load_run
 from jaxfno.report.statistics import (fisher_less, km_median, paired_sign_less, stratified_fisher_less,
                                       wilson_interval)
 
@@ -39,7 +39,7 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
     """A run's outcome after ``branch_epoch``: divergence events whose qualifying window (a step
     and the ``AHEAD`` - 1 after it) reaches past the branch point, so an event that the branch's
     own steps make is counted even where it starts on the last steps before them."""
-    result = RunResult.load(run_dir)
+    result = load_run(run_dir)
     start = int(np.sum(epoch_steps(result.history)[:branch_epoch]))
     details = result.verdict["outcome_details"]
     after = [e for e in details["events"] if e["step"] + AHEAD > start]

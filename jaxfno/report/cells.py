@@ -3,12 +3,41 @@ interval, median time to divergence, p-value, mean ± SD) and the folders, devic
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 from jaxfno.io import read_json
+from jaxfno.pipeline import ARTIFACTS, RunResult
 from jaxfno.report.study import summarise
 from jaxfno.study import stage_a
-from jaxfno.study.runner import finished_runs
+from jaxfno.study.runner import RunKey, finished_runs
+
+
+@functools.lru_cache(maxsize=1024)
+def _load(run_dir: pathlib.Path, where: pathlib.Path, stamp: tuple) -> RunResult:
+    return RunResult.load(run_dir)
+
+
+def load_run(run_dir: pathlib.Path) -> RunResult:
+    """A finished run, read once per version of its files: the sections of FINDINGS.md read the
+    same runs many times. A version is the files' inode, size and mtime (writes are atomic
+    renames, so a rewritten file is a new inode)."""
+    run_dir = pathlib.Path(run_dir)  # as given: the sections print paths relative to their folders
+    stamp = tuple((s.st_ino, s.st_size, s.st_mtime_ns) if (s := _stat(run_dir / name)) else None
+                  for name in ARTIFACTS)
+    return _load(run_dir, run_dir.absolute(), stamp)
+
+
+def _stat(path: pathlib.Path):
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def runs(folder: pathlib.Path) -> dict[RunKey, RunResult]:
+    """The finished runs of a study folder (none where it does not exist)."""
+    return finished_runs(folder, load_run) if folder.exists() else {}
 
 
 def ci(cell: dict) -> str:
@@ -26,8 +55,8 @@ def p_text(value) -> str:
 
 
 def cells(folder: pathlib.Path) -> dict:
-    runs = finished_runs(folder) if folder.exists() else {}
-    return summarise(runs) if runs else {}
+    found = runs(folder)
+    return summarise(found) if found else {}
 
 
 def epochs(cell: dict) -> str:
@@ -45,7 +74,8 @@ def fmt(stat, digits: int = 4) -> str:
 
 def device(folder: pathlib.Path) -> str:
     """The device the folder's runs trained on, as their histories record it."""
-    devices = sorted({stage_a.run_device(read_json(h)) for h in folder.glob("*/*/seed*/history.json")})
+    devices = sorted({stage_a.run_device(load_run(h.parent).history if (h.parent / "verdict.json").exists()
+                                         else read_json(h)) for h in folder.glob("*/*/seed*/history.json")})
     return ", ".join(devices) or "?"
 
 

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 from jaxfno.data.simulate import n_positions
 from jaxfno.provenance import code_commit
-from jaxfno.pipeline import RunResult
 from jaxfno.report.branches import (NULL_GROUP, branch_rows, loss_range as _range, null_perturbation_section,
                                    pooled_section, pooled_sentence, pooled_summary, trajectories)
-from jaxfno.report.cells import ci, dirs, epochs, fmt, median, p_text, unique
+from jaxfno.report.cells import ci, dirs, epochs, fmt, load_run, median, p_text, runs, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
 from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence
 from jaxfno.report.mechanism import kick_section, kick_sentence
@@ -27,7 +26,6 @@ from jaxfno.report.seeds import (architecture_caveat, architecture_sentence, how
                                  loss_levels, matrix_section, rates_agree, seed_folders, seeds_section, seeds_sentence)
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
-from jaxfno.study.runner import finished_runs
 
 UPSTREAM = ("Upstream (SPEC §8): `stable_hybrid` reached val ≈ 0.024 by epoch 4–6 and then went exactly "
             "constant (amp SSIM 0.277 = the floor, val ≈ 0.18–0.20), in every arm it reported, and concluded "
@@ -104,7 +102,7 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
 
     def cells(folder: pathlib.Path) -> dict[tuple[str, str], tuple[Exposure, ...]]:
         found: dict[tuple[str, str], list[Exposure]] = {}
-        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+        for key, r in runs(folder).items():
             if stage_a.CONDITIONS[key.condition].set_phi and r.run_dir.resolve() not in seen:
                 seen.add(r.run_dir.resolve())
                 found.setdefault((key.arm, key.condition), []).append(exposure(r, level))
@@ -119,7 +117,7 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
     for folder in branch_folders:
         for name, rows in (branch_rows(folder) if folder.exists() else {}).items():
             for row in rows:
-                r = RunResult.load(folder / row["run"])
+                r = load_run(folder / row["run"])
                 branches.setdefault(name, []).append((stage_a.run_device(r.history),
                                                       exposure(r, level, row["first_step"])))
     for name, found in branches.items():
@@ -338,7 +336,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         ("Reported, runs not retrieved (full scale)", report_only_sentence(reports)),
         ("How far the runs descended", level_sentence(list({
             r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
-            for key, r in (finished_runs(folder) if folder.exists() else {}).items()
+            for key, r in runs(folder).items()
             if key.condition == "asrun"}.values()))),  # a run linked into two folders counts once
         ("Exposure", exposure_sentence(exposed, level) if exposed else None),
         (f"Remedies from branches (full scale, CPU, {trajectories(pooled.get(NULL_GROUP, {}).get('sources', 1))})",

@@ -17,6 +17,7 @@ from jaxfno.config import RunConfig
 from jaxfno.data.simulate import n_positions
 from jaxfno.evaluation.outcomes import epoch_steps
 from jaxfno.pipeline import RunResult
+from jaxfno.report.cells import load_run
 
 WINDOW = 25  # steps after an epoch boundary counted as "just after the short batch"
 CLIP = 0.5  # the seed's clipping threshold (SPEC §7's stable_warmup_clip)
@@ -81,7 +82,7 @@ def kick_section(run_dirs: list[pathlib.Path], base: pathlib.Path) -> list[str]:
               "event (steps after the epoch's start) |",
               "|---|---|---|---|---|---|---|---|"]
     for run_dir in runs:
-        r = kick_row(RunResult.load(run_dir))
+        r = kick_row(load_run(run_dir))
         name = pathlib.Path(r["run"]).relative_to(base) if pathlib.Path(r["run"]).is_relative_to(base) else r["run"]
         short = f"{_f(r['short_loss'])}, {_f(r['short_grad'])}" if r["short"] else "no short batch"
         event = "–" if r["first_event"] is None else f"step {r['first_event']} ({r['steps_after_boundary']})"
@@ -101,7 +102,7 @@ def early_start_p(events: list[tuple[int, int]]) -> tuple[int, float]:
 
 def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
     """The section's reading for the answer paragraph, from the same rows."""
-    rows = [kick_row(RunResult.load(d)) for d in run_dirs if (d / "verdict.json").exists()]
+    rows = [kick_row(load_run(d)) for d in run_dirs if (d / "verdict.json").exists()]
     gain = [r for r in rows if r["gain"] != "none" and r["short"] and r["rest"]]
     plain = [r for r in rows if r["gain"] == "none" and r["rest"]]
     events = [(r["steps_after_boundary"], r["epoch_steps"]) for r in rows if r["first_event"] is not None]

@@ -15,6 +15,7 @@ import numpy as np
 from jaxfno.data.simulate import n_positions
 from jaxfno.evaluation.outcomes import epoch_steps
 from jaxfno.pipeline import RunResult
+from jaxfno.report.cells import load_run
 
 
 def finished_run_dirs(roots: Iterable[pathlib.Path]) -> list[pathlib.Path]:
@@ -68,7 +69,7 @@ def runs_markdown(run_dirs: Iterable[pathlib.Path], base: pathlib.Path | None = 
              "max step loss after epoch 1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run_dir in run_dirs:
-        r = run_row(RunResult.load(run_dir))
+        r = run_row(load_run(run_dir))
         name = str(pathlib.Path(r["run"]).relative_to(base)) if base else r["run"]
         sensitive = " (scale-sensitive)" if r["scale_sensitive"] else ""
         lines.append(

@@ -11,11 +11,10 @@ import numpy as np
 
 from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trailing_median
 from jaxfno.report.branches import level_word, loss_range as _range
-from jaxfno.report.cells import ci, epochs, fmt, median, p_text
+from jaxfno.report.cells import ci, epochs, fmt, median, p_text, runs
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
-from jaxfno.study.runner import finished_runs
 
 
 def seed_folders(full: pathlib.Path) -> list[pathlib.Path]:
@@ -36,7 +35,7 @@ def loss_levels(folder: pathlib.Path) -> dict[str, dict[str, list[float]]]:
     and the trailing median loss at that event: whether a remedy that did not diverge ever
     reached the loss at which `stable` did."""
     levels: dict[str, dict[str, list[float]]] = {}
-    for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+    for key, r in runs(folder).items():
         cell = levels.setdefault(key.cell, {"lowest": [], "at_event": []})
         for name, value in zip(("lowest", "at_event"), _run_level(r)):
             if value is not None:
@@ -72,7 +71,7 @@ def level_sentence(results: list[tuple[str, object]], reference: str = "stable")
 def levels_sentence(folder: pathlib.Path) -> str | None:
     """Did a remedy that diverged less train down to where `stable` diverged? Per seed, the
     remedy's 100-step median at the step where the same seed's `stable` run diverged."""
-    runs = finished_runs(folder) if folder.exists() else {}
+    found = runs(folder)
     levels, clauses = loss_levels(folder), []
     for cell, lv in levels.items():
         arm, condition = cell.split("@")
@@ -80,9 +79,9 @@ def levels_sentence(folder: pathlib.Path) -> str | None:
         if arm in ("stable", "control") or not ref or not ref["at_event"] or lv["at_event"] or not lv["lowest"]:
             continue
         same_step, lr, ref_lr = [], [], []  # the remedy's loss and learning rate where `stable` diverged
-        for key, r in runs.items():
+        for key, r in found.items():
             events = r.verdict.get("outcome_details", {}).get("events", [])
-            twin = runs.get(dataclasses.replace(key, arm=arm))
+            twin = found.get(dataclasses.replace(key, arm=arm))
             if key.arm == "stable" and key.condition == condition and events and twin:
                 step = events[0]["step"]
                 twin_loss = np.asarray(twin.history["step_loss"], float)
@@ -90,7 +89,7 @@ def levels_sentence(folder: pathlib.Path) -> str | None:
                 lr.append(twin.history["lr"][step])
                 ref_lr.append(r.history["lr"][step])
         reached = level_word(lv["lowest"], ref["at_event"]) != "above"
-        epochs = max(len(r.history["val_loss"]) for key, r in runs.items() if key.cell == cell)
+        epochs = max(len(r.history["val_loss"]) for key, r in found.items() if key.cell == cell)
         clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
                        f"against {_range(ref['at_event'])} just before `stable`'s divergence events"
                        + (f"; at the steps where `stable` diverged, the same seeds' `{arm}` runs were at "
@@ -108,7 +107,7 @@ def revisions_sentence(folders: list[pathlib.Path]) -> str | None:
     clauses = []
     for folder in folders:
         by_arm: dict[str, Counter] = {}
-        for key, r in (finished_runs(folder) if folder.exists() else {}).items():
+        for key, r in runs(folder).items():
             commit = r.history.get("execution", {}).get("commit")
             by_arm.setdefault(key.arm, Counter())[commit[:7] if commit else "unrecorded"] += 1
         if len({c for counts in by_arm.values() for c in counts}) > 1:
@@ -235,7 +234,7 @@ def seeds_sentence(folders: list[pathlib.Path]) -> str | None:
             if not ref or not remedies:
                 continue
             constant = sorted(r.verdict["outcome_details"]["events"][0]["epoch"] + 1
-                              for key, r in finished_runs(folder).items()
+                              for key, r in runs(folder).items()
                               if key.cell == f"stable@{condition}" and r.verdict["outcome"] == "collapsed_constant"
                               and r.verdict["outcome_details"]["events"])
             parts.append(

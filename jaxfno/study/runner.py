@@ -108,11 +108,13 @@ def _only(dataset: Dataset) -> Callable[[DataConfig], Dataset]:
     return get
 
 
-def finished_runs(out_dir: pathlib.Path) -> dict[RunKey, RunResult]:
-    """Every finished run below ``out_dir`` (``<condition>/<arm>/seed<seed>/`` with a verdict)."""
+def finished_runs(out_dir: pathlib.Path,
+                  load: Callable[[pathlib.Path], RunResult] = RunResult.load) -> dict[RunKey, RunResult]:
+    """Every finished run below ``out_dir`` (``<condition>/<arm>/seed<seed>/`` with a verdict),
+    each read by ``load``."""
     results = {}
     for verdict in sorted(pathlib.Path(out_dir).glob("*/*/seed*/verdict.json")):
         run_dir = verdict.parent
         key = RunKey(run_dir.parent.name, int(run_dir.name.removeprefix("seed")), run_dir.parent.parent.name)
-        results[key] = RunResult.load(run_dir)
+        results[key] = load(run_dir)
     return results
