@@ -238,8 +238,8 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
     from jaxfno.report.seeds import matrix_section
     from jaxfno.report.statistics import wilson_interval
 
-    def cell(collapsed, n, seeds, p=None):
-        return {"n": n, "collapsed": collapsed, "p_collapse": collapsed / n, "seeds": seeds,
+    def cell(collapsed, n, seeds, p=None, epochs=20):
+        return {"n": n, "collapsed": collapsed, "p_collapse": collapsed / n, "seeds": seeds, "epochs": [epochs] * n,
                 "p_collapse_wilson95": list(wilson_interval(collapsed, n)), "fisher_p_vs_stable": p,
                 "median_steps_to_divergence": 700.0 if collapsed else None}
 
@@ -249,17 +249,21 @@ def test_matrix_lists_every_arm_and_condition_once_per_machine():
               "stable_lowlr@asrun": {"lowest": [0.07, 0.08], "at_event": []}}
     fidelity = {"stable@asrun": cell(2, 3, [1, 2, 3]), "stable@fixed": cell(0, 2, [1, 2])}
     factorial = {"stable_lowlr@asrun": cell(0, 8, list(range(8)), p=0.01), "stable_warmup@fixed": cell(8, 8, [1])}
+    # a seed of `seeds_cpu`'s trained twice as long is another run: shown, and no confirmation of the proxy
+    longer = {"stable_lowlr@asrun": cell(3, 3, [1, 2, 3], epochs=40)}
     rows = [line for line in matrix_section([("full scale, cpu (`seeds_cpu`)", "cpu", cpu, levels),
-                                             ("full scale, cpu (`fidelity`)", "cpu", fidelity, {})], factorial)
+                                             ("full scale, cpu (`fidelity`)", "cpu", fidelity, {})], factorial,
+                                            longer=[("full scale, cpu, 40 epochs (`longer_cpu`)", "cpu", longer, {})])
             if line.startswith("| ") and not line.startswith("| arm")]
-    assert len(rows) == 13  # 12 cells, one of them with both a full-scale and a proxy row
+    assert len(rows) == 14  # 12 cells, one of them with two full-scale rows and a proxy row
     assert [r for r in rows if r.startswith("| stable | asrun")] == [
         "| stable | asrun | full scale, cpu (`seeds_cpu`) | 4 | 2/4 = 0.50 [0.15, 0.85] | – | step 700 | "
         "0.05 (0.055–0.06) | – |"]
     assert "| stable | fixed | full scale, cpu (`fidelity`) | 2 | 0/2 = 0.00 [0.00, 0.66] | – | not reached |" in rows[3]
     lowlr = [r for r in rows if r.startswith("| stable_lowlr | asrun")]
     assert lowlr[0].endswith("| 0.2 | not reached | 0.07–0.08 (0.055–0.06) | – |")
-    assert lowlr[1].startswith("| stable_lowlr | asrun | proxy (`factorial`) | 8 |") and lowlr[1].endswith("| yes |")
+    assert lowlr[1].startswith("| stable_lowlr | asrun | full scale, cpu, 40 epochs (`longer_cpu`) | 3 | 3/3")
+    assert lowlr[2].startswith("| stable_lowlr | asrun | proxy (`factorial`) | 8 |") and lowlr[2].endswith("| yes |")
     assert [r for r in rows if r.startswith("| stable_warmup | fixed")][0].endswith("| not run at full scale |")
     assert "| control | asrun | not run | – |" in rows[0]  # stable collapsed in asrun: no reason given
     assert "| control | fixed | not run: `stable` has not collapsed here (0/2, full scale, cpu (`fidelity`)) | – |" in rows[1]
@@ -488,3 +492,29 @@ def test_findings_quote_a_report_only_folder_apart_from_the_runs(tmp_path):
     assert "| `seeds_h200` (NVIDIA H200) | stable | asrun | 3 |" in text
     assert "| `seeds_h200` (NVIDIA H200) | stable_warmup |" not in text
     assert "| stable | asrun | 3 |" not in text.split("runs not retrieved (`h200_report_only`)")[1]
+
+
+def test_findings_set_runs_trained_beyond_the_recipe_apart(tmp_path):
+    """A `longer_<machine>` folder (a remedy trained for more epochs, no `stable` beside it) is
+    shown with its length, counted in the exposure, and tested against nothing."""
+    from jaxfno.report.findings import write_findings
+
+    full = tmp_path / "stage_a_full_asrun"
+    for seed in (1, 2):
+        _seed_run(full / "seeds_cpu", "stable", seed, [], "diverged" if seed == 1 else "healthy",
+                  [230] if seed == 1 else [], device="cpu")
+    _seed_run(full / "longer_cpu", "stable_lowlr", 1, ["optim.lr=0.00025", "train.epochs=40"], "healthy", [],
+              device="cpu")
+    text = write_findings(tmp_path, tmp_path / "FINDINGS.md")
+    answer = text.split("### Per remedy")[0]
+    assert ("**Trained beyond the recipe (full scale).** `stable_lowlr` in `asrun` trained for 40 epochs on cpu "
+            "(`longer_cpu`, seeds 1) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1)") in answer
+    assert "Trained beyond the recipe, `stable_lowlr` trained for 40 epochs in `asrun` (cpu) took " in answer
+    assert "| stable_lowlr | asrun | full scale, cpu, 40 epochs (`longer_cpu`) | 1 | 0/1 = 0.00 [0.00, 0.79] | – |" in text
+    assert "| `longer_cpu` (cpu, 40 epochs) | stable_lowlr | asrun | 1 |" in text
+    assert "| `longer_cpu` | stable_lowlr (40 epochs) | asrun | cpu | 1 |" in text
+    assert ("`stable_lowlr` trained for 40 epochs in `asrun` (cpu) took 4 with 0 first events (none at `stable`'s "
+            "rate on that machine: probability 0.54)") in answer  # `stable` in `seeds_cpu`: 1 event in 7
+    # not a recipe-length remedy tested against `stable`, and not "not run" either
+    assert "`stable_lowlr` collapsed in 0/1 on cpu" not in answer and "`stable_lowlr`, " not in answer
+    assert "Not yet run from seeds in `asrun`: `stable_warmup`, `stable_warmup_lowlr`, `stable_warmup_clip`." in answer

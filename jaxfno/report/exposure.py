@@ -60,6 +60,7 @@ class Group:
     device: str
     exposures: tuple[Exposure, ...]
     scale: str = "full"  # a proxy candidate's name: its `stable` is compared with full scale's, not a remedy
+    epochs: int | None = None  # runs trained beyond the recipe's epochs (``longer_<machine>``): how many
 
     @property
     def short_batches(self) -> int:
@@ -77,7 +78,7 @@ class Group:
 def _reference(groups: list[Group], device: str) -> Group | None:
     """`stable` in `asrun` from seeds on ``device``: the rate a remedy is held against."""
     return next((g for g in groups if g.what == "stable" and g.condition == "asrun" and g.device == device
-                 and g.label != "branches" and g.scale == "full"), None)
+                 and g.label != "branches" and g.scale == "full" and g.epochs is None), None)
 
 
 def _rate(g: Group) -> str:
@@ -93,6 +94,12 @@ def _none(g: Group, groups: list[Group]) -> str:
     if not g.short_batches:
         return "untested: none taken"
     return "–" if g.events else f"{none_p(ref.events / ref.short_batches, g.short_batches):.2g}"
+
+
+def group_name(g: Group) -> str:
+    scale = "" if g.scale == "full" else f" at proxy scale `{g.scale}`"
+    longer = f" trained for {g.epochs} epochs" if g.epochs else ""
+    return f"`{g.what}`{scale}{longer} in `{g.condition}` ({g.device})"
 
 
 def exposure_section(groups: list[Group], level: float) -> list[str]:
@@ -113,7 +120,8 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
     for g in groups:
         counts = [e.short_batches for e in g.exposures]
         per_run = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
-        lines.append(f"| {g.label} | {g.what} | {g.condition} | {g.device} | {len(g.exposures)} | "
+        what = f"{g.what} ({g.epochs} epochs)" if g.epochs else g.what
+        lines.append(f"| {g.label} | {what} | {g.condition} | {g.device} | {len(g.exposures)} | "
                      f"{g.short_batches} ({per_run}) | {g.events} | {_rate(g)} | {_none(g, groups)} |")
     return lines + [""]
 
@@ -127,9 +135,7 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     tested = [g for g in others if g.short_batches]
 
     def name(g: Group) -> str:
-        scale = "" if g.scale == "full" else f" at proxy scale `{g.scale}`"
-        return (f"the branches with {g.what}" if g.label == "branches" else
-                f"`{g.what}`{scale} in `{g.condition}` ({g.device})")
+        return f"the branches with {g.what}" if g.label == "branches" else group_name(g)
 
     text = (f"Counting the short batches each run took while its 100-step median training loss was at or below "
             f"{level:.3g} (the highest level at which a first divergence event of `stable` began), up to a first "

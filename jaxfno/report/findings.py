@@ -18,12 +18,13 @@ from jaxfno.report.branches import (NULL_GROUP, branch_rows, loss_range as _rang
                                    pooled_section, pooled_sentence, pooled_summary, trajectories)
 from jaxfno.report.cells import ci, dirs, epochs, fmt, load_run, median, p_text, runs, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
-from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence
+from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence, group_name
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.reruns import rerun_section, rerun_sentence
 from jaxfno.report.seeds import (architecture_caveat, architecture_sentence, how, level_sentence, levels_sentence,
-                                 loss_levels, matrix_section, rates_agree, seed_folders, seeds_section, seeds_sentence)
+                                 longer_folders, longer_sentence, loss_levels, matrix_section, rates_agree,
+                                 seed_folders, seeds_section, seeds_sentence, trained_text)
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
 
@@ -91,13 +92,14 @@ def calibration_section(folder: pathlib.Path, reference: dict, reference_levels:
 
 
 def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Path], level: float,
-                    pooled: dict, proxies: Sequence[pathlib.Path] = ()) -> list[Group]:
+                    pooled: dict, proxies: Sequence[pathlib.Path] = (),
+                    longer: Sequence[pathlib.Path] = ()) -> list[Group]:
     """Each cell of the full-scale runs from seeds (``folders``: a run linked into two folders
     counts once; the zero-phase object's cells, whose losses are another problem's, left out),
     each change of the branches pooled over their branch points (``pooled``: their
-    ``pooled_summary``, which names each group's change), and each proxy candidate's cell whose
-    runs trained down to ``level`` (``proxies``; those that did not are section 2's), as exposure
-    groups."""
+    ``pooled_summary``, which names each group's change), each proxy candidate's cell whose
+    runs trained down to ``level`` (``proxies``; those that did not are section 2's), and each
+    cell of the runs trained beyond the recipe's epochs (``longer``), as exposure groups."""
     seen: set[pathlib.Path] = set()
 
     def cells(folder: pathlib.Path) -> dict[tuple[str, str], tuple[Exposure, ...]]:
@@ -110,6 +112,10 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
 
     groups = [Group(f"`{folder.name}`", arm, condition, folder_device(folder), e)
               for folder in folders for (arm, condition), e in cells(folder).items()]
+    groups += [Group(f"`{folder.name}`", arm, condition, folder_device(folder), e,
+                     epochs=max(r.config.train.trained_epochs for key, r in runs(folder).items()
+                                if (key.arm, key.condition) == (arm, condition)))
+               for folder in longer for (arm, condition), e in cells(folder).items()]
     proxy_groups = [Group(f"`calibration/{folder.name}`", arm, condition, folder_device(folder), e, folder.name)
                     for folder in proxies for (arm, condition), e in cells(folder).items()
                     if any(x.short_batches for x in e)]
@@ -198,7 +204,7 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
             + f"; {len({s for _, c in stable for s in c['seeds']})} distinct seeds, a seed on two machines "
             "counted on each, since rounding parts their trajectories).")
     exposure_of = {(g.what, g.device): g.short_batches for g in exposed if g.label != "branches"
-                   and g.condition == "asrun" and g.scale == "full"}
+                   and g.condition == "asrun" and g.scale == "full" and g.epochs is None}
     remedies = [(device, c) for device, cells in seed_cells for c in cells.values()
                 if c["condition"] == "asrun" and c["arm"] not in ("stable", "control")]
     tested = {c["arm"] for device, c in remedies if exposure_of.get((c["arm"], device))}
@@ -210,6 +216,12 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                    "batch taken there), so those seeds show "
                    f"fewer collapses within {max(e for _, c in remedies for e in c['epochs'])} epochs, not "
                    "prevention." if untested else ".")
+    longer = [g for g in exposed if g.epochs and g.condition == "asrun"]
+    if longer:
+        text += " Trained beyond the recipe, " + "; ".join(
+            f"{group_name(g)} took {g.short_batches} short batches at that loss with {g.events} first divergence "
+            f"event{'s' if g.events != 1 else ''} ({len(g.exposures)} run{'s' if len(g.exposures) != 1 else ''})"
+            for g in longer) + "."
     null = branches.get(NULL_GROUP)
     if null:
         taken = {g.what: g for g in exposed if g.label == "branches"}
@@ -223,7 +235,7 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
     missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable") and arm not in tested
-               and not any(arm == c["arm"] for _, c in remedies)]
+               and not any(arm == c["arm"] for _, c in remedies) and not any(arm == g.what for g in longer)]
     if missing:
         text += " Not yet run from seeds in `asrun`: " + ", ".join(missing) + "."
     return text
@@ -307,6 +319,13 @@ def branch_points(full: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]
     return points
 
 
+def _sources(folders: list[pathlib.Path], longer: bool = False) -> list[tuple[str, str, dict, dict]]:
+    """The per-remedy matrix's full-scale sources: label, machine, cells, training-loss levels."""
+    return [(f"full scale, {device}" + (f", {trained_text(folder)}" if longer else "") + f" (`{folder.name}`)",
+             device, folder_cells(folder), loss_levels(folder))
+            for folder in folders for device in [folder_device(folder)]]
+
+
 def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = CAVEATS) -> str:
     """Assemble FINDINGS.md from ``root``'s results folders."""
     fidelity_lines, fidelity = fidelity_section(root / "stage_a_full_asrun" / "fidelity")
@@ -325,17 +344,19 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     seeds_text = " ".join(filter(None, [seeds_sentence(seeds), *map(levels_sentence, seeds)])) or None
     factorial = folder_cells(root / "stage_a_proxy" / "factorial")
     # the level of `stable`'s first divergence events from seeds, and who took short batches there
-    level = max((e for folder in seeds for e in loss_levels(folder).get("stable@asrun", {}).get("at_event", [])),
-                default=None)
+    at_events = [e for folder in seeds for e in loss_levels(folder).get("stable@asrun", {}).get("at_event", [])]
+    level = max(at_events, default=None)
+    longer = longer_folders(full)
     branch_folders = [f for f, _ in branch_points(full)]
     pooled = pooled_summary(branch_folders)
     exposed = exposure_groups([*seeds, full / "fidelity"], branch_folders, level, pooled,
-                              dirs(root / "stage_a_proxy" / "calibration")) if level else []
+                              dirs(root / "stage_a_proxy" / "calibration"), longer) if level else []
     answer = answer_paragraph(fidelity, factorial, [
         ("Remedies from seeds (full scale)", seeds_text),
+        ("Trained beyond the recipe (full scale)", longer_sentence(longer, exposed, at_events)),
         ("Reported, runs not retrieved (full scale)", report_only_sentence(reports)),
         ("How far the runs descended", level_sentence(list({
-            r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
+            r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds, *longer]
             for key, r in runs(folder).items()
             if key.condition == "asrun"}.values()))),  # a run linked into two folders counts once
         ("Exposure", exposure_sentence(exposed, level) if exposed else None),
@@ -346,7 +367,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
                                             + [run for run in seed_runs if run.parent.name == "stable"]))),
         ("Proxy", _calibration_sentence(root / "stage_a_proxy" / "calibration", fidelity)),
         ("Rounding", rerun_sentence(full / "rerun", full / "fidelity" / "asrun" / "stable")),
-        ("Architecture (upstream's conclusion)", architecture)], confirm)
+        ("Architecture (upstream's conclusion)", architecture)],
+        {**confirm, **{f"{folder.name}/{key}": c for folder in longer for key, c in folder_cells(folder).items()}})
     text = "\n".join([
         "# Findings: does a lower learning rate, warmup-cosine or clipping keep `stable_hybrid` from collapsing?",
         "",
@@ -363,12 +385,11 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
           else []),
         answer,
         "",
-        *matrix_section([(f"full scale, {device} (`{folder.name}`)", device, folder_cells(folder), loss_levels(folder))
-                         for folder in [*seeds, full / "fidelity"] for device in [folder_device(folder)]], factorial),
+        *matrix_section(_sources([*seeds, full / "fidelity"]), factorial, longer=_sources(longer, longer=True)),
         *fidelity_lines,
         *calibration_section(root / "stage_a_proxy" / "calibration", fidelity,
                              loss_levels(root / "stage_a_full_asrun" / "fidelity")),
-        *seeds_section(seeds),
+        *seeds_section(seeds, longer),
         *quoted,
         *(exposure_section(exposed, level) if exposed else []),
         *factorial_section(root / "stage_a_proxy" / "factorial", confirm),

@@ -22,6 +22,43 @@ def seed_folders(full: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in full.glob("seeds_*") if p.is_dir())
 
 
+def longer_folders(full: pathlib.Path) -> list[pathlib.Path]:
+    """Full-scale study folders of arms trained from seeds beyond the recipe's epochs
+    (``longer_<machine>``): did a remedy that stayed above `stable`'s divergence level within the
+    recipe get there later, and diverge there? No `stable` beside them, so no test against it."""
+    return sorted(p for p in full.glob("longer_*") if p.is_dir())
+
+
+def trained_text(folder: pathlib.Path) -> str:
+    """How many epochs a folder's runs trained, e.g. "40 epochs"."""
+    return "/".join(sorted({str(r.config.train.trained_epochs) for r in runs(folder).values()}, key=int)) + " epochs"
+
+
+def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[float]) -> str | None:
+    """Per cell of the runs trained longer: its outcomes, how far it descended against
+    ``reference`` (`stable`'s training loss at its first divergence events, runs from seeds) and
+    the short batches it took at that level (``exposed``: the exposure groups)."""
+    parts = []
+    for folder in folders:
+        levels, found = loss_levels(folder), runs(folder)
+        for key, c in folder_cells(folder).items():
+            trained = sorted({r.config.train.trained_epochs for k, r in found.items() if k.cell == key})
+            group = next((g for g in exposed if g.label == f"`{folder.name}`" and f"{g.what}@{g.condition}" == key),
+                         None)
+            lowest = levels.get(key, {}).get("lowest", [])
+            parts.append(
+                f"`{c['arm']}` in `{c['condition']}` trained for {', '.join(map(str, trained))} epochs on "
+                f"{folder_device(folder)} (`{folder.name}`, seeds {', '.join(map(str, c['seeds']))}) collapsed in "
+                f"{ci(c)} (outcomes: {outcome_text(c['outcomes'])}"
+                + (f"; first divergence events in epochs {epochs(c)}" if c["divergence_epochs"] else "") + ")"
+                + (f"; its lowest 100-step median training loss was {_range(lowest)}, against {_range(reference)} "
+                   "just before `stable`'s first divergence events from seeds" if lowest and reference else "")
+                + (f"; it took {group.short_batches} short batches at or below that level, with {group.events} "
+                   "first divergence events (section 3)" if group else ""))
+    return ("; ".join(parts) + ". With no `stable` run of that length beside them, these runs test whether the "
+            "remedy reaches the level and diverges there, not a rate against `stable`.") if parts else None
+
+
 def _run_level(r) -> tuple[float | None, float | None]:
     """(lowest trailing median before the first divergence event or the end, the one at that event)."""
     events = r.verdict.get("outcome_details", {}).get("events", [])
@@ -121,14 +158,15 @@ def revisions_sentence(folders: list[pathlib.Path]) -> str | None:
             "take another trajectory (section 5).")
 
 
-def seeds_section(folders: list[pathlib.Path]) -> list[str]:
+def seeds_section(folders: list[pathlib.Path], longer: list[pathlib.Path] = ()) -> list[str]:
     lines = ["## 3. The remedies", "", "### From seeds at full scale", ""]
     rows = []
-    for folder in folders:
+    for folder in [*folders, *longer]:
         levels, device = loss_levels(folder), folder_device(folder)
+        trained = f", {trained_text(folder)}" if folder in longer else ""
         for c in folder_cells(folder).values():
             lv = levels.get(f"{c['arm']}@{c['condition']}", {"lowest": [], "at_event": []})
-            rows.append(f"| `{folder.name}` ({device}) | {c['arm']} | {c['condition']} | {c['n']} | "
+            rows.append(f"| `{folder.name}` ({device}{trained}) | {c['arm']} | {c['condition']} | {c['n']} | "
                         f"{outcome_text(c['outcomes'])} | {ci(c)} | {p_text(c['fisher_p_vs_stable'])} | {median(c)} | "
                         f"{p_text(c['logrank_p_vs_stable'])} | {epochs(c)} | {fmt(c['best_val_loss'])} | "
                         f"{_range(lv['lowest'])} | {_range(lv['at_event'])} |")
@@ -144,7 +182,11 @@ def seeds_section(folders: list[pathlib.Path]) -> list[str]:
               "median time to divergence | log-rank p | divergence epochs | best val | training loss reached | "
               "training loss at the event |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
-    for sentence in filter(None, [*map(levels_sentence, folders), revisions_sentence(folders)]):
+    if longer:
+        lines += ["Rows whose runs name a number of epochs were trained beyond the recipe's (`longer_*` folders): "
+                  "with no `stable` run of that length beside them they have no test against it; what they show is "
+                  "whether the remedy, given the time, trains down to where `stable` diverged and diverges there.", ""]
+    for sentence in filter(None, [*map(levels_sentence, folders), revisions_sentence([*folders, *longer])]):
         lines += [sentence, ""]
     for folder in folders:
         if (folder / "report" / "survival.png").exists():
@@ -169,13 +211,21 @@ def _not_run(arm: str, condition: str, sources: list[tuple[str, str, dict, dict]
 
 
 def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
-                   conditions: tuple[str, ...] = ("asrun", "fixed")) -> list[str]:
+                   conditions: tuple[str, ...] = ("asrun", "fixed"),
+                   longer: list[tuple[str, str, dict, dict]] = ()) -> list[str]:
     """Per arm and condition, every line of evidence from seeds: each full-scale source's cell
     (``sources``: label, machine, cells, training-loss levels; a cell whose seeds on the same
-    machine an earlier source's cell already holds is not repeated: the folders link the same runs)
-    and the proxy factorial's, with whether the full scale confirms the proxy; "not run" where none
-    exists."""
+    machine an earlier source's cell already holds is not repeated: the folders link the same
+    runs), each cell of the runs trained beyond the recipe (``longer``, alike; not a confirmation
+    of the proxy, whose recipe they do not share) and the proxy factorial's, with whether the full
+    scale confirms the proxy; "not run" where none exists."""
     rows, shown = [], []
+
+    def row(label: str, cell: dict, levels: dict, condition: str) -> tuple:
+        reached = _range(levels.get(key, {}).get("lowest", []))
+        events = _range(levels.get(f"stable@{condition}", {}).get("at_event", []))
+        return label, cell, f"{reached} ({events})", "–"
+
     for arm in stage_a.SPEC_ARMS:
         for condition in conditions:
             key, found = f"{arm}@{condition}", []
@@ -183,11 +233,10 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
                 cell = cells.get(key)
                 if cell and not any((k, d) == (key, device) and set(cell["seeds"]) <= seeds for k, seeds, d in shown):
                     shown.append((key, set(cell["seeds"]), device))
-                    reached = _range(levels.get(key, {}).get("lowest", []))
-                    events = _range(levels.get(f"stable@{condition}", {}).get("at_event", []))
-                    found.append((label, cell, f"{reached} ({events})", "–"))
+                    found.append(row(label, cell, levels, condition))
+            full = [c for _, c, _, _ in found]
+            found += [row(label, cells[key], levels, condition) for label, _, cells, levels in longer if key in cells]
             if key in factorial:
-                full = [c for _, c, _, _ in found]
                 confirmed = ("not run at full scale" if not full else
                              "yes" if all(rates_agree(factorial[key], c) for c in full) else "no")
                 found.append(("proxy (`factorial`)", factorial[key], "–", confirmed))
