@@ -2,8 +2,8 @@
 
 Sections, each from its folder of finished runs (study layout ``<condition>/<arm>/seed<s>``):
 the fidelity check at full scale, the proxy calibration, the remedies from seeds (full scale,
-``seeds_<machine>``; proxy factorial) and from branches, the branch experiments. A section whose
-runs do not exist yet says so.
+``seeds_<machine>``, and trained beyond the recipe's epochs, ``longer_<machine>``; proxy
+factorial) and from branches, the branch experiments. A section whose runs do not exist yet says so.
 """
 
 from __future__ import annotations
