@@ -118,6 +118,9 @@ FACTORIAL_SECONDS=${FACTORIAL_SECONDS:-480}
 if [ $DRY -eq 0 ]; then
   FACTORIAL=(--conditions ${FACTORIAL_CONDITIONS:-asrun fixed} --seeds ${FACTORIAL_SEEDS:-8})
   [ -z "${FACTORIAL_ARMS:-}" ] || FACTORIAL+=(--arms $FACTORIAL_ARMS)
+  # FACTORIAL_SET: config changes for every run of the chunk, e.g. "train.epochs=40" (runs trained
+  # beyond the recipe, into a folder of their own: results/stage_a_full_asrun/longer_<machine>)
+  for item in ${FACTORIAL_SET:-}; do FACTORIAL+=(--set "$item"); done
 else
   FACTORIAL=(--conditions asrun --seeds 1 --arms stable)
 fi

@@ -518,3 +518,19 @@ def test_findings_set_runs_trained_beyond_the_recipe_apart(tmp_path):
     # not a recipe-length remedy tested against `stable`, and not "not run" either
     assert "`stable_lowlr` collapsed in 0/1 on cpu" not in answer and "`stable_lowlr`, " not in answer
     assert "Not yet run from seeds in `asrun`: `stable_warmup`, `stable_warmup_lowlr`, `stable_warmup_clip`." in answer
+
+
+def test_runs_trained_longer_meet_stable_trained_as_long_where_it_is_beside_them(tmp_path):
+    from jaxfno.report.seeds import longer_sentence
+
+    folder = tmp_path / "longer_h200"
+    for seed in (1, 2, 3):
+        _seed_run(folder, "stable", seed, ["train.epochs=40"], "diverged", [230], device="NVIDIA H200")
+        _seed_run(folder, "stable_lowlr", seed, ["train.epochs=40", "optim.lr=0.00025"], "healthy", [],
+                  device="NVIDIA H200")
+    sentence = longer_sentence([folder], [], [0.3])
+    assert ("`stable_lowlr` in `asrun` trained for 40 epochs on NVIDIA H200 (`longer_h200`, seeds 1, 2, 3) collapsed "
+            "in 0/3 = 0.00 [0.00, 0.56] (outcomes: healthy 3) against `stable` trained as long in 3/3 = 1.00 "
+            "[0.44, 1.00] (one-sided Fisher p 0.05,") in sentence
+    assert sentence.endswith(".") and "Where no `stable` run" not in sentence
+    assert longer_sentence([], [], [0.3]) is None

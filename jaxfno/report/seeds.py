@@ -38,10 +38,12 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
     """Per cell of the runs trained longer: its outcomes, how far it descended against
     ``reference`` (`stable`'s training loss at its first divergence events, runs from seeds) and
     the short batches it took at that level (``exposed``: the exposure groups)."""
-    parts = []
+    parts, alone = [], False
     for folder in folders:
-        levels, found = loss_levels(folder), runs(folder)
-        for key, c in folder_cells(folder).items():
+        levels, found, cells = loss_levels(folder), runs(folder), folder_cells(folder)
+        for key, c in cells.items():
+            stable = cells.get(f"stable@{c['condition']}") if c["arm"] != "stable" else None
+            alone |= stable is None and c["arm"] != "stable"
             trained = sorted({r.config.train.trained_epochs for k, r in found.items() if k.cell == key})
             group = next((g for g in exposed if g.label == f"`{folder.name}`" and f"{g.what}@{g.condition}" == key),
                          None)
@@ -51,12 +53,18 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
                 f"{folder_device(folder)} (`{folder.name}`, seeds {', '.join(map(str, c['seeds']))}) collapsed in "
                 f"{ci(c)} (outcomes: {outcome_text(c['outcomes'])}"
                 + (f"; first divergence events in epochs {epochs(c)}" if c["divergence_epochs"] else "") + ")"
+                + (f" against `stable` trained as long in {ci(stable)} (one-sided Fisher p "
+                   f"{p_text(c['fisher_p_vs_stable'])}, two-sided log-rank p {p_text(c['logrank_p_vs_stable'])})"
+                   if stable else "")
                 + (f"; its lowest 100-step median training loss was {_range(lowest)}, against {_range(reference)} "
                    "just before `stable`'s first divergence events from seeds" if lowest and reference else "")
                 + (f"; it took {group.short_batches} short batches at or below that level, with {group.events} "
                    "first divergence events (section 3)" if group else ""))
-    return ("; ".join(parts) + ". With no `stable` run of that length beside them, these runs test whether the "
-            "remedy reaches the level and diverges there, not a rate against `stable`.") if parts else None
+    if not parts:
+        return None
+    return "; ".join(parts) + (". Where no `stable` run of that length is beside them, these runs test whether the "
+                               "remedy reaches the level and diverges there, not a rate against `stable`." if alone
+                               else ".")
 
 
 def _run_level(r) -> tuple[float | None, float | None]:
@@ -184,8 +192,9 @@ def seeds_section(folders: list[pathlib.Path], longer: list[pathlib.Path] = ()) 
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     if longer:
         lines += ["Rows whose runs name a number of epochs were trained beyond the recipe's (`longer_*` folders): "
-                  "with no `stable` run of that length beside them they have no test against it; what they show is "
-                  "whether the remedy, given the time, trains down to where `stable` diverged and diverges there.", ""]
+                  "a remedy there is tested only against a `stable` run of the same length in the same folder, where "
+                  "there is one; what they show besides is whether the remedy, given the time, trains down to where "
+                  "`stable` diverged and diverges there.", ""]
     for sentence in filter(None, [*map(levels_sentence, folders), revisions_sentence([*folders, *longer])]):
         lines += [sentence, ""]
     for folder in folders:
