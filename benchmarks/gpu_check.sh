@@ -46,6 +46,11 @@ if [ $DRY -eq 0 ] && [[ $STAGES == *" factorial "* ]] && [ -z "$ARCHIVE" ]; then
     "or GPU_CHECK_ARCHIVE=none to leave them on the machine" >&2
   exit 2
 fi
+read -ra FACTORIAL_SETS <<< "${FACTORIAL_SET:-}"  # split on blanks, never globbed
+if [ ${#FACTORIAL_SETS[@]} -gt 0 ] && [[ $STAGES == *" factorial "* ]] && [ -z "${FACTORIAL_DIR:-}" ]; then
+  echo "gpu_check.sh: FACTORIAL_SET changes the runs' config: name a folder of their own with FACTORIAL_DIR" >&2
+  exit 2
+fi
 [ "$ARCHIVE" != none ] || ARCHIVE=
 mkdir -p "$OUT"
 status=0
@@ -118,16 +123,17 @@ FACTORIAL_SECONDS=${FACTORIAL_SECONDS:-480}
 if [ $DRY -eq 0 ]; then
   FACTORIAL=(--conditions ${FACTORIAL_CONDITIONS:-asrun fixed} --seeds ${FACTORIAL_SEEDS:-8})
   [ -z "${FACTORIAL_ARMS:-}" ] || FACTORIAL+=(--arms $FACTORIAL_ARMS)
-  # FACTORIAL_SET: config changes for every run of the chunk, e.g. "train.epochs=40" (runs trained
-  # beyond the recipe, into a folder of their own: results/stage_a_full_asrun/longer_<machine>)
-  for item in ${FACTORIAL_SET:-}; do FACTORIAL+=(--set "$item"); done
 else
   FACTORIAL=(--conditions asrun --seeds 1 --arms stable)
 fi
+FACTORIAL+=(--set execution.conv3x3=${CONV3X3:-$MULTI_CONV})
+# FACTORIAL_SET: config changes for every run of the chunk, space-separated, e.g. "train.epochs=40"
+# (runs trained beyond the recipe), after the ones above so that they win. Another config needs a
+# folder of its own (results/stage_a_full_asrun/longer_<machine>): FACTORIAL_DIR must name it.
+for item in "${FACTORIAL_SETS[@]}"; do FACTORIAL+=(--set "$item"); done
 # Deterministic GPU reductions: a rerun of a seed on the same machine gives the same numbers.
 stage factorial "$FACTORIAL_SECONDS" env XLA_FLAGS="--xla_gpu_deterministic_ops=true ${XLA_FLAGS:-}" \
-  "$PY" -m jaxfno study stage-a --scale $SCALE "${FACTORIAL[@]}" \
-  --set execution.conv3x3=${CONV3X3:-$MULTI_CONV} --out "$FACTORIAL_DIR"
+  "$PY" -m jaxfno study stage-a --scale $SCALE "${FACTORIAL[@]}" --out "$FACTORIAL_DIR"
 if [[ $STAGES == *" factorial "* ]] && compgen -G "$FACTORIAL_DIR/*/*/seed*/verdict.json" > /dev/null; then
   "$PY" -m jaxfno study report "$FACTORIAL_DIR" --scale $SCALE > "$OUT/factorial_report.txt" 2>&1
   mkdir -p "$OUT/factorial" && cp -r "$FACTORIAL_DIR/report/." "$OUT/factorial/"

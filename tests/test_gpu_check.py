@@ -55,19 +55,26 @@ def test_gpu_check_refuses_a_device_factorial_without_an_archive(tmp_path):
 
 def test_gpu_check_passes_a_chunks_config_changes_to_every_run(tmp_path):
     """FACTORIAL_SET (e.g. runs trained beyond the recipe) reaches the factorial's study command as
-    --set items, after the chunk's arms (nothing of the project runs: PYTHON records its arguments)."""
+    --set items, last so that they win, and only with a folder of their own named (nothing of the
+    project runs: PYTHON records its arguments)."""
     log, fake = tmp_path / "argv.txt", tmp_path / "python"
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_CHECK_", "FACTORIAL_"))}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gpu")],
-                          env={**env, "PYTHON": str(fake), "GPU_CHECK_STAGES": "factorial", "GPU_CHECK_ARCHIVE": "none",
-                               "CONV3X3": "im2col", "FACTORIAL_DIR": str(tmp_path / "runs"),
-                               "FACTORIAL_ARMS": "stable stable_lowlr", "FACTORIAL_CONDITIONS": "asrun",
-                               "FACTORIAL_SEEDS": "6", "FACTORIAL_SET": "train.epochs=40 optim.grad_clip=0.5"},
-                          capture_output=True, text=True, timeout=60)
+    chunk = {"PYTHON": str(fake), "GPU_CHECK_STAGES": "factorial", "GPU_CHECK_ARCHIVE": "none", "CONV3X3": "im2col",
+             "FACTORIAL_ARMS": "stable stable_lowlr", "FACTORIAL_CONDITIONS": "asrun", "FACTORIAL_SEEDS": "6",
+             "FACTORIAL_SET": "train.epochs=40  optim.grad_clip=0.5"}
+
+    def gpu_check(**more):
+        return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gpu")],
+                              env={**env, **chunk, **more}, capture_output=True, text=True, timeout=60)
+
+    refused = gpu_check()  # the default folder holds the recipe's runs: another config is refused there
+    assert refused.returncode == 2 and "name a folder of their own with FACTORIAL_DIR" in refused.stderr
+    assert not (tmp_path / "gpu").exists() and not log.exists()
+    proc = gpu_check(FACTORIAL_DIR=str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     study = [line for line in log.read_text().splitlines() if line.startswith("-m jaxfno study stage-a")]
     assert study == [f"-m jaxfno study stage-a --scale full --conditions asrun --seeds 6 --arms stable stable_lowlr "
-                     f"--set train.epochs=40 --set optim.grad_clip=0.5 --set execution.conv3x3=im2col "
+                     f"--set execution.conv3x3=im2col --set train.epochs=40 --set optim.grad_clip=0.5 "
                      f"--out {tmp_path / 'runs'}"]

@@ -368,12 +368,12 @@ def test_a_run_is_read_once_until_its_files_change(tmp_path):
     assert runs(tmp_path / "missing") == {}
 
 
-def _seed_run(folder, arm, seed, sets, outcome, events, device=None):
+def _seed_run(folder, arm, seed, sets, outcome, events, device=None, epochs=4):
     """A finished run from seeds with everything the study's summary reads."""
     from jaxfno.io import read_json
 
     _branch(folder / "asrun" / arm, f"seed{seed}", [f"train.seed={seed}", *sets], outcome, events, steps=60,
-            source=True, trailing_median=0.3)
+            epochs=epochs, source=True, trailing_median=0.3)
     run_dir = folder / "asrun" / arm / f"seed{seed}"
     verdict = read_json(run_dir / "verdict.json")
     verdict["outcome_details"]["time_to_divergence"] = {"step": events[0] if events else 240,
@@ -503,18 +503,18 @@ def test_findings_set_runs_trained_beyond_the_recipe_apart(tmp_path):
     for seed in (1, 2):
         _seed_run(full / "seeds_cpu", "stable", seed, [], "diverged" if seed == 1 else "healthy",
                   [230] if seed == 1 else [], device="cpu")
-    _seed_run(full / "longer_cpu", "stable_lowlr", 1, ["optim.lr=0.00025", "train.epochs=40"], "healthy", [],
-              device="cpu")
+    _seed_run(full / "longer_cpu", "stable_lowlr", 1, ["optim.lr=0.00025", "train.epochs=8"], "healthy", [],
+              device="cpu", epochs=8)
     text = write_findings(tmp_path, tmp_path / "FINDINGS.md")
     answer = text.split("### Per remedy")[0]
-    assert ("**Trained beyond the recipe (full scale).** `stable_lowlr` in `asrun` trained for 40 epochs on cpu "
+    assert ("**Trained beyond the recipe (full scale).** `stable_lowlr` in `asrun` trained for 8 epochs on cpu "
             "(`longer_cpu`, seeds 1) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1)") in answer
-    assert "Trained beyond the recipe, `stable_lowlr` trained for 40 epochs in `asrun` (cpu) took " in answer
-    assert "| stable_lowlr | asrun | full scale, cpu, 40 epochs (`longer_cpu`) | 1 | 0/1 = 0.00 [0.00, 0.79] | – |" in text
-    assert "| `longer_cpu` (cpu, 40 epochs) | stable_lowlr | asrun | 1 |" in text
-    assert "| `longer_cpu` | stable_lowlr (40 epochs) | asrun | cpu | 1 |" in text
-    assert ("`stable_lowlr` trained for 40 epochs in `asrun` (cpu) took 4 with 0 first events (none at `stable`'s "
-            "rate on that machine: probability 0.54)") in answer  # `stable` in `seeds_cpu`: 1 event in 7
+    assert "Trained beyond the recipe, `stable_lowlr` trained for 8 epochs in `asrun` (cpu) took " in answer
+    assert "| stable_lowlr | asrun | full scale, cpu, 8 epochs (`longer_cpu`) | 1 | 0/1 = 0.00 [0.00, 0.79] | – |" in text
+    assert "| `longer_cpu` (cpu, 8 epochs) | stable_lowlr | asrun | 1 |" in text
+    assert "| `longer_cpu` | stable_lowlr (8 epochs) | asrun | cpu | 1 |" in text
+    assert ("`stable_lowlr` trained for 8 epochs in `asrun` (cpu) took 8 with 0 first events (none at `stable`'s "
+            "rate on that machine: probability 0.29)") in answer  # `stable` in `seeds_cpu`: 1 event in 7 short batches
     # not a recipe-length remedy tested against `stable`, and not "not run" either
     assert "`stable_lowlr` collapsed in 0/1 on cpu" not in answer and "`stable_lowlr`, " not in answer
     assert "Not yet run from seeds in `asrun`: `stable_warmup`, `stable_warmup_lowlr`, `stable_warmup_clip`." in answer
@@ -525,12 +525,27 @@ def test_runs_trained_longer_meet_stable_trained_as_long_where_it_is_beside_them
 
     folder = tmp_path / "longer_h200"
     for seed in (1, 2, 3):
-        _seed_run(folder, "stable", seed, ["train.epochs=40"], "diverged", [230], device="NVIDIA H200")
-        _seed_run(folder, "stable_lowlr", seed, ["train.epochs=40", "optim.lr=0.00025"], "healthy", [],
-                  device="NVIDIA H200")
+        _seed_run(folder, "stable", seed, ["train.epochs=8"], "diverged", [230], device="NVIDIA H200", epochs=8)
+        _seed_run(folder, "stable_lowlr", seed, ["train.epochs=8", "optim.lr=0.00025"], "healthy", [],
+                  device="NVIDIA H200", epochs=8)
     sentence = longer_sentence([folder], [], [0.3])
-    assert ("`stable_lowlr` in `asrun` trained for 40 epochs on NVIDIA H200 (`longer_h200`, seeds 1, 2, 3) collapsed "
+    assert ("`stable_lowlr` in `asrun` trained for 8 epochs on NVIDIA H200 (`longer_h200`, seeds 1, 2, 3) collapsed "
             "in 0/3 = 0.00 [0.00, 0.56] (outcomes: healthy 3) against `stable` trained as long in 3/3 = 1.00 "
             "[0.44, 1.00] (one-sided Fisher p 0.05,") in sentence
     assert sentence.endswith(".") and "Where no `stable` run" not in sentence
     assert longer_sentence([], [], [0.3]) is None
+
+
+def test_runs_trained_longer_are_held_against_stable_trained_as_long_in_the_exposure():
+    from jaxfno.report.exposure import Exposure, Group, exposure_sentence, none_p
+
+    recipe = Group("`seeds_h200`", "stable", "asrun", "H200", (Exposure(10, True), Exposure(10, False)))  # 1 in 20
+    long_stable = Group("`longer_h200`", "stable", "asrun", "H200", (Exposure(4, True), Exposure(4, True)), epochs=40)
+    long_lowlr = Group("`longer_h200`", "stable_lowlr", "asrun", "H200", (Exposure(5, False),), epochs=40)
+    alone = Group("`longer_cpu`", "stable_lowlr", "asrun", "H200", (Exposure(5, False),), epochs=40)
+    text = exposure_sentence([recipe, long_stable, long_lowlr, alone], 0.06)
+    assert text.count("`stable` on H200 took 20") == 1  # the recipe's `stable` is the machine's reference
+    assert "`stable` trained for 40 epochs in `asrun` (H200) took 8 with 2 first events" in text
+    assert (f"`stable_lowlr` trained for 40 epochs in `asrun` (H200) took 5 with 0 first events (none at `stable`'s "
+            f"rate (trained as long) on that machine: probability {none_p(2 / 8, 5):.2g})") in text
+    assert f"(none at `stable`'s rate on that machine: probability {none_p(1 / 20, 5):.2g})" in text  # `longer_cpu`

@@ -81,12 +81,20 @@ def _reference(groups: list[Group], device: str) -> Group | None:
                  and g.label != "branches" and g.scale == "full" and g.epochs is None), None)
 
 
+def _reference_of(groups: list[Group], g: Group) -> Group | None:
+    """The rate ``g`` is held against: for runs trained beyond the recipe, `stable` trained as long
+    in the same folder where it is there (itself, for that `stable`), else the machine's."""
+    beside = next((r for r in groups if r.epochs and r.label == g.label and r.what == "stable"
+                   and r.condition == g.condition), None) if g.epochs else None
+    return beside or _reference(groups, g.device)
+
+
 def _rate(g: Group) -> str:
     return "–" if not g.short_batches else f"{g.events / g.short_batches:.2g}"
 
 
 def _none(g: Group, groups: list[Group]) -> str:
-    ref = _reference(groups, g.device)
+    ref = _reference_of(groups, g)
     if g is ref or ref is None or not ref.short_batches:
         return "–"
     if not g.has_short:
@@ -147,6 +155,8 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     if tested:
         text += "; " + "; ".join(
             f"{name(g)} took {g.short_batches} with {g.events} first event{'s' if g.events != 1 else ''}"
-            + ("" if g.events else f" (none at `stable`'s rate on that machine: probability {_none(g, groups)})")
+            + ("" if g.events or _none(g, groups) == "–" else
+               f" (none at `stable`'s rate{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that "
+               f"machine: probability {_none(g, groups)})")
             for g in tested)
     return text + " (section 3; the short batches of one run are not independent)."

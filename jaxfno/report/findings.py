@@ -113,7 +113,7 @@ def exposure_groups(folders: list[pathlib.Path], branch_folders: list[pathlib.Pa
     groups = [Group(f"`{folder.name}`", arm, condition, folder_device(folder), e)
               for folder in folders for (arm, condition), e in cells(folder).items()]
     groups += [Group(f"`{folder.name}`", arm, condition, folder_device(folder), e,
-                     epochs=max(r.config.train.trained_epochs for key, r in runs(folder).items()
+                     epochs=max(len(r.history["val_loss"]) for key, r in runs(folder).items()
                                 if (key.arm, key.condition) == (arm, condition)))
                for folder in longer for (arm, condition), e in cells(folder).items()]
     proxy_groups = [Group(f"`calibration/{folder.name}`", arm, condition, folder_device(folder), e, folder.name)
@@ -187,12 +187,12 @@ def _calibration_sentence(folder: pathlib.Path, fidelity: dict) -> str | None:
 
 
 def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branches: dict,
-                fidelity: dict = {}) -> str | None:
+                fidelity: dict = {}, longer_arms: frozenset[str] = frozenset()) -> str | None:
     """The answer in one paragraph: `stable`'s collapse rate from seeds in `asrun`, each remedy's
     with whether its runs took short batches where `stable` diverged, the branches, and the arms
     not yet tested there (``seed_cells``: machine, cells; ``branches``: ``pooled_summary``;
     ``fidelity``: the fidelity check's cells, which say whether `asrun` is the only condition
-    that collapsed)."""
+    that collapsed; ``longer_arms``: arms trained beyond the recipe in `asrun`, not "not run")."""
     stable = [(device, cells["stable@asrun"]) for device, cells in seed_cells if "stable@asrun" in cells]
     if not stable:
         return None
@@ -219,7 +219,8 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     longer = [g for g in exposed if g.epochs and g.condition == "asrun"]
     if longer:
         text += " Trained beyond the recipe, " + "; ".join(
-            f"{group_name(g)} took {g.short_batches} short batches at that loss with {g.events} first divergence "
+            f"{group_name(g)} took {g.short_batches} short batches at the loss where `stable` diverged, with "
+            f"{g.events} first divergence "
             f"event{'s' if g.events != 1 else ''} ({len(g.exposures)} run{'s' if len(g.exposures) != 1 else ''})"
             for g in longer) + "."
     null = branches.get(NULL_GROUP)
@@ -235,7 +236,7 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
     missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable") and arm not in tested
-               and not any(arm == c["arm"] for _, c in remedies) and not any(arm == g.what for g in longer)]
+               and not any(arm == c["arm"] for _, c in remedies) and arm not in longer_arms]
     if missing:
         text += " Not yet run from seeds in `asrun`: " + ", ".join(missing) + "."
     return text
@@ -356,7 +357,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         ("Trained beyond the recipe (full scale)", longer_sentence(longer, exposed, at_events)),
         ("Reported, runs not retrieved (full scale)", report_only_sentence(reports)),
         ("How far the runs descended", level_sentence(list({
-            r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds, *longer]
+            r.run_dir.resolve(): (f"{key.arm} ({folder.name})", r) for folder in [full / "fidelity", *seeds]
             for key, r in runs(folder).items()
             if key.condition == "asrun"}.values()))),  # a run linked into two folders counts once
         ("Exposure", exposure_sentence(exposed, level) if exposed else None),
@@ -381,7 +382,9 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         "## The answer so far",
         "",
         *([line, ""] if (line := bottom_line([(folder_device(f), seed_cells[f]) for f in seeds], exposed,
-                                              pooled, fidelity))
+                                              pooled, fidelity,
+                                              frozenset(c["arm"] for f in longer for c in folder_cells(f).values()
+                                                        if c["condition"] == "asrun")))
           else []),
         answer,
         "",

@@ -25,13 +25,14 @@ def seed_folders(full: pathlib.Path) -> list[pathlib.Path]:
 def longer_folders(full: pathlib.Path) -> list[pathlib.Path]:
     """Full-scale study folders of arms trained from seeds beyond the recipe's epochs
     (``longer_<machine>``): did a remedy that stayed above `stable`'s divergence level within the
-    recipe get there later, and diverge there? No `stable` beside them, so no test against it."""
+    recipe get there later, and diverge there? A remedy is tested against `stable`'s collapse rate
+    only where `stable` trained as long is in the same folder."""
     return sorted(p for p in full.glob("longer_*") if p.is_dir())
 
 
 def trained_text(folder: pathlib.Path) -> str:
-    """How many epochs a folder's runs trained, e.g. "40 epochs"."""
-    return "/".join(sorted({str(r.config.train.trained_epochs) for r in runs(folder).values()}, key=int)) + " epochs"
+    """How many epochs a folder's runs trained, as their histories record, e.g. "40 epochs"."""
+    return "/".join(sorted({str(len(r.history["val_loss"])) for r in runs(folder).values()}, key=int)) + " epochs"
 
 
 def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[float]) -> str | None:
@@ -44,13 +45,15 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
         for key, c in cells.items():
             stable = cells.get(f"stable@{c['condition']}") if c["arm"] != "stable" else None
             alone |= stable is None and c["arm"] != "stable"
-            trained = sorted({r.config.train.trained_epochs for k, r in found.items() if k.cell == key})
+            scheduled = sorted({r.config.optim.scheduler for k, r in found.items() if k.cell == key} - {"constant"})
             group = next((g for g in exposed if g.label == f"`{folder.name}`" and f"{g.what}@{g.condition}" == key),
                          None)
             lowest = levels.get(key, {}).get("lowest", [])
             parts.append(
-                f"`{c['arm']}` in `{c['condition']}` trained for {', '.join(map(str, trained))} epochs on "
-                f"{folder_device(folder)} (`{folder.name}`, seeds {', '.join(map(str, c['seeds']))}) collapsed in "
+                f"`{c['arm']}` in `{c['condition']}` trained for {', '.join(map(str, c['epochs']))} epochs on "
+                f"{folder_device(folder)} (`{folder.name}`, seeds {', '.join(map(str, c['seeds']))}"
+                + (f"; its {', '.join(scheduled)} schedule spans those epochs, so this is another recipe, not the "
+                   "recipe's run continued" if scheduled else "") + ") collapsed in "
                 f"{ci(c)} (outcomes: {outcome_text(c['outcomes'])}"
                 + (f"; first divergence events in epochs {epochs(c)}" if c["divergence_epochs"] else "") + ")"
                 + (f" against `stable` trained as long in {ci(stable)} (one-sided Fisher p "
@@ -58,8 +61,9 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
                    if stable else "")
                 + (f"; its lowest 100-step median training loss was {_range(lowest)}, against {_range(reference)} "
                    "just before `stable`'s first divergence events from seeds" if lowest and reference else "")
-                + (f"; it took {group.short_batches} short batches at or below that level, with {group.events} "
-                   "first divergence events (section 3)" if group else ""))
+                + (f"; it took {group.short_batches} short batches at or below {max(reference):.3g}, with "
+                   f"{group.events} first divergence event{'s' if group.events != 1 else ''} (section 3)"
+                   if group and reference else ""))
     if not parts:
         return None
     return "; ".join(parts) + (". Where no `stable` run of that length is beside them, these runs test whether the "
