@@ -195,7 +195,7 @@ def test_pytorch_parity(arch, spectral):
 
 
 def test_init_follows_pytorch_defaults():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")  # the twin needs it
     from jaxfno.models.torch_twin import build_torch_model, copy_torch_to_flax
 
     cfg = ModelConfig(width=8, blocks=3)

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxfno.data import build_dataset, load_dataset
