@@ -508,7 +508,7 @@ def test_findings_set_runs_trained_beyond_the_recipe_apart(tmp_path):
     text = write_findings(tmp_path, tmp_path / "FINDINGS.md")
     answer = text.split("### Per remedy")[0]
     assert ("**Trained beyond the recipe (full scale).** `stable_lowlr` in `asrun` trained for 8 epochs on cpu "
-            "(`longer_cpu`, seeds 1) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1)") in answer
+            "(`longer_cpu`, seed 1) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1)") in answer
     assert "Trained beyond the recipe, `stable_lowlr` trained for 8 epochs in `asrun` (cpu) took " in answer
     assert "| stable_lowlr | asrun | full scale, cpu, 8 epochs (`longer_cpu`) | 1 | 0/1 = 0.00 [0.00, 0.79] | – |" in text
     assert "| `longer_cpu` (cpu, 8 epochs) | stable_lowlr | asrun | 1 |" in text

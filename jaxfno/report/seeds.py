@@ -51,7 +51,8 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
             lowest = levels.get(key, {}).get("lowest", [])
             parts.append(
                 f"`{c['arm']}` in `{c['condition']}` trained for {', '.join(map(str, c['epochs']))} epochs on "
-                f"{folder_device(folder)} (`{folder.name}`, seeds {', '.join(map(str, c['seeds']))}"
+                f"{folder_device(folder)} (`{folder.name}`, seed{'s' if len(c['seeds']) != 1 else ''} "
+                f"{', '.join(map(str, c['seeds']))}"
                 + (f"; its {', '.join(scheduled)} schedule spans those epochs, so this is another recipe, not the "
                    "recipe's run continued" if scheduled else "") + ") collapsed in "
                 f"{ci(c)} (outcomes: {outcome_text(c['outcomes'])}"
