@@ -118,10 +118,12 @@ def run_members(
     progress: Progress | None = None,
     on_epoch_end: Callable | None = None,
     execution: ExecutionConfig = ExecutionConfig(),
+    keep_epochs_from: int = 0,
 ) -> list[RunResult]:
     """Train, evaluate and write K runs that share one compiled program. Each run directory is
     locked against other processes while this one writes it (:func:`jaxfno.io.directory_lock`;
-    in a multi-process job by process 0, for all of them)."""
+    in a multi-process job by process 0, for all of them). ``keep_epochs_from``: see
+    :func:`jaxfno.training.loop.train_members`."""
     run_dirs = [pathlib.Path(d) for d in run_dirs]
     with contextlib.ExitStack() as locks:
         if jax.process_index() == 0:
@@ -131,7 +133,7 @@ def run_members(
                     warnings.warn(f"{d}: took over the lock of a process that is gone ({stale})")
                 remove_stale_temporaries(d)
         return _run_members(configs, run_dirs, dataset, overwrite=overwrite, progress=progress,
-                            on_epoch_end=on_epoch_end, execution=execution)
+                            on_epoch_end=on_epoch_end, execution=execution, keep_epochs_from=keep_epochs_from)
 
 
 def _unreadable_artifacts(run_dir: pathlib.Path) -> list[str]:
@@ -168,7 +170,7 @@ def align_checkpoints(run_dirs: Sequence[pathlib.Path]) -> None:
             checkpoint.discard_after(d, "last", common)
 
 
-def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, execution):
+def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, execution, keep_epochs_from):
     status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
     if todo:
@@ -176,6 +178,7 @@ def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_en
         program = train_members(
             [configs[k] for k in todo], [run_dirs[k] for k in todo], dataset,
             progress=progress, on_epoch_end=on_epoch_end, execution=execution,
+            keep_epochs_from=keep_epochs_from,
         )
         start = time.perf_counter()
         stitched = program.predict()
@@ -265,9 +268,9 @@ BRANCH_FILE = "branch.json"
 
 
 def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pathlib.Path,
-               dataset: Dataset, *, overwrite: bool = False, **kwargs) -> RunResult:
-    """Continue the run in ``source_dir`` from its ``kind`` checkpoint (``last`` or ``best``) as
-    a new run of ``cfg`` in ``run_dir``: its weights, optimiser state (Adam moments and step
+               dataset: Dataset, *, overwrite: bool = False, step: int | None = None, **kwargs) -> RunResult:
+    """Continue the run in ``source_dir`` from its ``kind`` checkpoint (``last``, ``best`` or
+    ``epochs``; the newest good step, or ``step``) as a new run of ``cfg`` in ``run_dir``: its weights, optimiser state (Adam moments and step
     count), schedule state and history up to that epoch, then epochs ``epoch + 1 ..`` under
     ``cfg``. The epochs' batch orders are drawn from (seed, epoch) as in any run, so a branch
     with an unchanged config replays the source exactly; a changed one isolates what the
@@ -284,7 +287,7 @@ def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pat
     source_dir = pathlib.Path(source_dir).absolute()
     if pathlib.Path(run_dir).absolute() == source_dir:
         raise RunDirError(f"{run_dir}: a branch is written to a directory of its own, not its source's")
-    state, meta = checkpoint.restore(source_dir, kind)
+    state, meta = checkpoint.restore(source_dir, kind, step=step)
     source = RunConfig.from_dict(meta["config"])
     epoch = int(meta["epoch"])
     for name, same in (("model", cfg.model == source.model), ("dataset", cfg.data == source.data),
@@ -295,7 +298,7 @@ def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pat
     if meta["history"]["nonfinite_step"] is not None:
         raise ConfigError(f"{source_dir}'s {kind} checkpoint comes after its non-finite step "
                           f"{meta['history']['nonfinite_step']}: a branch from it would not train "
-                          "(branch from an earlier checkpoint, e.g. best)")
+                          "(branch from an earlier checkpoint: best, or a kept epoch's)")
     if cfg.train.trained_epochs <= epoch + 1:
         raise ConfigError(f"train.epochs={cfg.train.epochs} (stop_after {cfg.train.stop_after}): the "
                           f"branch point is epoch {epoch + 1} of {source_dir}, so nothing would be "

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from jaxfno import cli
+from jaxfno.cli.flags import CHECKPOINT_KINDS
 from jaxfno.config import RunConfig
 from jaxfno.inspect import describe_checkpoint, evaluate_checkpoint
 from jaxfno.report.study import wilson_interval
 from jaxfno.study import stage_a
 from jaxfno.study.runner import Study
+from jaxfno.training import checkpoint
 
 TINY_TRAIN = ["--width", "4", "--blocks", "2", "--modes", "4", "--epochs", "2",
               "--train-subset", "40", "--arch", "stable_hybrid"]
@@ -63,7 +65,7 @@ def test_rejudge_and_outcomes_table(cli_run, grid_lines_dataset_path, tmp_path, 
 
 def test_inspect_evaluate_reproduces_metrics(cli_run, grid_lines_dataset_path, monkeypatch):
     text = describe_checkpoint(cli_run)
-    assert "epoch 1" in text and "block enc0" in text and "layerscale_abs_mean" in text
+    assert "checkpoints/last/1 (after epoch 2," in text and "block enc0" in text and "layerscale_abs_mean" in text
     # evaluate_checkpoint finds the dataset through the cache; point the cache at the test one.
     from jaxfno import inspect as inspect_module
     from jaxfno.data import load_dataset
@@ -101,6 +103,30 @@ def test_branch_changes_take_effect_from_the_branch_point(cli_run, grid_lines_da
     assert f"| branch | 3 | {min(h['val_loss']):.4f}" in table and "| source | 2 |" in table
     assert f"{max(h['grad_norm'][3 * best:]):.4g}" in table
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_inspect_and_branch_reach_one_step_of_a_kind(cli_run, grid_lines_dataset_path, tmp_path, capsys):
+    """``last`` keeps two epochs: the older one is reachable by path and by --after-epoch; a run
+    without kept epochs says so, and naming two epochs is refused."""
+    assert "checkpoints/last/0 (after epoch 1," in describe_checkpoint(cli_run / "checkpoints" / "last" / "0")
+    args = ["--dataset", str(grid_lines_dataset_path), "--set", "train.epochs=3"]
+    assert cli.main(["branch", str(cli_run), "--after-epoch", "1", "--out", str(tmp_path / "a"), *args]) == 1
+    assert "checkpoints/epochs: no checkpoint of step 0 (epoch 1); it holds none" in capsys.readouterr().err
+    assert cli.main(["branch", str(cli_run / "checkpoints" / "last" / "1"), "--after-epoch", "1",
+                     "--out", str(tmp_path / "b"), *args]) == 2
+    assert "is the state after epoch 2, not after epoch 1" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    out = tmp_path / "c"
+    assert cli.main(["branch", str(cli_run / "checkpoints" / "last"), "--after-epoch", "1", "--out", str(out),
+                     "--keep-epochs-from", "3", *args]) == 0
+    assert "after epoch 1 (last)" in capsys.readouterr().out
+    h, source = (json.loads((d / "history.json").read_text()) for d in (out, cli_run))
+    assert h["step_loss"][:3] == source["step_loss"][:3] and len(h["val_loss"]) == 3
+    assert h["keep_epochs_from"] == 3 and checkpoint.good_epochs(out, "epochs") == [2]
+
+
+def test_the_parser_knows_every_checkpoint_kind():
+    assert CHECKPOINT_KINDS == checkpoint.KINDS
 
 
 @pytest.mark.parametrize("override, message", [("train.drop_last=1", "takes bool"),

@@ -362,6 +362,24 @@ def test_branch_refuses_what_would_not_continue_the_source(reference_run, diverg
         branch_run(reference_run.run_dir, "last", longer, tmp_path / "plain", grid_lines_dataset)
 
 
+def test_kept_epochs_let_a_branch_start_after_any_of_them(grid_lines_dataset, tmp_path):
+    """keep_epochs_from=2 on a 3-epoch run keeps the states after epochs 2 and 3 (steps 1, 2);
+    a branch from the one after epoch 2 with the config unchanged replays epoch 3 exactly."""
+    cfg = tiny(train=dict(epochs=3))
+    run = run_one(cfg, tmp_path / "run", grid_lines_dataset, keep_epochs_from=2)
+    assert checkpoint.good_epochs(run.run_dir, "epochs") == [2, 1]
+    assert checkpoint.good_epochs(run.run_dir, "last") == [2, 1]  # last still keeps two
+    assert run.history["keep_epochs_from"] == 2
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 0 \(epoch 1\); it holds 1, 2"):
+        checkpoint.restore(run.run_dir, "epochs", step=0)
+    branch = branch_run(run.run_dir, "epochs", cfg, tmp_path / "branch", grid_lines_dataset, step=1)
+    assert branch.history["branch"]["epoch"] == 1 and branch.history["branch"]["kind"] == "epochs"
+    for key in ("step_loss", "train_loss", "val_loss", "grad_norm", "lr"):
+        assert branch.history[key] == run.history[key], key
+    assert "keep_epochs_from" not in branch.history  # the source's setting, not the branch's
+    assert not (branch.run_dir / "checkpoints" / "epochs").exists()
+
+
 # --- divergence and learning --------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ import os
 import platform
 import sys
 
-from jaxfno.cli.flags import (ArgumentParser, _absolute_probe, _add_process_args, _model_config,  # noqa: F401
+from jaxfno.cli.flags import (CHECKPOINT_KINDS, ArgumentParser, _absolute_probe, _add_keep_epochs,  # noqa: F401
+                              _add_process_args, _model_config,
                               _count, _positive_int, add_config_flags, scale_name, add_run_flags, add_set_flag,
                               config_from_args, run_config_from_args)
 from jaxfno.cli.runs import (cmd_bench, cmd_branch, cmd_compare, cmd_data_build, cmd_data_show, cmd_inspect,
@@ -48,16 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (bound to the config; resumed if unfinished)")
     train.add_argument("--dataset", default=None, help="dataset directory (default: the cache)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    _add_keep_epochs(train)
     add_run_flags(train)
     _add_process_args(train)
     train.set_defaults(func=cmd_train)
 
     branch = sub.add_parser("branch", help="continue a run from one of its checkpoints, "
                                           "with config changes, as a new run")
-    branch.add_argument("source", help="a run directory (its last checkpoint) or its "
-                                       "checkpoints/last|best folder")
-    branch.add_argument("--from", dest="kind", choices=("last", "best"), default=None,
-                        help="which checkpoint of the source run (default: the one named by SOURCE)")
+    branch.add_argument("source", help="a run directory (its last checkpoint), its checkpoints/<kind> "
+                                       "folder (last, best, epochs) or one step of it (checkpoints/epochs/16)")
+    branch.add_argument("--from", dest="kind", choices=CHECKPOINT_KINDS, default=None,
+                        help="which checkpoint of the source run (default: the one named by SOURCE; "
+                             "epochs with --after-epoch)")
+    branch.add_argument("--after-epoch", type=_positive_int, default=None, metavar="N",
+                        help="branch from the state after epoch N (1-based): a run trained with "
+                             "--keep-epochs-from keeps it in checkpoints/epochs")
+    _add_keep_epochs(branch)
     branch.add_argument("--out", required=True, help="run directory of the branch")
     add_config_flags(branch, ExecutionConfig, "execution")
     add_set_flag(branch, "the source run's config (none: a replay), or execution.*")
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_a.add_argument("--members-per-program", type=_count, default=None, metavar="K",
                          help="at most K runs trained together in one program (0: all that share one; default: "
                               "all on an accelerator, 3 on the CPU); 1 finishes seeds one by one")
+    _add_keep_epochs(stage_a)
     add_config_flags(stage_a, DataConfig, "data")  # the dataset every arm trains on (e.g. --probe gaussian)
     add_config_flags(stage_a, ExecutionConfig, "execution")
     add_set_flag(stage_a, "every run: data.*, execution.* or a scale field (" + ", ".join(SCALE_FIELDS) + ")")
@@ -149,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     outcomes.set_defaults(func=cmd_outcomes)
 
     inspect = sub.add_parser("inspect", help="look inside a run's Orbax checkpoint")
-    inspect.add_argument("checkpoint", help="a run directory, or its checkpoints/last|best folder")
+    inspect.add_argument("checkpoint", help="a run directory, its checkpoints/<kind> folder (last, best, "
+                                             "epochs: the newest step) or one step of it (checkpoints/last/0)")
     inspect.add_argument("--evaluate", action="store_true", help="recompute the metrics from it")
     inspect.set_defaults(func=cmd_inspect)
     return parser

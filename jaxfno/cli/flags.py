@@ -191,6 +191,17 @@ def execution_from_args(a) -> ExecutionConfig:
     return config_from_args(a, ExecutionConfig, "execution")
 
 
+# jaxfno.training.checkpoint.KINDS, spelled out so that parsing imports no Orbax (a test checks).
+CHECKPOINT_KINDS = ("last", "best", "epochs")
+
+
+def _add_keep_epochs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-epochs-from", type=_count, default=0, metavar="E",
+                   help="keep the state after every epoch from epoch E (1-based) on, in "
+                        "checkpoints/epochs/<epoch-1>, to branch or inspect there later (0: none; "
+                        "a full-scale state is ≈ 230 MB)")
+
+
 def _add_process_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("multi-process job (all three, in every process; see README)")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")

@@ -7,8 +7,8 @@ import json
 import pathlib
 
 from jaxfno.io import enable_compilation_cache, read_json
-from jaxfno.config import DataConfig, RunConfig
-from jaxfno.cli.flags import (_data_config, _flag_sections, _join_processes, _model_config,
+from jaxfno.config import ConfigError, DataConfig, RunConfig
+from jaxfno.cli.flags import (CHECKPOINT_KINDS, _data_config, _flag_sections, _join_processes, _model_config,
                               execution_from_args, parse_set, run_config_from_args)
 from jaxfno.cli.datasets import dataset_loader, load_or_build_dataset
 
@@ -52,7 +52,8 @@ def cmd_train(a) -> int:
     from jaxfno.pipeline import run_one
 
     dataset = load_or_build_dataset(cfg.data, a.dataset)
-    result = run_one(cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite, execution=execution)
+    result = run_one(cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite, execution=execution,
+                     keep_epochs_from=a.keep_epochs_from)
     print(format_stats(result.stats, result.verdict))
     return 0
 
@@ -78,7 +79,13 @@ def cmd_branch(a) -> int:
     from jaxfno.inspect import resolve
     from jaxfno.pipeline import branch_run
 
-    source_dir, kind = resolve(pathlib.Path(a.source))
+    source_dir, kind, step = resolve(pathlib.Path(a.source))
+    if a.after_epoch is not None:
+        if step is not None and step != a.after_epoch - 1:
+            raise ConfigError(f"{a.source} is the state after epoch {step + 1}, not after epoch {a.after_epoch}")
+        if step is None and pathlib.Path(a.source).name not in CHECKPOINT_KINDS:
+            kind = "epochs"  # a run directory: its kept epochs
+        step = a.after_epoch - 1
     kind = a.kind or kind
     # The run's config.json is its checkpoints' config (a run directory is bound to it).
     run_sets = [item for item in a.set if not item.startswith("execution.")]
@@ -87,7 +94,7 @@ def cmd_branch(a) -> int:
     enable_compilation_cache()
     dataset = load_or_build_dataset(cfg.data, a.dataset)
     result = branch_run(source_dir, kind, cfg, pathlib.Path(a.out), dataset, overwrite=a.overwrite,
-                        execution=execution)
+                        execution=execution, step=step, keep_epochs_from=a.keep_epochs_from)
     print(f"branch of {source_dir} after epoch {result.history['branch']['epoch'] + 1} ({kind}), "
           f"changed: {', '.join(a.set) or 'nothing (a replay)'}")
     print(format_stats(result.stats, result.verdict))

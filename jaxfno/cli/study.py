@@ -60,7 +60,7 @@ def cmd_study_stage_a(a) -> int:
     out = pathlib.Path(a.out)
     study = Study(a.arms or stage_a.default_arms(a.conditions, a.scale), scale, seeds, out, dataset_loader(),
                   Progress(), conditions=a.conditions, data=data, execution=execution,
-                  max_members=a.members_per_program)
+                  max_members=a.members_per_program, keep_epochs_from=a.keep_epochs_from)
     results = study.run_all()
     command = "jaxfno " + " ".join(sys.argv[1:])
     title = f"Stage A study ({a.scale} scale{_probe_note(data)}{''.join(', ' + s for s in a.set)})"

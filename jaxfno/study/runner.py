@@ -52,9 +52,10 @@ class Study:
                  out_dir: pathlib.Path, datasets: Dataset | Callable[[DataConfig], Dataset],
                  progress: Progress | None = None, max_members: int | None = None,
                  conditions: Iterable[str] = ("fixed",), data: DataConfig = DataConfig(),
-                 execution: ExecutionConfig = ExecutionConfig()):
+                 execution: ExecutionConfig = ExecutionConfig(), keep_epochs_from: int = 0):
         self.arms, self.scale, self.seeds = list(arms), scale, list(seeds)
         self.conditions, self.execution = list(conditions), execution
+        self.keep_epochs_from = keep_epochs_from  # every epoch's state kept from this one on (0: none)
         unknown = [a for a in self.arms if a not in stage_a.ARMS]
         unknown += [c for c in self.conditions if c not in stage_a.CONDITIONS]
         if unknown:
@@ -88,7 +89,8 @@ class Study:
         if key not in self.results:
             group = next(g for g in self.groups if key in g)
             results = run_members([self.configs[k] for k in group], [self.run_dir(k) for k in group],
-                                  self.dataset(key), progress=self.progress, execution=self.execution)
+                                  self.dataset(key), progress=self.progress, execution=self.execution,
+                                  keep_epochs_from=self.keep_epochs_from)
             self.results.update(zip(group, results))
         return self.results[key]
 

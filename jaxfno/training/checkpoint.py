@@ -1,5 +1,6 @@
 """Orbax checkpoints of one member: ``checkpoints/last`` every epoch, ``checkpoints/best`` on
-each new lowest val_loss. Each holds two items: ``state`` (params, clip and optimiser state as
+each new lowest val_loss, and ``checkpoints/epochs`` (every epoch from one on, kept: to branch
+or inspect a run at any of them; off unless asked for). Steps are 0-based epoch indices. Each holds two items: ``state`` (params, clip and optimiser state as
 plain nested dicts) and ``meta`` (JSON: the run config, the epoch, val_loss and the host-side
 state needed to resume: history and schedule). ``CheckpointWriter`` writes them on one worker
 thread on accelerators, so that training overlaps the disk writes.
@@ -44,10 +45,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-KINDS = ("last", "best")
+KINDS = ("last", "best", "epochs")
 # Steps kept per kind: ``last`` keeps a spare to fall back to when its newest step is damaged, and
-# so that members of one program killed between their saves can all resume from one epoch.
-KEEP = {"last": 2, "best": 1}
+# so that members of one program killed between their saves can all resume from one epoch;
+# ``epochs`` keeps them all (None).
+KEEP = {"last": 2, "best": 1, "epochs": None}
 INTEGRITY_KEY = "integrity"  # in the saved meta: digests of the state and of the rest of meta
 TMP_MARKER = ".orbax-checkpoint-tmp"  # in the names of Orbax's unfinished step directories
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -58,7 +60,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read; the message names its directory and step."""
 
 
-def _manager(directory: pathlib.Path, read_only: bool = False, keep: int = 1) -> ocp.CheckpointManager:
+def _manager(directory: pathlib.Path, read_only: bool = False, keep: int | None = 1) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         directory.absolute(),
         options=ocp.CheckpointManagerOptions(
@@ -192,7 +194,7 @@ def save(run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -
     plain = to_plain(state)
     meta = _with_integrity(plain, meta)
     try:
-        with _quiet_orbax_errors(), _manager(directory, keep=KEEP.get(kind, 1)) as manager:
+        with _quiet_orbax_errors(), _manager(directory, keep=KEEP[kind]) as manager:
             for step in manager.all_steps():
                 if step >= epoch:
                     manager.delete(step)
@@ -342,15 +344,24 @@ def latest_epoch(run_dir: pathlib.Path, kind: str = "last") -> int | None:
     return None if found is None else found[0]
 
 
-def restore(run_dir: pathlib.Path, kind: str = "last", template: Any = None) -> tuple[Any, dict]:
+def restore(run_dir: pathlib.Path, kind: str = "last", template: Any = None,
+            step: int | None = None) -> tuple[Any, dict]:
     """Return (state, meta) of the newest good ``kind`` checkpoint (the epoch
-    :func:`latest_epoch` gives). With ``template`` the state gets the template's structure
-    (nnx.State, optax states); without it, plain nested dicts. Raises :class:`CheckpointError`
-    (FileNotFoundError where there is no checkpoint) naming the file."""
+    :func:`latest_epoch` gives), or of ``step`` exactly (no fallback: a damaged step raises).
+    With ``template`` the state gets the template's structure (nnx.State, optax states); without
+    it, plain nested dicts. Raises :class:`CheckpointError` (FileNotFoundError where there is no
+    checkpoint, or no such step) naming the file."""
     directory = (pathlib.Path(run_dir) / "checkpoints" / kind).absolute()
-    found = _newest_good(directory)
-    if found is None:
-        raise FileNotFoundError(f"{directory}: no checkpoint")
+    if step is None:
+        found = _newest_good(directory)
+        if found is None:
+            raise FileNotFoundError(f"{directory}: no checkpoint")
+    else:
+        steps = _steps(directory)
+        if step not in steps:
+            raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (epoch {step + 1}); it holds "
+                                    f"{', '.join(map(str, sorted(steps))) or 'none'}")
+        found = (step, *_read_step(directory, step))
     step, plain, meta = found
     if template is None:
         return plain, meta
@@ -365,7 +376,7 @@ def discard_after(run_dir: pathlib.Path, kind: str, epoch: int) -> None:
     """Delete the ``kind`` steps after ``epoch`` (e.g. so that the members of one program resume
     from the epoch they all reached)."""
     directory = pathlib.Path(run_dir) / "checkpoints" / kind
-    with _manager(directory, keep=KEEP.get(kind, 1)) as manager:
+    with _manager(directory, keep=KEEP[kind]) as manager:
         for step in manager.all_steps():
             if step > epoch:
                 manager.delete(step)

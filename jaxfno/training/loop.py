@@ -11,8 +11,8 @@ Per epoch, in order:
   3. validate on the full test split (loss + stitched prediction) and gather diagnostics
      (their programs compile on a worker thread during the first epoch's training);
   4. log (``history.json`` rewritten, so a running study can be watched), checkpoint (last,
-     best; on accelerators written on a background thread), feed the plateau schedule, stop
-     diverged members.
+     best, and from ``keep_epochs_from`` on every epoch's; on accelerators written on a
+     background thread), feed the plateau schedule, stop diverged members.
 """
 
 from __future__ import annotations
@@ -84,8 +84,13 @@ def train_members(
     progress: Progress | None = None,
     on_epoch_end: Callable[[int, list[Member]], None] | None = None,
     execution: ExecutionConfig = ExecutionConfig(),
+    keep_epochs_from: int = 0,
 ) -> Program:
-    """Train K members in one compiled program; see the module docstring."""
+    """Train K members in one compiled program; see the module docstring. ``keep_epochs_from``
+    = E > 0 keeps the state after every epoch from epoch E (1-based) on in ``checkpoints/epochs``
+    (a run's record, not its config: it changes nothing the run computes)."""
+    if keep_epochs_from < 0:
+        raise ConfigError(f"keep_epochs_from={keep_epochs_from} must be >= 0 (0: keep no epoch's state)")
     setup_start = time.perf_counter()
     n_train = _check_members(configs, dataset)
     cfg0 = configs[0]
@@ -112,6 +117,9 @@ def train_members(
                                   "processes": jax.process_count(), "commit": code_commit(),
                                   **execution.record(), "member_axis": engine.member_axis,
                                   "update": engine.update_scope}
+        m.history.pop("keep_epochs_from", None)  # a branch's history starts as its source's
+        if keep_epochs_from:
+            m.history["keep_epochs_from"] = keep_epochs_from
 
     epochs = cfg0.train.trained_epochs
     with checkpoint.CheckpointWriter() as writer, ThreadPoolExecutor(1) as worker:
@@ -136,7 +144,7 @@ def train_members(
                     continue
                 record_epoch(m, k, epoch, logs, (float(val_loss[k]), float(scale_free[k])), float(lrs[k]),
                              diagnostics, stitched[k], dataset.test.ground_truth, (seconds, train_seconds))
-                _save_epoch(writer, m, epoch, member_slice(host_state, k))
+                _save_epoch(writer, m, epoch, member_slice(host_state, k), keep_epochs_from)
             bookkeeping = time.perf_counter() - bookkeeping_start  # history, checkpoints, schedule
             for m in members:
                 timing = m.history["timing"]
@@ -220,10 +228,13 @@ def _train_epoch(engine: Engine, state: TrainState, members: list[Member], train
     return state, placement.fetch(stack(logs)), lrs  # (steps, K) per field: one transfer each
 
 
-def _save_epoch(writer: checkpoint.CheckpointWriter, m: Member, epoch: int, member_state) -> None:
-    """The member's history and its last (and, if improved, best) checkpoint."""
+def _save_epoch(writer: checkpoint.CheckpointWriter, m: Member, epoch: int, member_state,
+                keep_epochs_from: int = 0) -> None:
+    """The member's history and its last (and, if improved, best; if kept, epochs) checkpoint."""
     write_json(m.run_dir / "history.json", m.history)
     kinds = ["last"]
+    if keep_epochs_from and epoch + 1 >= keep_epochs_from:
+        kinds.append("epochs")
     if m.history["val_loss"][-1] < m.best_val:
         m.best_val = m.history["val_loss"][-1]
         kinds.append("best")
