@@ -210,7 +210,7 @@ def history_prefix_differences(history: dict, reference: dict, epochs: int) -> l
 
 def run_differences(run_dir: pathlib.Path, reference_dir: pathlib.Path) -> list[str]:
     """A finished run against the uninterrupted reference: its JSON artifacts, its stitched
-    prediction and both checkpoints (epoch and arrays), to RTOL."""
+    prediction and its checkpoints (epoch and arrays), to RTOL."""
     from jaxfno.training import checkpoint
 
     out = []
@@ -225,6 +225,8 @@ def run_differences(run_dir: pathlib.Path, reference_dir: pathlib.Path) -> list[
         got_epoch, want_epoch = checkpoint.latest_epoch(run_dir, kind), checkpoint.latest_epoch(reference_dir, kind)
         if got_epoch != want_epoch:
             out.append(f"checkpoints/{kind}: epoch {got_epoch} != {want_epoch}")
+            continue
+        if got_epoch is None:  # neither keeps this kind (``epochs``: only when asked for)
             continue
         got, _ = checkpoint.restore(run_dir, kind)
         want, _ = checkpoint.restore(reference_dir, kind)
