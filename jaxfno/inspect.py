@@ -17,23 +17,24 @@ from jaxfno.training import checkpoint
 from jaxfno.training import abstract_model, predictor
 
 
-def resolve(path: pathlib.Path) -> tuple[pathlib.Path, str, int | None]:
-    """(run directory, checkpoint kind, step or None for the newest) from a run dir, its
-    ``checkpoints/<kind>`` folder, or one step of it (``checkpoints/<kind>/<step>``)."""
+def resolve(path: pathlib.Path) -> tuple[pathlib.Path, str | None, int | None]:
+    """(run directory, checkpoint kind or None where the path names none, step or None for the
+    newest) from a run dir, its ``checkpoints/<kind>`` folder, or one step of it
+    (``checkpoints/<kind>/<step>``)."""
     path = pathlib.Path(path)
     if path.name.isdigit() and path.parent.name in checkpoint.KINDS and path.parent.parent.name == "checkpoints":
         return path.parent.parent.parent, path.parent.name, int(path.name)
     if path.name in checkpoint.KINDS and path.parent.name == "checkpoints":
         return path.parent.parent, path.name, None
     if (path / "checkpoints").is_dir():
-        return path, "last", None
+        return path, None, None
     raise FileNotFoundError(f"{path}: neither a run directory nor a checkpoints/<kind>[/<step>] folder "
                             f"(kinds: {', '.join(checkpoint.KINDS)})")
 
 
-def load_params(run_dir: pathlib.Path, kind: str, step: int | None = None):
-    """(config, meta, graphdef, params as nnx.State, rest) of a checkpoint."""
-    plain, meta = checkpoint.restore(run_dir, kind, step=step)
+def load_params(run_dir: pathlib.Path, kind: str | None, step: int | None = None):
+    """(config, meta, graphdef, params as nnx.State, rest) of a checkpoint (kind None: last)."""
+    plain, meta = checkpoint.restore(run_dir, kind or "last", step=step)
     cfg = RunConfig.from_dict(meta["config"])
     graphdef, params, rest = abstract_model(cfg.model)
     params = checkpoint.from_plain(params, plain["params"])
@@ -42,6 +43,7 @@ def load_params(run_dir: pathlib.Path, kind: str, step: int | None = None):
 
 def describe_checkpoint(path: pathlib.Path) -> str:
     run_dir, kind, step = resolve(path)
+    kind = kind or "last"
     plain, meta = checkpoint.restore(run_dir, kind, step=step)
     lines = [f"checkpoint: {run_dir / 'checkpoints' / kind / str(meta['epoch'])} (after epoch "
              f"{meta['epoch'] + 1}, val_loss {meta['val_loss']:.6g}, config {meta['config_hash']})"]

@@ -1,7 +1,7 @@
 """One run end to end: dataset → training → evaluation → verdict → artifacts on disk.
 
 A run directory holds ``config.json``, ``history.json``, ``metrics.json``, ``stats.json``,
-``verdict.json``, ``checkpoints/{last,best}``, ``recon.npz`` and ``recon.png`` (and
+``verdict.json``, ``checkpoints/{last,best[,epochs]}``, ``recon.npz`` and ``recon.png`` (and
 ``branch.json`` for a run continued from another's checkpoint, :func:`branch_run`). It is bound to
 its config: a directory holding a run of another config is never written into (``overwrite``
 wipes it instead); a finished run of the same config is reused, an unfinished one resumed.
@@ -173,6 +173,9 @@ def align_checkpoints(run_dirs: Sequence[pathlib.Path]) -> None:
 def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_end, execution, keep_epochs_from):
     status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
+    if keep_epochs_from and len(todo) < len(run_dirs):
+        warnings.warn(f"keep_epochs_from={keep_epochs_from}: {len(run_dirs) - len(todo)} of the runs are "
+                      "finished and reused as they are, so no epoch of theirs is kept")
     if todo:
         primary_first(lambda: align_checkpoints([run_dirs[k] for k in todo]))
         program = train_members(
@@ -312,6 +315,7 @@ def branch_run(source_dir: pathlib.Path, kind: str, cfg: RunConfig, run_dir: pat
     write_json(run_dir / BRANCH_FILE, record)
     if checkpoint.latest_epoch(run_dir) is None:
         history = dict(meta["history"], branch=record)
+        history.pop("keep_epochs_from", None)  # the source's setting, not the branch's
         branch_meta = dict(meta, config=cfg.to_dict(), config_hash=cfg.config_hash(), history=history)
         for target in ("last", "best") if kind == "best" else ("last",):
             checkpoint.save(run_dir, target, epoch, state, branch_meta)

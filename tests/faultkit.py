@@ -226,7 +226,7 @@ def run_differences(run_dir: pathlib.Path, reference_dir: pathlib.Path) -> list[
         if got_epoch != want_epoch:
             out.append(f"checkpoints/{kind}: epoch {got_epoch} != {want_epoch}")
             continue
-        if got_epoch is None:  # neither keeps this kind (``epochs``: only when asked for)
+        if got_epoch is None and kind == "epochs":  # kept only when asked for
             continue
         got, _ = checkpoint.restore(run_dir, kind)
         want, _ = checkpoint.restore(reference_dir, kind)

@@ -107,22 +107,52 @@ def test_branch_changes_take_effect_from_the_branch_point(cli_run, grid_lines_da
 
 def test_inspect_and_branch_reach_one_step_of_a_kind(cli_run, grid_lines_dataset_path, tmp_path, capsys):
     """``last`` keeps two epochs: the older one is reachable by path and by --after-epoch; a run
-    without kept epochs says so, and naming two epochs is refused."""
+    without kept epochs says where the state is, and contradictory sources are refused."""
     assert "checkpoints/last/0 (after epoch 1," in describe_checkpoint(cli_run / "checkpoints" / "last" / "0")
     args = ["--dataset", str(grid_lines_dataset_path), "--set", "train.epochs=3"]
-    assert cli.main(["branch", str(cli_run), "--after-epoch", "1", "--out", str(tmp_path / "a"), *args]) == 1
-    assert "checkpoints/epochs: no checkpoint of step 0 (epoch 1); it holds none" in capsys.readouterr().err
-    assert cli.main(["branch", str(cli_run / "checkpoints" / "last" / "1"), "--after-epoch", "1",
-                     "--out", str(tmp_path / "b"), *args]) == 2
-    assert "is the state after epoch 2, not after epoch 1" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    last = cli_run / "checkpoints" / "last"
+    refused = [([str(cli_run), "--after-epoch", "1"], 1,
+                f"checkpoints/epochs: no checkpoint of step 0 (epoch 1); it holds none; checkpoints/last "
+                f"holds it: pass {last}"),
+               ([str(last / "1"), "--after-epoch", "1"], 2, "is the state after epoch 2, not after epoch 1"),
+               ([str(last / "1"), "--from", "best"], 2, "is a last checkpoint; --from best names another kind"),
+               ([str(last), "--after-epoch", "3"], 1, "no checkpoint of step 2 (epoch 3); it holds 0, 1 "
+                                                       "(train with --keep-epochs-from")]
+    for i, (source, code, message) in enumerate(refused):
+        assert cli.main(["branch", *source, "--out", str(tmp_path / str(i)), *args]) == code
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / str(i)).exists()
     out = tmp_path / "c"
-    assert cli.main(["branch", str(cli_run / "checkpoints" / "last"), "--after-epoch", "1", "--out", str(out),
-                     "--keep-epochs-from", "3", *args]) == 0
+    assert cli.main(["branch", str(last), "--after-epoch", "1", "--out", str(out), "--keep-epochs-from", "3",
+                     *args]) == 0
     assert "after epoch 1 (last)" in capsys.readouterr().out
-    h, source = (json.loads((d / "history.json").read_text()) for d in (out, cli_run))
-    assert h["step_loss"][:3] == source["step_loss"][:3] and len(h["val_loss"]) == 3
+    h = json.loads((out / "history.json").read_text())
+    assert h["branch"]["epoch"] == 0 and len(h["val_loss"]) == 3
     assert h["keep_epochs_from"] == 3 and checkpoint.good_epochs(out, "epochs") == [2]
+
+
+def test_train_and_study_pass_keep_epochs_on(cli_run, grid_lines_dataset_path, tmp_path, monkeypatch):
+    from jaxfno import pipeline
+    from jaxfno.study import runner
+
+    seen = {}
+
+    def fake(name):
+        def record(*args, **kwargs):
+            seen[name] = kwargs.get("keep_epochs_from")
+            raise KeyboardInterrupt  # stop before anything is trained
+        return record
+
+    monkeypatch.setattr(pipeline, "run_one", fake("train"))
+    monkeypatch.setattr(runner, "run_members", fake("study"))
+    monkeypatch.setattr(runner.Study, "dataset", lambda self, key: None)  # none is built
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", "--out", str(tmp_path / "t"), "--dataset", str(grid_lines_dataset_path),
+                  "--keep-epochs-from", "4", *TINY_TRAIN])
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["study", "stage-a", "--scale", "smoke", "--seeds", "1", "--arms", "stable",
+                  "--out", str(tmp_path / "s"), "--keep-epochs-from", "5"])
+    assert seen == {"train": 4, "study": 5}
 
 
 def test_the_parser_knows_every_checkpoint_kind():

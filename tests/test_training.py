@@ -363,21 +363,28 @@ def test_branch_refuses_what_would_not_continue_the_source(reference_run, diverg
 
 
 def test_kept_epochs_let_a_branch_start_after_any_of_them(grid_lines_dataset, tmp_path):
-    """keep_epochs_from=2 on a 3-epoch run keeps the states after epochs 2 and 3 (steps 1, 2);
-    a branch from the one after epoch 2 with the config unchanged replays epoch 3 exactly."""
+    """keep_epochs_from=1 on a 3-epoch run keeps the states after every epoch (steps 0, 1, 2);
+    a branch from the one after epoch 2 with the config unchanged replays epoch 3 exactly; a
+    resumed run drops a kept epoch past the one it resumes from."""
     cfg = tiny(train=dict(epochs=3))
-    run = run_one(cfg, tmp_path / "run", grid_lines_dataset, keep_epochs_from=2)
-    assert checkpoint.good_epochs(run.run_dir, "epochs") == [2, 1]
+    run = run_one(cfg, tmp_path / "run", grid_lines_dataset, keep_epochs_from=1)
+    assert checkpoint.good_epochs(run.run_dir, "epochs") == [2, 1, 0]
     assert checkpoint.good_epochs(run.run_dir, "last") == [2, 1]  # last still keeps two
-    assert run.history["keep_epochs_from"] == 2
+    assert run.history["keep_epochs_from"] == 1
     with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 0 \(epoch 1\); it holds 1, 2"):
-        checkpoint.restore(run.run_dir, "epochs", step=0)
+        checkpoint.restore(run.run_dir, "last", step=0)
     branch = branch_run(run.run_dir, "epochs", cfg, tmp_path / "branch", grid_lines_dataset, step=1)
     assert branch.history["branch"]["epoch"] == 1 and branch.history["branch"]["kind"] == "epochs"
     for key in ("step_loss", "train_loss", "val_loss", "grad_norm", "lr"):
         assert branch.history[key] == run.history[key], key
     assert "keep_epochs_from" not in branch.history  # the source's setting, not the branch's
     assert not (branch.run_dir / "checkpoints" / "epochs").exists()
+    # Killed after epoch 3's kept state, before its last: resumed without keeping, from epoch 2.
+    checkpoint.discard_after(run.run_dir, "last", 1)
+    (run.run_dir / "verdict.json").unlink()
+    resumed = run_one(cfg, run.run_dir, grid_lines_dataset)
+    assert checkpoint.good_epochs(run.run_dir, "epochs") == [1, 0] and resumed.history["keep_epochs_from"] == 1
+    assert resumed.history["val_loss"] == run.history["val_loss"]
 
 
 # --- divergence and learning --------------------------------------------------------------

@@ -79,14 +79,15 @@ def cmd_branch(a) -> int:
     from jaxfno.inspect import resolve
     from jaxfno.pipeline import branch_run
 
-    source_dir, kind, step = resolve(pathlib.Path(a.source))
+    source_dir, named, step = resolve(pathlib.Path(a.source))
+    if a.kind and named and a.kind != named:
+        raise ConfigError(f"{a.source} is a {named} checkpoint; --from {a.kind} names another kind")
+    if a.after_epoch is not None and step is not None and step != a.after_epoch - 1:
+        raise ConfigError(f"{a.source} is the state after epoch {step + 1}, not after epoch {a.after_epoch}")
+    kind = a.kind or named or ("epochs" if a.after_epoch is not None else "last")
     if a.after_epoch is not None:
-        if step is not None and step != a.after_epoch - 1:
-            raise ConfigError(f"{a.source} is the state after epoch {step + 1}, not after epoch {a.after_epoch}")
-        if step is None and pathlib.Path(a.source).name not in CHECKPOINT_KINDS:
-            kind = "epochs"  # a run directory: its kept epochs
         step = a.after_epoch - 1
-    kind = a.kind or kind
+        _check_kept(source_dir, kind, step)
     # The run's config.json is its checkpoints' config (a run directory is bound to it).
     run_sets = [item for item in a.set if not item.startswith("execution.")]
     cfg = RunConfig.from_dict(read_json(source_dir / "config.json")).with_overrides(run_sets)
@@ -99,6 +100,20 @@ def cmd_branch(a) -> int:
           f"changed: {', '.join(a.set) or 'nothing (a replay)'}")
     print(format_stats(result.stats, result.verdict))
     return 0
+
+
+def _check_kept(run_dir: pathlib.Path, kind: str, step: int) -> None:
+    """That ``kind`` holds ``step``; else an error naming the kinds that do."""
+    from jaxfno.training import checkpoint
+
+    if step in checkpoint.steps(run_dir, kind):
+        return
+    holders = [k for k in CHECKPOINT_KINDS if step in checkpoint.steps(run_dir, k)]
+    hint = (f"; {', '.join(f'checkpoints/{k}' for k in holders)} {'holds' if len(holders) == 1 else 'hold'} "
+            f"it: pass {run_dir / 'checkpoints' / holders[0]}" if holders else
+            " (train with --keep-epochs-from to keep every epoch's state)")
+    raise FileNotFoundError(f"{run_dir / 'checkpoints' / kind}: no checkpoint of step {step} (epoch {step + 1}); "
+                            f"it holds {', '.join(map(str, sorted(checkpoint.steps(run_dir, kind)))) or 'none'}{hint}")
 
 
 def cmd_compare(a) -> int:

@@ -382,6 +382,12 @@ def discard_after(run_dir: pathlib.Path, kind: str, epoch: int) -> None:
                 manager.delete(step)
 
 
+def steps(run_dir: pathlib.Path, kind: str = "last") -> list[int]:
+    """The committed ``kind`` steps of a run, newest first, without reading them (see
+    :func:`good_epochs`)."""
+    return _steps(pathlib.Path(run_dir) / "checkpoints" / kind)
+
+
 def good_epochs(run_dir: pathlib.Path, kind: str = "last") -> list[int]:
     """Every ``kind`` step that reads back whole, newest first (reads each one)."""
     directory = pathlib.Path(run_dir) / "checkpoints" / kind

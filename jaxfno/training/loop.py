@@ -21,6 +21,7 @@ import dataclasses
 import pathlib
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -117,11 +118,14 @@ def train_members(
                                   "processes": jax.process_count(), "commit": code_commit(),
                                   **execution.record(), "member_axis": engine.member_axis,
                                   "update": engine.update_scope}
-        m.history.pop("keep_epochs_from", None)  # a branch's history starts as its source's
-        if keep_epochs_from:
-            m.history["keep_epochs_from"] = keep_epochs_from
+        if keep_epochs_from:  # the first epoch kept over the run's invocations
+            m.history["keep_epochs_from"] = min(keep_epochs_from, m.history.get("keep_epochs_from", keep_epochs_from))
+        if checkpoint.steps(m.run_dir, "epochs"):  # a kept epoch past the one resumed from is stale
+            checkpoint.discard_after(m.run_dir, "epochs", start_epoch - 1)
 
     epochs = cfg0.train.trained_epochs
+    if keep_epochs_from > epochs:
+        warnings.warn(f"keep_epochs_from={keep_epochs_from} is past the {epochs} epochs trained: no epoch is kept")
     with checkpoint.CheckpointWriter() as writer, ThreadPoolExecutor(1) as worker:
         evaluation_compiled = worker.submit(_compile_evaluation, engine, state.params, test_x, val_idx,
                                             val_mask, probe_x, infer_idx)
