@@ -174,8 +174,10 @@ def _run_members(configs, run_dirs, dataset, *, overwrite, progress, on_epoch_en
     status = primary_first(lambda: [prepare_run_dir(d, c, overwrite) for c, d in zip(configs, run_dirs)])
     todo = [k for k, s in enumerate(status) if s != "finished"]
     if keep_epochs_from and len(todo) < len(run_dirs):
-        warnings.warn(f"keep_epochs_from={keep_epochs_from}: {len(run_dirs) - len(todo)} of the runs are "
-                      "finished and reused as they are, so no epoch of theirs is kept")
+        done = len(run_dirs) - len(todo)
+        warnings.warn(f"keep_epochs_from={keep_epochs_from}: {done} of the program's {len(run_dirs)} runs "
+                      f"{'is' if done == 1 else 'are'} finished and reused as {'it is' if done == 1 else 'they are'}, "
+                      f"so no epoch of {'its' if done == 1 else 'theirs'} is kept")
     if todo:
         primary_first(lambda: align_checkpoints([run_dirs[k] for k in todo]))
         program = train_members(

@@ -315,6 +315,9 @@ def test_finished_run_is_reused_and_foreign_dir_refused(reference_run, grid_line
     mtime = (reference_run.run_dir / "verdict.json").stat().st_mtime
     again = run_one(reference_run.config, reference_run.run_dir, grid_lines_dataset)
     assert (again.run_dir / "verdict.json").stat().st_mtime == mtime
+    with pytest.warns(UserWarning, match="1 of the program's 1 runs is finished and reused as it is, so no epoch"):
+        run_one(reference_run.config, reference_run.run_dir, grid_lines_dataset, keep_epochs_from=1)
+    assert not (reference_run.run_dir / "checkpoints" / "epochs").exists()
     other = reference_run.config.replace(optim=reference_run.config.optim.replace(lr=1e-4))
     with pytest.raises(RunDirError, match="another config"):
         run_one(other, reference_run.run_dir, grid_lines_dataset)

@@ -103,17 +103,17 @@ def cmd_branch(a) -> int:
 
 
 def _check_kept(run_dir: pathlib.Path, kind: str, step: int) -> None:
-    """That ``kind`` holds ``step``; else an error naming the kinds that do."""
+    """That ``kind`` holds ``step``; else restore's error with a hint at the kinds that do."""
     from jaxfno.training import checkpoint
 
-    if step in checkpoint.steps(run_dir, kind):
-        return
-    holders = [k for k in CHECKPOINT_KINDS if step in checkpoint.steps(run_dir, k)]
-    hint = (f"; {', '.join(f'checkpoints/{k}' for k in holders)} {'holds' if len(holders) == 1 else 'hold'} "
-            f"it: pass {run_dir / 'checkpoints' / holders[0]}" if holders else
-            " (train with --keep-epochs-from to keep every epoch's state)")
-    raise FileNotFoundError(f"{run_dir / 'checkpoints' / kind}: no checkpoint of step {step} (epoch {step + 1}); "
-                            f"it holds {', '.join(map(str, sorted(checkpoint.steps(run_dir, kind)))) or 'none'}{hint}")
+    try:
+        checkpoint.require_step(run_dir, kind, step)
+    except FileNotFoundError as exc:
+        holders = [k for k in CHECKPOINT_KINDS if step in checkpoint.steps(run_dir, k)]
+        hint = (f"; {', '.join(f'checkpoints/{k}' for k in holders)} {'holds' if len(holders) == 1 else 'hold'} "
+                f"it: pass {run_dir / 'checkpoints' / holders[0]}" if holders else
+                " (train with --keep-epochs-from to keep every epoch's state)")
+        raise FileNotFoundError(f"{exc}{hint}") from None
 
 
 def cmd_compare(a) -> int:

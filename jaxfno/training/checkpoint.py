@@ -357,10 +357,7 @@ def restore(run_dir: pathlib.Path, kind: str = "last", template: Any = None,
         if found is None:
             raise FileNotFoundError(f"{directory}: no checkpoint")
     else:
-        steps = _steps(directory)
-        if step not in steps:
-            raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (epoch {step + 1}); it holds "
-                                    f"{', '.join(map(str, sorted(steps))) or 'none'}")
+        require_step(run_dir, kind, step)
         found = (step, *_read_step(directory, step))
     step, plain, meta = found
     if template is None:
@@ -386,6 +383,15 @@ def steps(run_dir: pathlib.Path, kind: str = "last") -> list[int]:
     """The committed ``kind`` steps of a run, newest first, without reading them (see
     :func:`good_epochs`)."""
     return _steps(pathlib.Path(run_dir) / "checkpoints" / kind)
+
+
+def require_step(run_dir: pathlib.Path, kind: str, step: int) -> None:
+    """Raise FileNotFoundError, listing the steps there are, unless ``kind`` holds ``step``."""
+    directory = (pathlib.Path(run_dir) / "checkpoints" / kind).absolute()
+    held = _steps(directory)
+    if step not in held:
+        raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (epoch {step + 1}); it holds "
+                                f"{', '.join(map(str, sorted(held))) or 'none'}")
 
 
 def good_epochs(run_dir: pathlib.Path, kind: str = "last") -> list[int]:
