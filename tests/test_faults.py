@@ -210,6 +210,7 @@ from jaxfno.training import checkpoint
 run = pathlib.Path(sys.argv[1])
 state = {"w": np.arange(64, dtype=np.float32)}
 checkpoint.save(run, "last", 0, state, {"epoch": 0, "history": [1.0]})
+checkpoint.save(run, "epochs", 0, state, {"epoch": 0, "history": [1.0]})
 write_json(run / "history.json", {"val_loss": [1.0]})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))  # the disk fills up
@@ -218,6 +219,10 @@ try:
     checkpoint.save(run, "last", 1, {"w": np.random.default_rng(0).random(100_000, np.float32)}, {"epoch": 1, "history": [1.0, 0.5]})
 except checkpoint.CheckpointError as err:
     out["checkpoint_error"] = str(err)
+try:
+    checkpoint.save(run, "epochs", 1, {"w": np.random.default_rng(0).random(100_000, np.float32)}, {"epoch": 1, "history": [1.0, 0.5]})
+except checkpoint.CheckpointError as err:
+    out["epochs_error"] = str(err)
 try:
     write_json(run / "history.json", {"val_loss": list(range(10_000))})
 except NoSpaceError as err:
@@ -235,13 +240,16 @@ print(json.dumps(out))
 def test_a_full_disk_fails_a_save_cleanly_and_keeps_the_previous_one(tmp_path):
     """A checkpoint and a JSON write that hit a full disk (RLIMIT_FSIZE, in a subprocess) raise
     one clear error each, naming the file and the lack of space; the previous checkpoint restores,
-    the previous history.json is intact, and no partial file is left behind."""
+    the previous history.json is intact, and no partial file is left behind. A kept epoch's
+    error names the kept epochs as space to free."""
     done = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert "cannot write checkpoint" in out["checkpoint_error"] and "last/1" in out["checkpoint_error"]
     assert "no space left" in out["checkpoint_error"] and "previous checkpoint is intact" in out["checkpoint_error"]
+    assert "kept by" not in out["checkpoint_error"]
+    assert "epochs/1" in out["epochs_error"] and "checkpoints/epochs holds 1 epoch kept by --keep-epochs-from" in out["epochs_error"]
     assert f"cannot write {tmp_path / 'run' / 'history.json'}: no space left" in out["json_error"]
     assert out["latest"] == 0 and out["restored"]
     assert out["history"] == {"val_loss": [1.0]}

@@ -208,9 +208,12 @@ def save(run_dir: pathlib.Path, kind: str, epoch: int, state: Any, meta: dict) -
         for tmp in directory.glob(f"*{TMP_MARKER}*"):  # the partial step: free its space now
             shutil.rmtree(tmp, ignore_errors=True)
         if is_space_error(exc):
+            n = len(_steps(directory))
+            kept = (f" (checkpoints/epochs holds {n} epoch{'' if n == 1 else 's'} kept by --keep-epochs-from: "
+                    "deleting those not needed frees space)" if kind == "epochs" else "")
             raise CheckpointError(
                 f"cannot write checkpoint {directory / str(epoch)}: no space left on the device "
-                f"({_first_line(exc)}); the previous checkpoint is intact: free space and run the same "
+                f"({_first_line(exc)}); the previous checkpoint is intact: free space{kept} and run the same "
                 "command again to resume from it") from None
         raise
 
