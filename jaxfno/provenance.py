@@ -24,9 +24,20 @@ def code_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def host_cpu() -> str:
+    """The host's CPU model (rounding can differ between CPU models, so runs record it)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict:
     names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy", "scikit-image")
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": host_cpu()}
     for name in names:
         try:
             out[name] = metadata.version(name)

@@ -14,7 +14,7 @@ from jaxfno.config import ConfigError, DataConfig, ModelConfig, RunConfig, Train
 from jaxfno.data import build_dataset, load_dataset
 from jaxfno.models import reachable_shapes
 from jaxfno.execution import ExecutionConfig
-from jaxfno.provenance import code_commit
+from jaxfno.provenance import code_commit, host_cpu
 from jaxfno.pipeline import RunDirError, branch_run, prepare_run_dir, run_members, run_one, run_stats
 from jaxfno.report.study import PLOTS, write_report
 from jaxfno.study.runner import RunKey
@@ -109,7 +109,9 @@ def test_run_artifacts_are_complete(schedule_runs):
     assert checkpoint.latest_epoch(result.run_dir, "best") == int(np.argmin(h["val_loss"]))
     assert result.stats["best_val_loss"] == min(h["val_loss"])
     assert h["execution"] == {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                              "processes": 1, "commit": code_commit(), **ExecutionConfig().record()}
+                              "processes": 1, "commit": code_commit(), "host_cpu": host_cpu(),
+                              **ExecutionConfig().record()}
+    assert h["execution"]["host_cpu"]
     assert h["execution"]["member_axis"] in ("vmap", "unroll") and h["execution"]["update"] == "reachable"
     # Where the wall time went, beyond the epochs' own seconds.
     assert set(h["timing"]) == {"setup_seconds", "bookkeeping_seconds", "checkpoint_wait_seconds",

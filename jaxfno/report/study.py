@@ -261,8 +261,9 @@ def write_report(results: dict, out: pathlib.Path, *, title: str, command: str, 
     (RunKey → RunResult) trained on ``datasets``; returns the per-cell summary."""
     out.mkdir(parents=True, exist_ok=True)
     cells = summarise(results)
-    devices = sorted({f"{r.history.get('execution', {}).get('device', '?')} "
-                      f"× {r.history.get('execution', {}).get('devices', '?')}" for r in results.values()})
+    devices = sorted({f"{e.get('device', '?')} × {e.get('devices', '?')}"
+                      + (f" (host CPU {e['host_cpu']})" if e.get("host_cpu") else " (host CPU not recorded)")
+                      for r in results.values() for e in [r.history.get("execution", {})]})
     provenance = {
         "command": command,
         "scale": scale,

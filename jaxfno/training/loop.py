@@ -32,7 +32,7 @@ from jaxfno.config import ConfigError, RunConfig
 from jaxfno.data import Dataset
 from jaxfno.execution import ExecutionConfig
 from jaxfno.io import write_json
-from jaxfno.provenance import code_commit
+from jaxfno.provenance import code_commit, host_cpu
 from jaxfno.training import checkpoint
 from jaxfno.training.batches import epoch_batches, sequential_batches
 from jaxfno.training.build import (MEMBER_OPTIM_FIELDS, abstract_model, build_engine, initial_state,
@@ -115,7 +115,7 @@ def train_members(
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
         m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                                  "processes": jax.process_count(), "commit": code_commit(),
+                                  "processes": jax.process_count(), "commit": code_commit(), "host_cpu": host_cpu(),
                                   **execution.record(), "member_axis": engine.member_axis,
                                   "update": engine.update_scope}
         if keep_epochs_from:  # the first epoch kept over the run's invocations
