@@ -294,6 +294,10 @@ CAVEATS = [
     "number here comes from the devices named in each folder's README. SPEC §10 reports the zero-phase "
     "condition collapsing for seeds 20260128 and 20260129 on another machine with the same command; on this "
     "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
+    "`cpu` pools this project's CPU runs, which come from more than one CPU model (an AMD EPYC, and from "
+    "2026-12-05 an Intel Xeon; each folder's README names them, and runs record the model from commit 3100a07 "
+    "on): like two code revisions, two CPU models in float32 differ in rounding, not in precision, so their "
+    "seeds are pooled; a GPU's runs (TF32 convolutions) are kept apart.",
 ]
 
 
