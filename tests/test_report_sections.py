@@ -96,24 +96,25 @@ def test_pooled_over_branch_points(tmp_path):
     table = "\n".join(pooled_section([a, b]))
     # paired by data order: 3 + 1 pairs where only the null branch collapsed, none the other way
     assert (s["lr"]["collapsed"]["paired_p"], s["lr"]["collapsed"]["pairs"]) == (pytest.approx(0.5 ** 4), 5)
-    assert ("| optim.lr=0.00025 | 2, 3 | 5 | 0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | "
+    assert ("| optim.lr=0.00025 | 2 → 4, 3 → 4 | 5 | 0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | "
             "0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | not reached |") in table
     sentence = pooled_sentence([a, b])
-    assert "from 2 checkpoints (after epochs 2, 3) of one run" in sentence and "only the data order collapsed in 4/5" in sentence
+    assert "from 2 checkpoints (after epochs 2, 3; trained to epoch 4) of one run" in sentence and "only the data order collapsed in 4/5" in sentence
     assert "0/5 [0.00, 0.43] with optim.lr=0.00025 (p 0.025, paired 0.062; a divergence event in 0/5" in sentence
     assert sentence.endswith("These are branches of one trajectory, not seeds.")
     assert "also a transient LR cut" in sentence
 
-    # a branch point of another source run (another config): a second trajectory
+    # a branch point of another source run (another config): a second trajectory, on a truncated horizon
     c = tmp_path / "other_after2"
     for i in (1, 2):
         for name, sets in (("seed_order", []), ("lr_order", ["optim.lr=0.00025"])):
-            _branch(c, f"{name}{i}", [f"train.seed={i}", *sets], "healthy", [])
+            _branch(c, f"{name}{i}", [f"train.seed={i}", *sets], "healthy", [], epochs=3)
             write_json(c / f"{name}{i}" / "branch.json", {"source": "src2", "kind": "last", "epoch": 1,
                                                           "source_config_hash": "another"})
     assert pooled_summary([a, b, c])["seed"]["sources"] == 2
     sentence = pooled_sentence([a, b, c])
-    assert "from 3 checkpoints (after epochs 2, 3) of 2 runs" in sentence
+    assert "from 3 checkpoints (after epochs 2, 3; trained to epoch 3 or 4) of 2 runs" in sentence
+    assert "| optim.lr=0.00025 | 2 → 3, 2 → 4, 3 → 4 | 7 |" in "\n".join(pooled_section([a, b, c]))
     assert sentence.endswith("These are branches of 2 trajectories, not seeds.")
 
 
@@ -158,9 +159,9 @@ def test_findings_pool_the_branch_points(tmp_path):
                     "healthy", [], branch_epoch=epoch)
     text = write_findings(tmp_path, tmp_path / "FINDINGS.md")
     answer = text.split("## The answer so far")[1].split("## 1.")[0]
-    assert "from 2 checkpoints (after epochs 2, 3)" in answer and "collapsed in 4/4 [0.51, 1.00]" in answer
+    assert "from 2 checkpoints (after epochs 2, 3; trained to epoch 4)" in answer and "collapsed in 4/4 [0.51, 1.00]" in answer
     section3 = text.split("## 3.")[1].split("## 4.")[0]
-    assert "| optim.lr=0.00025 | 2, 3 | 4 |" in section3 and "Warmup-cosine" in section3
+    assert "| optim.lr=0.00025 | 2 → 4, 3 → 4 | 4 |" in section3 and "Warmup-cosine" in section3
     assert (tmp_path / "FINDINGS.md").read_text() == text
 
 

@@ -181,6 +181,8 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
         out[name] = {"change": " / ".join(sorted(changes)), "points": len(strata), "n": len(rows),
                      "sources": len({r["source_hash"] for r in rows}),
                      "branch_epochs": sorted({r["branch_epoch"] for r in rows}),
+                     # (branch point, last epoch trained): a truncated horizon tests over fewer epochs
+                     "windows": sorted({(r["branch_epoch"], r["epochs"]) for r in rows}),
                      "median_delay": km_median(*zip(*map(_delay, rows))),
                      "lowest": [r["lowest_after"] for r in rows if r["lowest_after"] is not None],
                      "at_event": [r["event"]["trailing_median"] for r in rows
@@ -236,13 +238,13 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
              "just before it). Training loss reached: the lowest 100-step median of the step loss over "
              "windows after the branch point, up to a branch's first divergence event or its end (min–max); "
              "at the event: the same median just before it.", "",
-             "| change | after epochs | branches | " + " | ".join(
+             "| change | after epoch → trained to | branches | " + " | ".join(
                  f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
              + " | median steps to a divergence event | training loss reached | training loss at the event |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary.values():
         median = "not reached" if s["median_delay"] is None else f"{s['median_delay']:.0f}"
-        lines.append(f"| {s['change']} | {', '.join(map(str, s['branch_epochs']))} | {s['n']} | "
+        lines.append(f"| {s['change']} | {', '.join(f'{a} → {b}' for a, b in s['windows'])} | {s['n']} | "
                      + " | ".join(_pooled_cell(s[key], s["n"]) for key, _ in ENDPOINTS)
                      + f" | {median} | {loss_range(s['lowest'])} | {loss_range(s['at_event'])} |")
     return lines + [""] + ([note, ""] if note else [])
@@ -267,8 +269,10 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
               f"{p(s['event'])}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
                                      if "grad_clip" in s["change"] else "") + ")"
               for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
+    ends = sorted({b for _, b in null["windows"]})
     return (f"Branched at full scale from {null['points']} checkpoints (after epochs "
-            f"{', '.join(map(str, null['branch_epochs']))}) of {_runs(null['sources'])} (`stable`, `asrun`) shortly "
+            f"{', '.join(map(str, null['branch_epochs']))}; trained to epoch {' or '.join(map(str, ends))}) of "
+            f"{_runs(null['sources'])} (`stable`, `asrun`) shortly "
             "before a divergence, "
             f"the continuations that changed only the data order collapsed in {collapsed(null)}"
             + (", against " + "; ".join(others) if others else "")
