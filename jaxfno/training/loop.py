@@ -112,12 +112,12 @@ def train_members(
     if resume:
         template, start_epoch = _resume(members, template, configs)
     state = jax.block_until_ready(placement.put(engine.step_layout(template)))
+    record = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+              "processes": jax.process_count(), "commit": code_commit(), "host_cpu": host_cpu(),
+              **execution.record(), "member_axis": engine.member_axis, "update": engine.update_scope}
     for m in members:
         m.history.setdefault("timing", {})["setup_seconds"] = time.perf_counter() - setup_start
-        m.history["execution"] = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-                                  "processes": jax.process_count(), "commit": code_commit(), "host_cpu": host_cpu(),
-                                  **execution.record(), "member_axis": engine.member_axis,
-                                  "update": engine.update_scope}
+        m.history["execution"] = dict(record)
         if keep_epochs_from:  # the first epoch kept over the run's invocations
             m.history["keep_epochs_from"] = min(keep_epochs_from, m.history.get("keep_epochs_from", keep_epochs_from))
         if checkpoint.steps(m.run_dir, "epochs"):  # a kept epoch past the one resumed from is stale
