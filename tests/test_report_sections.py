@@ -14,11 +14,13 @@ SOURCE = RunConfig().with_overrides(["train.seed=7"])
 
 
 def _branch(folder, name, sets, outcome, event_steps, branch_epoch=2, steps=10, epochs=4, source=False,
-            trailing_median=None):
+            trailing_median=None, peak=None):
     run = folder / name
     cfg = RunConfig().with_overrides(sets)
     write_json(run / "config.json", cfg.to_dict())
     losses = [0.1] * (branch_epoch * steps) + [0.2] * ((epochs - branch_epoch) * steps)
+    if peak is not None:  # a full batch's loss after the branch point
+        losses[branch_epoch * steps + 1] = peak
     write_json(run / "history.json", {"val_loss": [0.1] * epochs, "epoch_steps": [steps] * epochs,
                                       "step_loss": losses, "lr": [cfg.optim.lr] * len(losses)})
     write_json(run / "metrics.json", {})
@@ -118,6 +120,24 @@ def test_pooled_over_branch_points(tmp_path):
     assert sentence.endswith("These are branches of 2 trajectories, not seeds.")
 
 
+def test_pooled_branches_show_how_large_the_events_were(tmp_path):
+    """A remedy whose branches have events of their own is set beside the null branches' by the
+    largest full-batch step loss: a small excursion and a divergence both count as events."""
+    for i in (1, 2):
+        _branch(tmp_path, f"seed_order{i}", [f"train.seed={i}"], "diverged", [21], peak=300.0 * i)
+        _branch(tmp_path, f"clip_order{i}", [f"train.seed={i}", "optim.grad_clip=0.5"], "diverged_recovered",
+                [21], peak=0.4 + 0.05 * i)
+        _branch(tmp_path, f"lr_order{i}", [f"train.seed={i}", "optim.lr=0.00025"], "healthy", [])
+    s = pooled_summary([tmp_path])
+    assert (s["clip"]["peaks"], s["seed"]["peaks"]) == ([0.45, 0.5], [300.0, 600.0])
+    sentence = pooled_sentence([tmp_path])
+    assert ("a divergence event in 2/2, p 1, paired 1, its branches' largest full-batch step loss 0.45–0.5 "
+            "against 300–600 for the data-order-only ones") in sentence
+    lr = sentence.split("with optim.lr=0.00025")[1]
+    assert "largest full-batch" not in lr.split(")")[0]  # no events: nothing to size
+    assert "| 1 | 0.45–0.5 |" in "\n".join(pooled_section([tmp_path]))
+
+
 def test_no_branches_yet(tmp_path):
     assert pooled_sentence([tmp_path / "missing"]) is None and pooled_section([tmp_path / "missing"]) == []
     assert "None finished yet" in "\n".join(null_perturbation_section(tmp_path / "missing"))
@@ -176,7 +196,7 @@ def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
     sentence = pooled_sentence([tmp_path])
     assert "optim.lr=0.00025 reached a 100-step median training loss of 0.2, below the 0.3–0.35 at which" in sentence
     table = "\n".join(pooled_section([tmp_path]))
-    assert "| not reached | 0.2 | – |" in table and "| 0.2 | 0.3–0.35 |" in table
+    assert "| not reached | 0.2 | 0.2 | – |" in table and "| 110 | 0.2 | 0.2 | 0.3–0.35 |" in table
 
 
 def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_path):

@@ -185,6 +185,8 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
                      "windows": sorted({(r["branch_epoch"], r["epochs"]) for r in rows}),
                      "median_delay": km_median(*zip(*map(_delay, rows))),
                      "lowest": [r["lowest_after"] for r in rows if r["lowest_after"] is not None],
+                     # an event's size: a remedy's small excursion and a divergence both count as events
+                     "peaks": [r["peak_loss"] for r in rows if r["peak_loss"] is not None],
                      "at_event": [r["event"]["trailing_median"] for r in rows
                                   if r["event"] and "trailing_median" in r["event"]]}
         for key, _ in ENDPOINTS:
@@ -235,18 +237,21 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
              "bound how small p can be) and, since each remedy branch shares its data order with one null "
              "branch, the exact sign test over those pairs (paired). Median steps: Kaplan–Meier median of the "
              "steps from the branch point to the first divergence event (0: an event that began on the steps "
-             "just before it). Training loss reached: the lowest 100-step median of the step loss over "
+             "just before it). Largest step loss: of a full batch after the branch point (min–max), the "
+             "size of what the events did. Training loss reached: the lowest 100-step median of the step loss over "
              "windows after the branch point, up to a branch's first divergence event or its end (min–max); "
              "at the event: the same median just before it.", "",
              "| change | after epoch → trained to | branches | " + " | ".join(
                  f"{title} [95 % Wilson], stratified exact p vs data order only" for _, title in ENDPOINTS)
-             + " | median steps to a divergence event | training loss reached | training loss at the event |",
-             "|---|---|---|---|---|---|---|---|"]
+             + " | median steps to a divergence event | largest step loss | training loss reached"
+               " | training loss at the event |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in summary.values():
         median = "not reached" if s["median_delay"] is None else f"{s['median_delay']:.0f}"
         lines.append(f"| {s['change']} | {', '.join(f'{a} → {b}' for a, b in s['windows'])} | {s['n']} | "
                      + " | ".join(_pooled_cell(s[key], s["n"]) for key, _ in ENDPOINTS)
-                     + f" | {median} | {loss_range(s['lowest'])} | {loss_range(s['at_event'])} |")
+                     + f" | {median} | {loss_range(s['peaks'])} | {loss_range(s['lowest'])} | "
+                       f"{loss_range(s['at_event'])} |")
     return lines + [""] + ([note, ""] if note else [])
 
 
@@ -264,9 +269,13 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
     def p(c: dict) -> str:
         return f"p {c['p_vs_null']:.2g}, paired {c['paired_p']:.2g}"
 
+    def size(s: dict) -> str:  # how large the events were, beside the null branches'
+        return (f", its branches' largest full-batch step loss {loss_range(s['peaks'])} against "
+                f"{loss_range(null['peaks'])} for the data-order-only ones" if s["event"]["k"] and s["peaks"] and null["peaks"] else "")
+
     others = [f"{collapsed(s)} with {s['change']} ({p(s['collapsed'])}; a divergence event in "
               f"{s['event']['k']}/{s['n']}, "
-              f"{p(s['event'])}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
+              f"{p(s['event'])}{size(s)}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
                                      if "grad_clip" in s["change"] else "") + ")"
               for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
     ends = sorted({b for _, b in null["windows"]})
