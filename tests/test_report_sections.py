@@ -324,8 +324,8 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     proxy = Group("`calibration/p`", "stable", "asrun", "cpu", (late,), "p")
     text = exposure_sentence([proxy, stable, remedy], 0.1)
     assert "`stable` on cpu took 4 and 2 first events followed (0.5 per short batch)" in text
-    assert ("`stable` at proxy scale `p` in `asrun` (cpu) took 1 with 0 first events (none at `stable`'s rate on "
-            "that machine: probability 0.5)") in text
+    assert ("`stable` at proxy scale `p` in `asrun` (cpu) took 1 with 0 first events (the chance of no event in "
+            "that many short batches at `stable`'s per-short-batch rate on that machine: 0.5)") in text
 
 
 def test_bottom_line_says_which_remedies_were_exposed():
@@ -342,9 +342,10 @@ def test_bottom_line_says_which_remedies_were_exposed():
                Group("`seeds_h200`", "stable_lowlr", "asrun", "H200", (Exposure(0, False),)),
                Group("branches", "optim.lr=0.00025", "asrun", "cpu", (Exposure(4, False),))]
     branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order",
-                         "sources": 1},
-                "lr": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025"},
-                "clip": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 3}, "change": "optim.grad_clip=0.5"}}
+                         "sources": 1, "inherited": 0},
+                "lr": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025", "inherited": 0},
+                "clip": {"n": 6, "collapsed": {"k": 0}, "event": {"k": 3}, "change": "optim.grad_clip=0.5",
+                         "inherited": 2}}
     fidelity = {"stable@asrun": cell("stable", 2, 3), "stable@fixed": {**cell("stable", 0, 2), "condition": "fixed"}}
     line = bottom_line([("cpu", cpu), ("H200", gpu)], exposed, branches, fidelity)
     assert line.startswith("In the one condition that collapsed in the fidelity check (`asrun`, full scale), "
@@ -353,7 +354,7 @@ def test_bottom_line_says_which_remedies_were_exposed():
     assert ("; `stable_lowlr` never trained down to the loss at which `stable` diverged (no short batch taken "
             "there), so those seeds show fewer collapses within 20 epochs, not prevention.") in line
     assert ("those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss, those with optim.grad_clip=0.5 "
-            "in 0/6 (a divergence event in 3/6, recovered from).") in line
+            "in 0/6 (a divergence event in 3/6, 2 of them begun before the branch point, recovered from).") in line
     assert line.endswith("Not yet run from seeds in `asrun`: `stable_warmup_lowlr`, `stable_warmup_clip`.")
     assert bottom_line([("cpu", {})], exposed, branches) is None
 
@@ -425,8 +426,8 @@ def test_architecture_sentence_sets_the_hybrid_control_beside_stable(tmp_path):
     run("control", 1, ["model.arch=hybrid", "optim.grad_clip=1.0"], "healthy", [])
     sentence = architecture_sentence([folder])
     assert ("At full scale, in `asrun` on unknown device (`seeds_cpu`) the hybrid `control` (hybrid generator, Adam 1e-3, norm "
-            "clip 1.0) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1), `stable` in 2/2 = 1.00 [0.34, 1.00] (one-sided Fisher "
-            "p 0.333 for fewer collapses with the hybrid); the hybrid's lowest 100-step median training loss was "
+            "clip 1.0) collapsed in 0/1 = 0.00 [0.00, 0.79] (outcomes: healthy 1), `stable` in 2/2 = 1.00 [0.34, 1.00] (for fewer "
+            "collapses with the hybrid: one-sided Fisher p 0.333, paired by seed 0.5); the hybrid's lowest 100-step median training loss was "
             "0.1, against 0.3 just before `stable`'s divergence events") in sentence
     assert "never trained down" not in sentence
     history = read_json(folder / "asrun" / "control" / "seed1" / "history.json")
@@ -534,8 +535,10 @@ def test_findings_set_runs_trained_beyond_the_recipe_apart(tmp_path):
     assert "| stable_lowlr | asrun | full scale, cpu, 8 epochs (`longer_cpu`) | 1 | 0/1 = 0.00 [0.00, 0.79] | – |" in text
     assert "| `longer_cpu` (cpu, 8 epochs) | stable_lowlr | asrun | 1 |" in text
     assert "| `longer_cpu` | stable_lowlr (8 epochs) | asrun | cpu | 1 |" in text
-    assert ("`stable_lowlr` trained for 8 epochs in `asrun` (cpu) took 8 with 0 first events (none at `stable`'s "
-            "rate on that machine: probability 0.29)") in answer  # `stable` in `seeds_cpu`: 1 event in 7 short batches
+    assert ("`stable_lowlr` trained for 8 epochs in `asrun` (cpu) took 8 with 0 first events (the chance of no event "
+            "in that many short batches at `stable`'s per-short-batch rate on that machine: 0.29)") in answer
+    assert ("took 8 short batches at the loss where `stable` diverged, with 0 first divergence events (1 run; the "
+            "chance of none in that many at `stable`'s per-short-batch rate: 0.29, so weak evidence)") in answer  # `stable` in `seeds_cpu`: 1 event in 7 short batches
     # not a recipe-length remedy tested against `stable`, and not "not run" either
     assert "`stable_lowlr` collapsed in 0/1 on cpu" not in answer and "`stable_lowlr`, " not in answer
     assert "Not yet run from seeds in `asrun`: `stable_warmup`, `stable_warmup_lowlr`, `stable_warmup_clip`." in answer
@@ -567,6 +570,29 @@ def test_runs_trained_longer_are_held_against_stable_trained_as_long_in_the_expo
     text = exposure_sentence([recipe, long_stable, long_lowlr, alone], 0.06)
     assert text.count("`stable` on H200 took 20") == 1  # the recipe's `stable` is the machine's reference
     assert "`stable` trained for 40 epochs in `asrun` (H200) took 8 with 2 first events" in text
-    assert (f"`stable_lowlr` trained for 40 epochs in `asrun` (H200) took 5 with 0 first events (none at `stable`'s "
-            f"rate (trained as long) on that machine: probability {none_p(2 / 8, 5):.2g})") in text
-    assert f"(none at `stable`'s rate on that machine: probability {none_p(1 / 20, 5):.2g})" in text  # `longer_cpu`
+    assert (f"`stable_lowlr` trained for 40 epochs in `asrun` (H200) took 5 with 0 first events (the chance of no "
+            f"event in that many short batches at `stable`'s per-short-batch rate (trained as long) on that machine: "
+            f"{none_p(2 / 8, 5):.2g})") in text
+    assert f"`stable`'s per-short-batch rate on that machine: {none_p(1 / 20, 5):.2g})" in text  # `longer_cpu`
+
+
+def test_remedy_cells_pair_their_seeds_with_stables(tmp_path):
+    """A seed fixes initialisation and data order in both arms: the sign test counts only the seeds
+    both ran whose outcomes differ, beside Fisher's test of the two proportions."""
+    from jaxfno.report.cells import cells, fisher_text
+    from jaxfno.report.statistics import paired_sign_less
+
+    folder = tmp_path / "seeds_cpu"
+    for seed in (1, 2, 3, 4):
+        _seed_run(folder, "stable", seed, [], "diverged" if seed < 4 else "healthy", [230] if seed < 4 else [])
+    for seed in (1, 2, 3):  # seed 2 collapses in both arms: concordant, not counted by the sign test
+        _seed_run(folder, "stable_lowlr", seed, ["optim.lr=0.00025"], "diverged" if seed == 2 else "healthy",
+                  [230] if seed == 2 else [])
+    c = cells(folder)["stable_lowlr@asrun"]
+    assert c["pairs_vs_stable"] == 3
+    assert c["paired_p_vs_stable"] == pytest.approx(paired_sign_less([(False, True), (True, True), (False, True)]))
+    assert c["paired_p_vs_stable"] == pytest.approx(0.25) and c["fisher_p_vs_stable"] == pytest.approx(
+        fisher_less(1, 3, 3, 4))
+    assert fisher_text(c) == f"{c['fisher_p_vs_stable']:.3g} (paired by seed 0.25)"
+    assert fisher_text(c, inline=True).endswith(", paired by seed 0.25")
+    assert cells(folder)["stable@asrun"]["paired_p_vs_stable"] is None

@@ -187,6 +187,8 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
                      "lowest": [r["lowest_after"] for r in rows if r["lowest_after"] is not None],
                      # an event's size: a remedy's small excursion and a divergence both count as events
                      "peaks": [r["peak_loss"] for r in rows if r["peak_loss"] is not None],
+                     # events counted because their window reaches past the branch point, begun on the source's steps
+                     "inherited": sum(1 for r in rows if r["event"] and r["event"]["step"] < r["first_step"]),
                      "at_event": [r["event"]["trailing_median"] for r in rows
                                   if r["event"] and "trailing_median" in r["event"]]}
         for key, _ in ENDPOINTS:
@@ -201,6 +203,12 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
                               "paired_p": None if name == NULL_GROUP or not pairs else paired_sign_less(pairs),
                               "pairs": len(pairs)}
     return out
+
+
+def inherited(s: dict, lead: str = "; ") -> str:
+    """How many of a group's counted events began on the source's steps before the branch point."""
+    k = s["inherited"]
+    return f"{lead}{'all' if k == s['event']['k'] and k > 1 else k} of them begun before the branch point" if k else ""
 
 
 def loss_range(values: list[float]) -> str:
@@ -249,7 +257,8 @@ def pooled_section(folders: list[pathlib.Path], note: str = "") -> list[str]:
     for s in summary.values():
         median = "not reached" if s["median_delay"] is None else f"{s['median_delay']:.0f}"
         lines.append(f"| {s['change']} | {', '.join(f'{a} → {b}' for a, b in s['windows'])} | {s['n']} | "
-                     + " | ".join(_pooled_cell(s[key], s["n"]) for key, _ in ENDPOINTS)
+                     + " | ".join(_pooled_cell(s[key], s["n"]) + (inherited(s) if key == "event" else "")
+                                  for key, _ in ENDPOINTS)
                      + f" | {median} | {loss_range(s['peaks'])} | {loss_range(s['lowest'])} | "
                        f"{loss_range(s['at_event'])} |")
     return lines + [""] + ([note, ""] if note else [])
@@ -275,13 +284,13 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
 
     others = [f"{collapsed(s)} with {s['change']} ({p(s['collapsed'])}; a divergence event in "
               f"{s['event']['k']}/{s['n']}, "
-              f"{p(s['event'])}{size(s)}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
+              f"{p(s['event'])}{inherited(s, ', ')}{size(s)}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
                                      if "grad_clip" in s["change"] else "") + ")"
               for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
     ends = sorted({b for _, b in null["windows"]})
     return (f"Branched at full scale from {null['points']} checkpoints (after epochs "
             f"{', '.join(map(str, null['branch_epochs']))}; trained to epoch {' or '.join(map(str, ends))}) of "
-            f"{_runs(null['sources'])} (`stable`, `asrun`) shortly "
+            f"{_runs(null['sources'])} (`stable`, `asrun`) "
             "before a divergence, "
             f"the continuations that changed only the data order collapsed in {collapsed(null)}"
             + (", against " + "; ".join(others) if others else "")

@@ -54,6 +54,16 @@ def p_text(value) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
+def fisher_text(cell: dict, inline: bool = False) -> str:
+    """A cell's one-sided Fisher p against `stable`, with the sign test over the seeds both arms
+    ran beside it (paired by seed): in brackets for a table, after a comma in a sentence."""
+    paired = cell.get("paired_p_vs_stable")
+    if paired is None:
+        return p_text(cell["fisher_p_vs_stable"])
+    return p_text(cell["fisher_p_vs_stable"]) + (f", paired by seed {p_text(paired)}" if inline
+                                                 else f" (paired by seed {p_text(paired)})")
+
+
 def cells(folder: pathlib.Path) -> dict:
     found = runs(folder)
     return summarise(found) if found else {}

@@ -93,7 +93,8 @@ def _rate(g: Group) -> str:
     return "–" if not g.short_batches else f"{g.events / g.short_batches:.2g}"
 
 
-def _none(g: Group, groups: list[Group]) -> str:
+def no_event_chance(g: Group, groups: list[Group]) -> str:
+    """The chance of ``g``'s event count being 0 at its reference's rate (text; – where that does not apply)."""
     ref = _reference_of(groups, g)
     if g is ref or ref is None or not ref.short_batches:
         return "–"
@@ -130,7 +131,7 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
         per_run = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
         what = f"{g.what} ({g.epochs} epochs)" if g.epochs else g.what
         lines.append(f"| {g.label} | {what} | {g.condition} | {g.device} | {len(g.exposures)} | "
-                     f"{g.short_batches} ({per_run}) | {g.events} | {_rate(g)} | {_none(g, groups)} |")
+                     f"{g.short_batches} ({per_run}) | {g.events} | {_rate(g)} | {no_event_chance(g, groups)} |")
     return lines + [""]
 
 
@@ -155,8 +156,8 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     if tested:
         text += "; " + "; ".join(
             f"{name(g)} took {g.short_batches} with {g.events} first event{'s' if g.events != 1 else ''}"
-            + ("" if g.events or _none(g, groups) == "–" else
-               f" (none at `stable`'s rate{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that "
-               f"machine: probability {_none(g, groups)})")
+            + ("" if g.events or no_event_chance(g, groups) == "–" else
+               f" (the chance of no event in that many short batches at `stable`'s per-short-batch rate"
+               f"{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that machine: {no_event_chance(g, groups)})")
             for g in tested)
     return text + " (section 3; the short batches of one run are not independent)."

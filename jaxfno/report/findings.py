@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 from jaxfno.data.simulate import n_positions
 from jaxfno.provenance import code_commit
-from jaxfno.report.branches import (NULL_GROUP, branch_rows, loss_range as _range, null_perturbation_section,
-                                   pooled_section, pooled_sentence, pooled_summary, trajectories)
-from jaxfno.report.cells import ci, dirs, epochs, fmt, load_run, median, p_text, runs, unique
+from jaxfno.report.branches import (NULL_GROUP, branch_rows, inherited, loss_range as _range,
+                                   null_perturbation_section, pooled_section, pooled_sentence, pooled_summary, trajectories)
+from jaxfno.report.cells import ci, dirs, epochs, fisher_text, fmt, load_run, median, p_text, runs, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
-from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence, group_name
+from jaxfno.report.exposure import (Exposure, Group, exposure, exposure_section, exposure_sentence, group_name,
+                                    no_event_chance)
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.reruns import rerun_section, rerun_sentence
@@ -145,7 +146,7 @@ def factorial_section(folder: pathlib.Path, confirm: dict) -> list[str]:
         full = confirm.get(f"{c['arm']}@{c['condition']}")
         confirmed = "not run" if full is None else f"{ci(full)}"
         lines.append(f"| {c['arm']} | {c['condition']} | {c['n']} | {outcome_text(c['outcomes'])} | {ci(c)} | "
-                     f"{p_text(c['fisher_p_vs_stable'])} | {median(c)} | {p_text(c['logrank_p_vs_stable'])} | "
+                     f"{fisher_text(c)} | {median(c)} | {p_text(c['logrank_p_vs_stable'])} | "
                      f"{confirmed} |")
     return lines + ["", f"![Time to the first divergence event]({folder}/report/survival.png)", ""]
 
@@ -210,7 +211,7 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     tested = {c["arm"] for device, c in remedies if exposure_of.get((c["arm"], device))}
     if remedies:
         text += (" From seeds, " + ", ".join(f"`{c['arm']}` collapsed in {c['collapsed']}/{c['n']} on {device} "
-                                            f"(Fisher p {p_text(c['fisher_p_vs_stable'])})" for device, c in remedies))
+                                            f"(Fisher p {fisher_text(c, inline=True)})" for device, c in remedies))
         untested = [f"`{c['arm']}`" for _, c in remedies if c["arm"] not in tested]
         text += ("; " + ", ".join(untested) + " never trained down to the loss at which `stable` diverged (no short "
                    "batch taken there), so those seeds show "
@@ -221,17 +222,17 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
         text += " Trained beyond the recipe, " + "; ".join(
             f"{group_name(g)} took {g.short_batches} short batches at the loss where `stable` diverged, with "
             f"{g.events} first divergence "
-            f"event{'s' if g.events != 1 else ''} ({len(g.exposures)} run{'s' if len(g.exposures) != 1 else ''})"
-            for g in longer) + "."
+            f"event{'s' if g.events != 1 else ''} ({len(g.exposures)} run{'s' if len(g.exposures) != 1 else ''}"
+            + _chance_text(no_event_chance(g, exposed)) + ")" for g in longer) + "."
     null = branches.get(NULL_GROUP)
     if null:
         taken = {g.what: g for g in exposed if g.label == "branches"}
         others = [s for name, s in branches.items() if name != NULL_GROUP]
-        text += (f" From states just before a divergence ({trajectories(null['sources'])}), the branches that "
+        text += (f" From states before a divergence ({trajectories(null['sources'])}), the branches that "
                  "changed only the data "
                  f"order collapsed in {null['collapsed']['k']}/{null['n']}, "
                  + ", ".join(f"those with {s['change']} in {s['collapsed']['k']}/{s['n']}"
-                             + (f" (a divergence event in {s['event']['k']}/{s['n']}, recovered from)"
+                             + (f" (a divergence event in {s['event']['k']}/{s['n']}{inherited(s, ', ')}, recovered from)"
                                 if s["event"]["k"] > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
@@ -242,6 +243,16 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     return text
 
 
+def _chance_text(chance: str) -> str:
+    """The no-event probability beside a count of 0 events, and whether it says much."""
+    try:
+        value = float(chance)
+    except ValueError:  # "–", "no short batch", "untested: none taken"
+        return ""
+    return (f"; the chance of none in that many at `stable`'s per-short-batch rate: {chance}"
+            + (", so weak evidence" if value > 0.05 else ""))
+
+
 def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str | None]] = (),
                      seeds: dict = {}) -> str:
     """The answer, one labelled bullet per line of evidence, from the cells and the ``extra``
@@ -249,14 +260,18 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str
     parts = []
     asrun, zero, fixed = (fidelity.get(f"stable@{c}") for c in ("asrun", "asrun_zero_phase", "fixed"))
     if zero:
+        few = zero["collapsed"] == 0 and zero["p_collapse_wilson95"][1] >= 0.5
         verdict = ("Upstream's early collapse was not seen at full scale" if zero["collapsed"] == 0
                    else "Upstream's early collapse reproduced at full scale")
         parts.append(f"{verdict}: on the zero-phase object with the batch gain and the short last batch (SPEC "
                      f"§10's lead) `stable` collapsed in {ci(zero)} of its seeds within {max(zero['epochs'])} "
-                     f"epochs (outcomes: {outcome_text(zero['outcomes'])}).")
+                     f"epochs (outcomes: {outcome_text(zero['outcomes'])})"
+                     + (", too few seeds to rule it out" if few else "")
+                     + (f", a shorter run than `asrun`'s {max(asrun['epochs'])} epochs"
+                        if asrun and max(asrun["epochs"]) > max(zero["epochs"]) else "") + ".")
     if asrun:
-        parts.append(f"With set_phi on (`asrun`: the gain and the short batch, {max(asrun['epochs'])} epochs) it "
-                     f"collapsed in "
+        parts.append(f"On the phase object (set_phi on; `asrun`: the gain and the short batch, {max(asrun['epochs'])} "
+                     f"epochs) it collapsed in "
                      f"{ci(asrun)} (outcomes: {outcome_text(asrun['outcomes'])}), late (epochs "
                      f"{epochs(asrun)}), {how(asrun)}.")
     if fixed:
@@ -266,7 +281,7 @@ def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str
     for c in factorial.values():
         if c["arm"] not in ("stable", "control"):
             bullets.append(("Proxy factorial", f"`{c['arm']}` in `{c['condition']}`: P(collapse) {ci(c)}, one-sided "
-                            f"Fisher p {p_text(c['fisher_p_vs_stable'])} against `stable`."))
+                            f"Fisher p {fisher_text(c, inline=True)} against `stable`."))
     bullets += [(label, sentence) for label, sentence in extra if sentence]
     run = {c["arm"] for cells in (factorial, seeds) for c in cells.values()}
     missing = [arm for arm in stage_a.SPEC_ARMS if arm not in run | {"control", "stable"}]
@@ -294,6 +309,12 @@ CAVEATS = [
     "number here comes from the devices named in each folder's README. SPEC §10 reports the zero-phase "
     "condition collapsing for seeds 20260128 and 20260129 on another machine with the same command; on this "
     "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
+    "Every p value is one-sided where it tests a remedy and none is corrected for multiplicity: up to five "
+    "remedies, and two branch changes, are each held against the same `stable` runs or null branches, so a p "
+    "near 0.03 alone is weak evidence (Bonferroni over five would ask for 0.01). Paired by seed, the sign test "
+    "uses only the seeds whose outcomes differ between the two arms: a weaker test than Fisher's here, and a "
+    "seed's pairing is loose, since even one recipe trained twice from one seed parts at rounding level within "
+    "a few steps (section 5).",
     "`cpu` pools this project's CPU runs, which come from more than one CPU model (an AMD EPYC, and from "
     "2026-12-05 an Intel Xeon; each folder's README names them, and runs record the model from commit 3100a07 "
     "on): like two code revisions, two CPU models in float32 differ in rounding, not in precision, so their "

@@ -118,7 +118,7 @@ def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
     if events:
         where = ", ".join(f"{since} of {n}" for since, n in events)
         latest, p = early_start_p(events)
-        text += (f" The divergences began {where} steps into their epoch: were the starts uniform over the "
+        text += (f" `stable`'s first divergence events began {where} steps into their epoch: were the starts uniform over the "
                  f"epoch, all {len(events)} would lie within the first {latest + 1} steps with probability {p:.2g} "
                  "(a post-hoc test of the latest start).")
     return text

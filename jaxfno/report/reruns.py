@@ -22,7 +22,7 @@ def _outcome(run_dir: pathlib.Path) -> str:
 def rerun_section(folder: pathlib.Path, reference: pathlib.Path) -> list[str]:
     """Runs trained again with the same config on the same machine at another commit, against
     the committed run of the same name under ``reference``: where their per-step losses part."""
-    lines = ["## 5. The same run again (full scale): how far rounding carries", ""]
+    lines = ["## 5. The same config again at another code revision (full scale): how far rounding carries", ""]
     rows = []
     for history_file in sorted(folder.glob("seed*/history.json")) if folder.exists() else []:
         ref_dir, run_dir = reference / history_file.parent.name, history_file.parent

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxfno.evaluation.outcomes import epoch_steps, lowest_trailing_median, trailing_median
 from jaxfno.report.branches import level_word, loss_range as _range
-from jaxfno.report.cells import ci, epochs, fmt, median, p_text, runs
+from jaxfno.report.cells import ci, epochs, fisher_text, fmt, median, p_text, runs
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
@@ -58,7 +58,7 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
                 f"{ci(c)} (outcomes: {outcome_text(c['outcomes'])}"
                 + (f"; first divergence events in epochs {epochs(c)}" if c["divergence_epochs"] else "") + ")"
                 + (f" against `stable` trained as long in {ci(stable)} (one-sided Fisher p "
-                   f"{p_text(c['fisher_p_vs_stable'])}, two-sided log-rank p {p_text(c['logrank_p_vs_stable'])})"
+                   f"{fisher_text(c, inline=True)}, two-sided log-rank p {p_text(c['logrank_p_vs_stable'])})"
                    if stable else "")
                 + (f"; its lowest 100-step median training loss was {_range(lowest)}, against {_range(reference)} "
                    "just before `stable`'s first divergence events from seeds" if lowest and reference else "")
@@ -180,14 +180,15 @@ def seeds_section(folders: list[pathlib.Path], longer: list[pathlib.Path] = ()) 
         for c in folder_cells(folder).values():
             lv = levels.get(f"{c['arm']}@{c['condition']}", {"lowest": [], "at_event": []})
             rows.append(f"| `{folder.name}` ({device}{trained}) | {c['arm']} | {c['condition']} | {c['n']} | "
-                        f"{outcome_text(c['outcomes'])} | {ci(c)} | {p_text(c['fisher_p_vs_stable'])} | {median(c)} | "
+                        f"{outcome_text(c['outcomes'])} | {ci(c)} | {fisher_text(c)} | {median(c)} | "
                         f"{p_text(c['logrank_p_vs_stable'])} | {epochs(c)} | {fmt(c['best_val_loss'])} | "
                         f"{_range(lv['lowest'])} | {_range(lv['at_event'])} |")
     if not rows:
         return lines + ["No remedy arm has run from seeds at full scale yet.", ""]
     lines += ["Each folder is one machine; its arms differ in their recipe and share the seeds (initialisation "
               "and data order; code revisions below), so each remedy is tested against `stable` on the same "
-              "machine (one-sided Fisher; two-sided log-rank on the first divergence event; divergence epochs "
+              "machine (one-sided Fisher, in brackets the exact sign test over the seeds both arms ran, paired "
+              "by seed; two-sided log-rank on the first divergence event; divergence epochs "
               "1-based). Training loss reached: the lowest 100-step median of the step loss after epoch 1, up to "
               "the run's first divergence event or its end, min–max over seeds; at the event: the same median "
               "just before it.", "",
@@ -256,7 +257,7 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
                 found.append(("proxy (`factorial`)", factorial[key], "–", confirmed))
             for label, c, level, confirmed in found:
                 rows.append(f"| {arm} | {condition} | {label} | {c['n']} | {ci(c)} | "
-                            f"{p_text(c['fisher_p_vs_stable'])} | {median(c)} | {level} | {confirmed} |")
+                            f"{fisher_text(c)} | {median(c)} | {level} | {confirmed} |")
             if not found:
                 rows.append(f"| {arm} | {condition} | {_not_run(arm, condition, sources)} "
                             "| – | – | – | – | – | – |")
@@ -265,12 +266,12 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
     return ["### Per remedy and condition", "",
             "Every cell of SPEC §7's arms × {" + ", ".join(conditions) + "} with the runs from seeds behind it "
             "(each machine separately: a remedy is tested only against `stable` on the same machine; one-sided "
-            "Fisher; median time to divergence: Kaplan–Meier, in 0-based global steps, of the first divergence event "
+            "Fisher, in brackets the exact sign test over the seeds both arms ran, paired by seed; median time to divergence: Kaplan–Meier, in 0-based global steps, of the first divergence event "
             "whether or not the run collapsed; training loss reached: "
             "the lowest 100-step median after epoch 1 up to a first divergence event, min–max over seeds, with "
             "`stable`'s just before its events on the same machine in brackets: a remedy whose runs stayed above "
-            "that level was not tested where `stable` diverged). Branches, which are one "
-            "trajectory, are in the answer above and section 3." + note, "",
+            "that level was not tested where `stable` diverged). Branches, which are trajectories and not seeds, "
+            "are in the answer above and section 3." + note, "",
             "| arm | condition | runs | seeds | P(collapse) [95 % Wilson] | Fisher p vs stable | "
             "median time to divergence | training loss reached (`stable`'s at its events) | "
             "proxy confirmed at full scale |",
@@ -309,7 +310,7 @@ def seeds_sentence(folders: list[pathlib.Path]) -> str | None:
                 + (f"; {len(constant)} of its collapses ended at upstream's constant output, the plateau, after a "
                    f"divergence event in epoch{'s' if len(constant) > 1 else ''} {', '.join(map(str, constant))}"
                    if constant else "") + "), while "
-                + "; ".join(f"`{c['arm']}` collapsed in {ci(c)} (one-sided Fisher p {p_text(c['fisher_p_vs_stable'])}, "
+                + "; ".join(f"`{c['arm']}` collapsed in {ci(c)} (one-sided Fisher p {fisher_text(c, inline=True)}, "
                             f"two-sided log-rank p {p_text(c['logrank_p_vs_stable'])} against `stable`)"
                             for c in remedies) + ".")
     return " ".join(parts) or None
@@ -349,7 +350,7 @@ def architecture_sentence(folders: list[pathlib.Path]) -> str | None:
                 + (f"; first divergence events in epochs {epochs(control)}" if control["divergence_epochs"] else "")
                 + "), `stable` in "
                 f"{ci(stable)} "
-                f"(one-sided Fisher p {p_text(control['fisher_p_vs_stable'])} for fewer collapses with the hybrid)"
+                f"(for fewer collapses with the hybrid: one-sided Fisher p {fisher_text(control, inline=True)})"
                 + (f"; the hybrid's lowest 100-step median training loss was {_range(lowest)}"
                    + (f", against {_range(ref)} just before `stable`'s divergence events"
                       + (", so it never trained down to where `stable` diverged"

@@ -19,7 +19,7 @@ from jaxfno.io import atomic_path, write_json  # noqa: E402
 from jaxfno.provenance import code_commit, versions  # noqa: E402
 from jaxfno.report.figures import format_value, save_figure  # noqa: E402
 from jaxfno.report.statistics import (fisher_less, kaplan_meier, km_median, logrank_p,  # noqa: E402
-                                     wilson_interval)
+                                     paired_sign_less, wilson_interval)
 
 PLOTS = ("loss.png", "grad_norm.png", "lr.png", "survival.png", "blocks.png", "reconstructions.png")
 
@@ -40,7 +40,8 @@ def summarise(results: dict) -> dict:
 
     Collapse is SPEC §6.3's (outcomes non_finite, collapsed_constant, diverged); the §6.1
     verdict's count stays beside it (``collapsed_6_1``). Each cell but the reference arm's gets
-    a one-sided Fisher test and a log-rank test against ``stable`` in the same condition."""
+    a one-sided Fisher test, an exact sign test over the seeds both ran (paired by seed) and a
+    log-rank test against ``stable`` in the same condition."""
     by_cell = defaultdict(list)
     for key, result in sorted(results.items(), key=lambda kv: (kv[0].condition, kv[0].arm, kv[0].seed)):
         by_cell[key.cell].append((key, result))
@@ -88,9 +89,15 @@ def summarise(results: dict) -> dict:
     for cell in cells.values():
         ref = cells.get(f"{REFERENCE_ARM}@{cell['condition']}")
         if ref is None or cell["arm"] == REFERENCE_ARM:
-            cell["fisher_p_vs_stable"] = cell["logrank_p_vs_stable"] = None
+            cell["fisher_p_vs_stable"] = cell["logrank_p_vs_stable"] = cell["paired_p_vs_stable"] = None
+            cell["pairs_vs_stable"] = 0
             continue
         cell["fisher_p_vs_stable"] = fisher_less(cell["collapsed"], cell["n"], ref["collapsed"], ref["n"])
+        # a seed fixes initialisation and data order in both arms: the seeds both ran make pairs
+        pairs = [(cell["outcome_per_seed"][s] in COLLAPSE_OUTCOMES, ref["outcome_per_seed"][s] in COLLAPSE_OUTCOMES)
+                 for s in cell["seeds"] if s in ref["outcome_per_seed"]]
+        cell["paired_p_vs_stable"] = paired_sign_less(pairs) if pairs else None
+        cell["pairs_vs_stable"] = len(pairs)
         cell["logrank_p_vs_stable"] = logrank_p(cell["divergence_steps"], cell["divergence_observed"],
                                                 ref["divergence_steps"], ref["divergence_observed"])
     return cells
