@@ -101,7 +101,8 @@ def test_pooled_over_branch_points(tmp_path):
     assert ("| optim.lr=0.00025 | 2 → 4, 3 → 4 | 5 | 0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | "
             "0/5 [0.00, 0.43], p 0.025 (paired: 0.0625, 5 pairs) | not reached |") in table
     sentence = pooled_sentence([a, b])
-    assert "from 2 checkpoints (after epochs 2, 3; trained to epoch 4) of one run" in sentence and "only the data order collapsed in 4/5" in sentence
+    assert "from 2 checkpoints (after epochs 2, 3; trained to epoch 4) of one run" in sentence
+    assert "only the data order collapsed in 4/5 [0.38, 0.96] (after epoch 2: 3/3, after epoch 3: 1/2)" in sentence
     assert "0/5 [0.00, 0.43] with optim.lr=0.00025 (p 0.025, paired 0.062; a divergence event in 0/5" in sentence
     assert sentence.endswith("These are branches of one trajectory, not seeds.")
     assert "also a transient LR cut" in sentence
@@ -116,6 +117,7 @@ def test_pooled_over_branch_points(tmp_path):
     assert pooled_summary([a, b, c])["seed"]["sources"] == 2
     sentence = pooled_sentence([a, b, c])
     assert "from 3 checkpoints (after epochs 2, 3; trained to epoch 3 or 4) of 2 runs" in sentence
+    assert "(run 1 after epoch 2: 3/3, after epoch 3: 1/2; run 2 after epoch 2: 0/2)" in sentence
     assert "| optim.lr=0.00025 | 2 → 3, 2 → 4, 3 → 4 | 7 |" in "\n".join(pooled_section([a, b, c]))
     assert sentence.endswith("These are branches of 2 trajectories, not seeds.")
 

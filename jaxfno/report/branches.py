@@ -173,12 +173,17 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
     to the first divergence event (None: not reached)."""
     points = [branch_rows(f) for f in folders]
     names = list(dict.fromkeys(name for groups in points for name in groups))
+    # source runs numbered in the order their first branch point comes
+    sources = list(dict.fromkeys(r["source_hash"] for groups in points for rows in groups.values() for r in rows))
     out = {}
     for name in names:
         strata = [(g[name], g.get(NULL_GROUP, [])) for g in points if name in g]
         rows = [r for rs, _ in strata for r in rs]
         changes = {_change(rs, null) for rs, null in strata}
         out[name] = {"change": " / ".join(sorted(changes)), "points": len(strata), "n": len(rows),
+                     # per branch point: (source run's number, branch epoch, collapsed, branches)
+                     "per_point": [(sources.index(rs[0]["source_hash"]) + 1, rs[0]["branch_epoch"],
+                                    sum(r["collapsed"] for r in rs), len(rs)) for rs, _ in strata],
                      "sources": len({r["source_hash"] for r in rows}),
                      "branch_epochs": sorted({r["branch_epoch"] for r in rows}),
                      # (branch point, last epoch trained): a truncated horizon tests over fewer epochs
@@ -280,12 +285,13 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
 
     def size(s: dict) -> str:  # how large the events were, beside the null branches'
         return (f", its branches' largest full-batch step loss {loss_range(s['peaks'])} against "
-                f"{loss_range(null['peaks'])} for the data-order-only ones" if s["event"]["k"] and s["peaks"] and null["peaks"] else "")
+                f"{loss_range(null['peaks'])} for the data-order-only ones"
+                if s["event"]["k"] and s["peaks"] and null["peaks"] else "")
 
     others = [f"{collapsed(s)} with {s['change']} ({p(s['collapsed'])}; a divergence event in "
-              f"{s['event']['k']}/{s['n']}, "
-              f"{p(s['event'])}{inherited(s, ', ')}{size(s)}" + ("; switched on mid-run, so also a transient LR cut, see the caveats"
-                                     if "grad_clip" in s["change"] else "") + ")"
+              f"{s['event']['k']}/{s['n']}, {p(s['event'])}{inherited(s, ', ')}{size(s)}"
+              + ("; switched on mid-run, so also a transient LR cut, see the caveats" if "grad_clip" in s["change"]
+                 else "") + ")"
               for s in summary.values() if s["collapsed"]["p_vs_null"] is not None]
     ends = sorted({b for _, b in null["windows"]})
     return (f"Branched at full scale from {null['points']} checkpoints (after epochs "
@@ -293,6 +299,7 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
             f"{_runs(null['sources'])} (`stable`, `asrun`) "
             "before a divergence, "
             f"the continuations that changed only the data order collapsed in {collapsed(null)}"
+            + (f" ({per_point(null)})" if null["points"] > 1 else "")
             + (", against " + "; ".join(others) if others else "")
             + " (one-sided exact tests stratified by branch point, and sign tests over the branches paired by data "
               "order; sections 3 and 4)."
@@ -301,6 +308,14 @@ def pooled_sentence(folders: list[pathlib.Path]) -> str | None:
                       f"{loss_range(null['at_event'])} at which the data-order-only branches diverged."
                       for s in summary.values() if s["lowest"] and null["at_event"] and not s["at_event"])
             + f" These are branches of {trajectories(null['sources'])}, not seeds.")
+
+
+def per_point(s: dict) -> str:
+    """A group's collapses per branch point, by source run: "run 1 after epoch 17: 3/3, ..."."""
+    runs = sorted({i for i, *_ in s["per_point"]})
+    return "; ".join((f"run {i} " if len(runs) > 1 else "") + ", ".join(
+        f"after epoch {e}: {k}/{n}" for j, e, k, n in sorted(s["per_point"], key=lambda t: t[1]) if j == i)
+        for i in runs)
 
 
 def level_word(reached: list[float], diverged: list[float]) -> str:
