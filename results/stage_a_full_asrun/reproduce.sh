@@ -64,17 +64,20 @@ else
   jaxfno study stage-a --scale full --conditions asrun --seeds 5 --arms stable --members-per-program 1 \
     --keep-epochs-from 12 --out "$out/seeds_cpu"
   jaxfno outcomes "$out/seeds_cpu" --relative-to "$out/seeds_cpu" --out "$out/seeds_cpu/outcomes.md"
-  # branches_seed20260132_e16/: seed 20260132 diverged early in epoch 17 here; from its state after
-  # epoch 16, three data orders, each alone, with clip 0.5 and with LR 2.5e-4, epochs 17-18.
+  # branches_seed20260132_e16/ and _e15/: seed 20260132 diverged early in epoch 17 here; from its state
+  # after epoch 16 (after the short batch before the divergence) and after epoch 15 (before it), three
+  # data orders, each alone, with clip 0.5 and with LR 2.5e-4, trained to the end of epoch 18.
   src="$out/seeds_cpu/asrun/stable/seed20260132"
-  for i in 1 2 3; do
-    order=(--after-epoch 16 --set train.seed=$((20260200 + i)) --set train.stop_after=18)
-    jaxfno branch "$src" "${order[@]}" --out "$out/branches_seed20260132_e16/seed_order$i"
-    jaxfno branch "$src" "${order[@]}" --out "$out/branches_seed20260132_e16/clip0.5_order$i" --set optim.grad_clip=0.5
-    jaxfno branch "$src" "${order[@]}" --out "$out/branches_seed20260132_e16/lr2.5e-4_order$i" --set optim.lr=2.5e-4
+  for e in 16 15; do
+    point="$out/branches_seed20260132_e$e"
+    for i in 1 2 3; do
+      order=(--after-epoch "$e" --set train.seed=$((20260200 + i)) --set train.stop_after=18)
+      jaxfno branch "$src" "${order[@]}" --out "$point/seed_order$i"
+      jaxfno branch "$src" "${order[@]}" --out "$point/clip0.5_order$i" --set optim.grad_clip=0.5
+      jaxfno branch "$src" "${order[@]}" --out "$point/lr2.5e-4_order$i" --set optim.lr=2.5e-4
+    done
+    jaxfno outcomes "$point" --relative-to "$point" --out "$point/outcomes.md"
   done
-  jaxfno outcomes "$out/branches_seed20260132_e16" --relative-to "$out/branches_seed20260132_e16" \
-    --out "$out/branches_seed20260132_e16/outcomes.md"
   # longer_cpu/: stable_lowlr trained for 40 epochs (constant LR: its first 20 are the recipe's)
   jaxfno study stage-a --scale full --conditions asrun --seeds 1 --arms stable_lowlr --members-per-program 1 \
     --set train.epochs=40 --out "$out/longer_cpu"
