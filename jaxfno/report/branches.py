@@ -212,8 +212,11 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
 
 def inherited(s: dict, lead: str = "; ") -> str:
     """How many of a group's counted events began on the source's steps before the branch point."""
-    k = s["inherited"]
-    return f"{lead}{'all' if k == s['event']['k'] and k > 1 else k} of them begun before the branch point" if k else ""
+    k, events = s["inherited"], s["event"]["k"]
+    if not k:
+        return ""
+    how_many = "" if k == events == 1 else f"{'all' if k == events else k} of them "
+    return f"{lead}{how_many}begun before the branch point"
 
 
 def loss_range(values: list[float]) -> str:

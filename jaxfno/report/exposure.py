@@ -158,6 +158,7 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
             f"{name(g)} took {g.short_batches} with {g.events} first event{'s' if g.events != 1 else ''}"
             + ("" if g.events or no_event_chance(g, groups) == "–" else
                f" (the chance of no event in that many short batches at `stable`'s per-short-batch rate"
-               f"{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that machine: {no_event_chance(g, groups)})")
+               f"{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that machine: "
+               f"{no_event_chance(g, groups)})")
             for g in tested)
     return text + " (section 3; the short batches of one run are not independent)."

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from jaxfno.data.simulate import n_positions
 from jaxfno.provenance import code_commit
 from jaxfno.report.branches import (NULL_GROUP, branch_rows, inherited, loss_range as _range,
-                                   null_perturbation_section, pooled_section, pooled_sentence, pooled_summary, trajectories)
+                                   null_perturbation_section, pooled_section, pooled_sentence, pooled_summary,
+                                   trajectories)
 from jaxfno.report.cells import ci, dirs, epochs, fisher_text, fmt, load_run, median, p_text, runs, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
 from jaxfno.report.exposure import (Exposure, Group, exposure, exposure_section, exposure_sentence, group_name,
@@ -232,7 +233,8 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                  "changed only the data "
                  f"order collapsed in {null['collapsed']['k']}/{null['n']}, "
                  + ", ".join(f"those with {s['change']} in {s['collapsed']['k']}/{s['n']}"
-                             + (f" (a divergence event in {s['event']['k']}/{s['n']}{inherited(s, ', ')}, recovered from)"
+                             + (f" (a divergence event in {s['event']['k']}/{s['n']}{inherited(s, ', ')}, "
+                                "recovered from)"
                                 if s["event"]["k"] > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
@@ -311,10 +313,10 @@ CAVEATS = [
     "project's CPU both seeds stayed healthy, from a first epoch that already differed.",
     "Every p value is one-sided where it tests a remedy and none is corrected for multiplicity: up to five "
     "remedies, and two branch changes, are each held against the same `stable` runs or null branches, so a p "
-    "near 0.03 alone is weak evidence (Bonferroni over five would ask for 0.01). Paired by seed, the sign test "
-    "uses only the seeds whose outcomes differ between the two arms: a weaker test than Fisher's here, and a "
-    "seed's pairing is loose, since even one recipe trained twice from one seed parts at rounding level within "
-    "a few steps (section 5).",
+    "just under 0.05 alone is weak evidence (Bonferroni over five remedies would ask for p < 0.01). Paired by "
+    "seed, the sign test uses only the seeds whose outcomes differ between the two arms: a weaker test than "
+    "Fisher's here, and a seed's pairing is loose, since even one recipe trained twice from one seed parts at "
+    "rounding level within a few steps (section 5).",
     "`cpu` pools this project's CPU runs, which come from more than one CPU model (an AMD EPYC, and from "
     "2026-12-05 an Intel Xeon; each folder's README names them, and runs record the model from commit 3100a07 "
     "on): like two code revisions, two CPU models in float32 differ in rounding, not in precision, so their "

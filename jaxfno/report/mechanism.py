@@ -118,7 +118,8 @@ def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
     if events:
         where = ", ".join(f"{since} of {n}" for since, n in events)
         latest, p = early_start_p(events)
-        text += (f" `stable`'s first divergence events began {where} steps into their epoch: were the starts uniform over the "
-                 f"epoch, all {len(events)} would lie within the first {latest + 1} steps with probability {p:.2g} "
+        text += (f" `stable`'s first divergence events began {where} steps into their epoch: were the starts "
+                 f"uniform over the epoch, all {len(events)} would lie within the first {latest + 1} steps with "
+                 f"probability {p:.2g} "
                  "(a post-hoc test of the latest start).")
     return text

@@ -266,7 +266,8 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
     return ["### Per remedy and condition", "",
             "Every cell of SPEC §7's arms × {" + ", ".join(conditions) + "} with the runs from seeds behind it "
             "(each machine separately: a remedy is tested only against `stable` on the same machine; one-sided "
-            "Fisher, in brackets the exact sign test over the seeds both arms ran, paired by seed; median time to divergence: Kaplan–Meier, in 0-based global steps, of the first divergence event "
+            "Fisher, in brackets the exact sign test over the seeds both arms ran, paired by seed; median time to "
+            "divergence: Kaplan–Meier, in 0-based global steps, of the first divergence event "
             "whether or not the run collapsed; training loss reached: "
             "the lowest 100-step median after epoch 1 up to a first divergence event, min–max over seeds, with "
             "`stable`'s just before its events on the same machine in brackets: a remedy whose runs stayed above "
