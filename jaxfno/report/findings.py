@@ -13,6 +13,7 @@ import platform
 from collections.abc import Sequence
 
 from jaxfno.data.simulate import n_positions
+from jaxfno.evaluation.outcomes import AHEAD, BEHIND, DIVERGENCE_RATIO
 from jaxfno.provenance import code_commit
 from jaxfno.report.branches import (NULL_GROUP, branch_rows, inherited, loss_range as _range,
                                    null_perturbation_section, pooled_section, pooled_sentence, pooled_summary,
@@ -405,7 +406,13 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         f"`{root}`; every number below is read from them"
         + (" except those quoted from a device's report of runs that did not come back" if quoted else "")
         + ". Outcomes are SPEC §6.3's; collapse = non_finite, "
-        "collapsed_constant or diverged. Epochs are 1-based; steps are 0-based global step indices.",
+        "collapsed_constant or diverged. Epochs are 1-based; steps are 0-based global step indices. Terms: a "
+        f"*divergence event* is a step from which the median training loss of {AHEAD} steps exceeds "
+        f"{DIVERGENCE_RATIO:g} × that of the {BEHIND} before (SPEC §6.3; a run's first one is its time to "
+        "divergence); the *short batch* is each epoch's last, smaller batch, to which upstream's batch gain (the "
+        "probe scaled by the batch's sample count) gives a large loss and gradient (section 6); the *fidelity "
+        "check* (section 1) asks which of upstream's as-run conditions collapse here; *branches* continue one run from one of its "
+        "checkpoints with one change (section 4).",
         "",
         "## The answer so far",
         "",
