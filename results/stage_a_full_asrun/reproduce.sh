@@ -76,6 +76,11 @@ else
       jaxfno branch "$src" "${order[@]}" --out "$point/clip0.5_order$i" --set optim.grad_clip=0.5
       jaxfno branch "$src" "${order[@]}" --out "$point/lr2.5e-4_order$i" --set optim.lr=2.5e-4
     done
+    # after epoch 15, two more null branches (data orders 4 and 5)
+    for i in $([ "$e" = 15 ] && echo 4 5); do
+      jaxfno branch "$src" --after-epoch "$e" --set train.seed=$((20260200 + i)) --set train.stop_after=18 \
+        --out "$point/seed_order$i"
+    done
     jaxfno outcomes "$point" --relative-to "$point" --out "$point/outcomes.md"
   done
   # longer_cpu/: stable_lowlr trained for 40 epochs (constant LR: its first 20 are the recipe's)
