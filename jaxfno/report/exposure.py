@@ -93,8 +93,16 @@ def _rate(g: Group) -> str:
     return "–" if not g.short_batches else f"{g.events / g.short_batches:.2g}"
 
 
-def no_event_chance(g: Group, groups: list[Group]) -> str:
-    """The chance of ``g``'s event count being 0 at its reference's rate (text; – where that does not apply)."""
+def no_event_chance(g: Group, groups: list[Group]) -> float | None:
+    """The chance of ``g`` taking its short batches without an event at its reference's rate; None
+    where that does not apply (``g`` is the reference, has none, took none, or had an event)."""
+    ref = _reference_of(groups, g)
+    if g is ref or ref is None or not ref.short_batches or not g.short_batches or g.events:
+        return None
+    return none_p(ref.events / ref.short_batches, g.short_batches)
+
+
+def _no_event_cell(g: Group, groups: list[Group]) -> str:
     ref = _reference_of(groups, g)
     if g is ref or ref is None or not ref.short_batches:
         return "–"
@@ -102,7 +110,8 @@ def no_event_chance(g: Group, groups: list[Group]) -> str:
         return "no short batch"
     if not g.short_batches:
         return "untested: none taken"
-    return "–" if g.events else f"{none_p(ref.events / ref.short_batches, g.short_batches):.2g}"
+    chance = no_event_chance(g, groups)
+    return "–" if chance is None else f"{chance:.2g}"
 
 
 def group_name(g: Group) -> str:
@@ -131,7 +140,7 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
         per_run = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
         what = f"{g.what} ({g.epochs} epochs)" if g.epochs else g.what
         lines.append(f"| {g.label} | {what} | {g.condition} | {g.device} | {len(g.exposures)} | "
-                     f"{g.short_batches} ({per_run}) | {g.events} | {_rate(g)} | {no_event_chance(g, groups)} |")
+                     f"{g.short_batches} ({per_run}) | {g.events} | {_rate(g)} | {_no_event_cell(g, groups)} |")
     return lines + [""]
 
 
@@ -156,9 +165,9 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
     if tested:
         text += "; " + "; ".join(
             f"{name(g)} took {g.short_batches} with {g.events} first event{'s' if g.events != 1 else ''}"
-            + ("" if g.events or no_event_chance(g, groups) == "–" else
+            + ("" if (chance := no_event_chance(g, groups)) is None else
                f" (the chance of no event in that many short batches at `stable`'s per-short-batch rate"
                f"{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that machine: "
-               f"{no_event_chance(g, groups)})")
+               f"{chance:.2g})")
             for g in tested)
     return text + " (section 3; the short batches of one run are not independent)."

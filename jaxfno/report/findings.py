@@ -246,14 +246,12 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     return text
 
 
-def _chance_text(chance: str) -> str:
+def _chance_text(chance: float | None) -> str:
     """The no-event probability beside a count of 0 events, and whether it says much."""
-    try:
-        value = float(chance)
-    except ValueError:  # "–", "no short batch", "untested: none taken"
+    if chance is None:
         return ""
-    return (f"; the chance of none in that many at `stable`'s per-short-batch rate: {chance}"
-            + (", so weak evidence" if value > 0.05 else ""))
+    return (f"; the chance of none in that many at `stable`'s per-short-batch rate: {chance:.2g}"
+            + (", so weak evidence" if chance > 0.05 else ""))
 
 
 def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str | None]] = (),
