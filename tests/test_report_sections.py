@@ -216,6 +216,19 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
         f"were at 0.2, at a learning rate of 0.00025 against `stable`'s 0.001: it reached that level and did not diverge (`{tmp_path.name}`).")
 
 
+def test_seed_cells_say_how_near_a_remedy_came_to_stables_divergence_level(tmp_path):
+    from jaxfno.report.seeds import levels_sentence
+
+    for seed in (1, 2):
+        _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
+                steps=60, source=True, trailing_median=0.08)
+        _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
+                "healthy", [], steps=60, source=True)
+    assert levels_sentence(tmp_path).endswith(
+        "it descended more slowly and did not reach that level within 4 epochs (its closest run stayed 25 % above "
+        f"the highest of those levels), so these seeds show fewer collapses in that time, not prevention (`{tmp_path.name}`).")
+
+
 def test_level_sentence_places_the_divergences_in_the_descent():
     from types import SimpleNamespace
 

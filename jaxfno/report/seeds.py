@@ -118,6 +118,11 @@ def level_sentence(results: list[tuple[str, object]], reference: str = "stable")
             f"came down into that range; {group(lambda x: x > high)} stayed above it (section 3).")
 
 
+def _margin(reached: list[float], levels: list[float]) -> str:
+    """How far above the highest divergence level the lowest loss reached stayed (a near miss is not a test)."""
+    return f"{100 * (min(reached) / max(levels) - 1):.2g} %"
+
+
 def levels_sentence(folder: pathlib.Path) -> str | None:
     """Did a remedy that diverged less train down to where `stable` diverged? Per seed, the
     remedy's 100-step median at the step where the same seed's `stable` run diverged."""
@@ -146,8 +151,9 @@ def levels_sentence(folder: pathlib.Path) -> str | None:
                           f"{_range(same_step)}, at a learning rate of {_range(lr)} against `stable`'s "
                           f"{_range(ref_lr)}" if same_step else "") + ": "
                        + ("it reached that level and did not diverge" if reached else
-                          f"it descended more slowly and did not reach that level within {epochs} "
-                          "epochs, so these seeds show fewer collapses in that time, not prevention"))
+                          f"it descended more slowly and did not reach that level within {epochs} epochs "
+                          f"(its closest run stayed {_margin(lv['lowest'], ref['at_event'])} above the highest of "
+                          "those levels), so these seeds show fewer collapses in that time, not prevention"))
     return ("; ".join(clauses) + f" (`{folder.name}`).") if clauses else None
 
 
