@@ -334,7 +334,8 @@ BRANCH_POINTS = (("branches", "rerun/seed20260128"), ("branches_e16", "rerun/see
                  # other sources', after an epoch before their first divergence event
                  ("branches_seed20260129_e*", "rerun/seed20260129"),
                  ("branches_seed20260131_e*", "seeds_cpu/asrun/stable/seed20260131"),
-                 ("branches_seed20260132_e*", "seeds_cpu/asrun/stable/seed20260132"))
+                 ("branches_seed20260132_e*", "seeds_cpu/asrun/stable/seed20260132"),
+                 ("branches_seed20260133_e*", "seeds_cpu/asrun/stable/seed20260133"))
 
 
 def branch_points(full: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
