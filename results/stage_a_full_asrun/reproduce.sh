@@ -59,9 +59,9 @@ else
     stable_warmup_lowlr --members-per-program 1 --out "$out/seeds_cpu"
   jaxfno study stage-a --scale full --conditions asrun --seeds 2 --arms stable_warmup_clip --members-per-program 1 \
     --out "$out/seeds_cpu"
-  # stable from five seeds, keeping every epoch's state from 12 on to branch from (the committed folder
+  # stable from six seeds, keeping every epoch's state from 12 on to branch from (the committed folder
   # links seeds 20260128-30 to ../stage_a_full_cpu_upstream_gain's runs of the same config instead)
-  jaxfno study stage-a --scale full --conditions asrun --seeds 5 --arms stable --members-per-program 1 \
+  jaxfno study stage-a --scale full --conditions asrun --seeds 6 --arms stable --members-per-program 1 \
     --keep-epochs-from 12 --out "$out/seeds_cpu"
   jaxfno outcomes "$out/seeds_cpu" --relative-to "$out/seeds_cpu" --out "$out/seeds_cpu/outcomes.md"
   # branches_seed20260132_e16/ and _e15/: seed 20260132 diverged early in epoch 17 here; from its state
@@ -83,6 +83,18 @@ else
     done
     jaxfno outcomes "$point" --relative-to "$point" --out "$point/outcomes.md"
   done
+  # branches_seed20260133_e13/: seed 20260133 diverged early in epoch 14 here; from its state after
+  # epoch 13, three data orders alone, then three with LR 2.5e-4, then three with clip 0.5, to epoch 15.
+  src="$out/seeds_cpu/asrun/stable/seed20260133"
+  point="$out/branches_seed20260133_e13"
+  for group in seed lr2.5e-4 clip0.5; do
+    change=(); [ $group = lr2.5e-4 ] && change=(--set optim.lr=2.5e-4); [ $group = clip0.5 ] && change=(--set optim.grad_clip=0.5)
+    for i in 1 2 3; do
+      jaxfno branch "$src" --after-epoch 13 --set train.seed=$((20260200 + i)) --set train.stop_after=15 \
+        "${change[@]}" --out "$point/${group}_order$i"
+    done
+  done
+  jaxfno outcomes "$point" --relative-to "$point" --out "$point/outcomes.md"
   # longer_cpu/: stable_lowlr trained for 40 epochs (constant LR: its first 20 are the recipe's)
   jaxfno study stage-a --scale full --conditions asrun --seeds 1 --arms stable_lowlr --members-per-program 1 \
     --set train.epochs=40 --out "$out/longer_cpu"
