@@ -206,19 +206,25 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
             + ", ".join(f"{c['collapsed']}/{c['n']} on {device}" for device, c in stable)
             + f"; {len({s for _, c in stable for s in c['seeds']})} distinct seeds, a seed on two machines "
             "counted on each, since rounding parts their trajectories).")
-    exposure_of = {(g.what, g.device): g.short_batches for g in exposed if g.label != "branches"
-                   and g.condition == "asrun" and g.scale == "full" and g.epochs is None}
+    group_of = {(g.what, g.device): g for g in exposed if g.label != "branches"
+                and g.condition == "asrun" and g.scale == "full" and g.epochs is None}
     remedies = [(device, c) for device, cells in seed_cells for c in cells.values()
                 if c["condition"] == "asrun" and c["arm"] not in ("stable", "control")]
-    tested = {c["arm"] for device, c in remedies if exposure_of.get((c["arm"], device))}
+    tested = [(device, c, group_of[(c["arm"], device)]) for device, c in remedies
+              if (c["arm"], device) in group_of and group_of[(c["arm"], device)].short_batches]
     if remedies:
         text += (" From seeds, " + ", ".join(f"`{c['arm']}` collapsed in {c['collapsed']}/{c['n']} on {device} "
                                             f"(Fisher p {fisher_text(c, inline=True)})" for device, c in remedies))
-        untested = [f"`{c['arm']}`" for _, c in remedies if c["arm"] not in tested]
+        untested = [f"`{c['arm']}`" for _, c in remedies if c["arm"] not in {t["arm"] for _, t, _ in tested}]
         text += ("; " + ", ".join(untested) + " never trained down to the loss at which `stable` diverged (no short "
                    "batch taken there), so those seeds show "
                    f"fewer collapses within {max(e for _, c in remedies for e in c['epochs'])} epochs, not "
                    "prevention." if untested else ".")
+        # a remedy that did come down to that loss: how many short batches it took there, and what that says
+        text += "".join(f" `{c['arm']}` on {device} took {g.short_batches} short batches at or below the highest "
+                        f"loss at which a `stable` run diverged, with {g.events} first divergence "
+                        f"event{'s' if g.events != 1 else ''}" + _chance_text(no_event_chance(g, exposed)) + "."
+                        for device, c, g in tested)
     longer = [g for g in exposed if g.epochs and g.condition == "asrun"]
     if longer:
         text += " Trained beyond the recipe, " + "; ".join(

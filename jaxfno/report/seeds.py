@@ -143,14 +143,15 @@ def levels_sentence(folder: pathlib.Path) -> str | None:
                 same_step.append(float(trailing_median(twin_loss)[step]))
                 lr.append(twin.history["lr"][step])
                 ref_lr.append(r.history["lr"][step])
-        reached = level_word(lv["lowest"], ref["at_event"]) != "above"
+        where = level_word(lv["lowest"], ref["at_event"])
         epochs = max(len(r.history["val_loss"]) for key, r in found.items() if key.cell == cell)
         clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
-                       f"against {_range(ref['at_event'])} just before `stable`'s divergence events"
+                       f"against {_range(ref['at_event'])} just before `stable`'s divergence events on the same machine"
                        + (f"; at the steps where `stable` diverged, the same seeds' `{arm}` runs were at "
                           f"{_range(same_step)}, at a learning rate of {_range(lr)} against `stable`'s "
                           f"{_range(ref_lr)}" if same_step else "") + ": "
-                       + ("it reached that level and did not diverge" if reached else
+                       + ("it went below that level and did not diverge" if where == "below" else
+                          "it came down into that range and did not diverge" if where == "as low as" else
                           f"it descended more slowly and did not reach that level within {epochs} epochs "
                           f"(its closest run stayed {_margin(lv['lowest'], ref['at_event'])} above the highest of "
                           "those levels), so these seeds show fewer collapses in that time, not prevention"))
