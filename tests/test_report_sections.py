@@ -216,6 +216,19 @@ def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_
         f"were at 0.2, at a learning rate of 0.00025 against `stable`'s 0.001: it went below that level and did not diverge (`{tmp_path.name}`).")
 
 
+def test_seed_cells_say_how_many_runs_of_a_remedy_came_into_stables_divergence_range(tmp_path):
+    from jaxfno.report.seeds import levels_sentence
+
+    for seed, level in ((1, 0.08), (2, 0.12)):  # stable diverged at 0.08 and 0.12; the remedy's runs reach 0.1
+        _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
+                steps=60, source=True, trailing_median=level)
+        _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
+                "healthy", [], steps=60, source=True)
+    assert levels_sentence(tmp_path).endswith(
+        "2 of its 2 runs came down into that range, none diverged, so these seeds test it there only as far as the "
+        f"short batches they took there (the exposure bullet) (`{tmp_path.name}`).")
+
+
 def test_seed_cells_say_how_near_a_remedy_came_to_stables_divergence_level(tmp_path):
     from jaxfno.report.seeds import levels_sentence
 
@@ -352,10 +365,12 @@ def test_bottom_line_says_which_remedies_were_exposed():
                 "epochs": [20], "seeds": list(range(n))}
 
     cpu = {"stable@asrun": cell("stable", 2, 3), "stable_warmup@asrun": cell("stable_warmup", 0, 3, 0.2)}
-    gpu = {"stable@asrun": cell("stable", 4, 6), "stable_lowlr@asrun": cell("stable_lowlr", 0, 6, 0.03)}
+    gpu = {"stable@asrun": cell("stable", 4, 6), "stable_lowlr@asrun": cell("stable_lowlr", 0, 6, 0.03),
+           "stable_warmup@asrun": cell("stable_warmup", 0, 6, 0.03)}  # tested on the cpu only
     exposed = [Group("`seeds_cpu`", "stable", "asrun", "cpu", (Exposure(2, True), Exposure(2, True))),
                Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False),)),
                Group("`seeds_h200`", "stable_lowlr", "asrun", "H200", (Exposure(0, False),)),
+               Group("`seeds_h200`", "stable_warmup", "asrun", "H200", (Exposure(0, False),)),
                Group("branches", "optim.lr=0.00025", "asrun", "cpu", (Exposure(4, False),))]
     branches = {"seed": {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order",
                          "sources": 1, "inherited": 0},
@@ -367,10 +382,11 @@ def test_bottom_line_says_which_remedies_were_exposed():
     assert line.startswith("In the one condition that collapsed in the fidelity check (`asrun`, full scale), "
                            "`stable` collapsed in 6/9 of its runs from seeds (2/3 on cpu, 4/6 on H200; 6 distinct "
                            "seeds, a seed on two machines counted on each, since rounding parts their trajectories).")
-    assert ("; `stable_lowlr` never trained down to the loss at which `stable` diverged (no short batch taken "
-            "there), so those seeds show fewer collapses within 20 epochs, not prevention. `stable_warmup` on cpu took "
-            "2 short batches at or below the highest loss at which a `stable` run diverged, with 0 first divergence "
-            "events; the chance of none in that many at `stable`'s per-short-batch rate: 0.25, so weak evidence.") in line
+    assert ("; `stable_lowlr` on H200, `stable_warmup` on H200 never trained down to the loss at which `stable` "
+            "diverged (no short batch taken there), so those seeds show fewer collapses within 20 epochs, not "
+            "prevention. `stable_warmup` on cpu took 2 short batches at or below the highest loss at which a `stable` run from seeds diverged on any machine, "
+            "with 0 first divergence events (at `stable`'s per-short-batch rate on that machine, the chance of none in "
+            "that many: 0.25; too few short batches to tell prevention from delay).") in line
     assert ("those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss, those with optim.grad_clip=0.5 "
             "in 0/6 (a divergence event in 3/6, 2 of them begun before the branch point, recovered from).") in line
     assert line.endswith("Not yet run from seeds in `asrun`: `stable_warmup_lowlr`, `stable_warmup_clip`.")

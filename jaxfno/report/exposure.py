@@ -125,7 +125,8 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
         return []
     lines = ["### Exposure: short batches taken where `stable` diverged", "",
              f"Per group, the short batches its runs took while their 100-step median training loss was at or "
-             f"below {level:.3g}, the highest level at which a first divergence event of `stable` began (section 3), "
+             f"below {level:.3g}, the highest level at which a first divergence event of `stable` from seeds began on "
+             "any machine (one level for all, so that every machine's runs are counted alike; section 3), "
              "up to their first divergence event (branches: from the short batch just before the branch point, so an "
              "event that began before that short batch is the source's and not counted here, unlike section 4), and "
              "the first events that followed (`jaxfno/report/exposure.py`). The last column is the chance of no event "
@@ -156,7 +157,8 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
         return f"the branches with {g.what}" if g.label == "branches" else group_name(g)
 
     text = (f"Counting the short batches each run took while its 100-step median training loss was at or below "
-            f"{level:.3g} (the highest level at which a first divergence event of `stable` began), up to a first "
+            f"{level:.3g} (the highest level at which a first divergence event of `stable` began, on any machine), "
+            "up to a first "
             "event: " + "; ".join(f"`stable` on {g.device} took {g.short_batches} and {g.events} first events "
                                   f"followed ({_rate(g)} per short batch)" for g in refs))
     if untested:

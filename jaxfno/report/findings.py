@@ -215,16 +215,17 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     if remedies:
         text += (" From seeds, " + ", ".join(f"`{c['arm']}` collapsed in {c['collapsed']}/{c['n']} on {device} "
                                             f"(Fisher p {fisher_text(c, inline=True)})" for device, c in remedies))
-        untested = [f"`{c['arm']}`" for _, c in remedies if c["arm"] not in {t["arm"] for _, t, _ in tested}]
+        tested_cells = {(device, c["arm"]) for device, c, _ in tested}
+        untested = [f"`{c['arm']}` on {device}" for device, c in remedies if (device, c["arm"]) not in tested_cells]
         text += ("; " + ", ".join(untested) + " never trained down to the loss at which `stable` diverged (no short "
                    "batch taken there), so those seeds show "
                    f"fewer collapses within {max(e for _, c in remedies for e in c['epochs'])} epochs, not "
                    "prevention." if untested else ".")
         # a remedy that did come down to that loss: how many short batches it took there, and what that says
         text += "".join(f" `{c['arm']}` on {device} took {g.short_batches} short batches at or below the highest "
-                        f"loss at which a `stable` run diverged, with {g.events} first divergence "
-                        f"event{'s' if g.events != 1 else ''}" + _chance_text(no_event_chance(g, exposed)) + "."
-                        for device, c, g in tested)
+                        "loss at which a `stable` run from seeds diverged on any machine, with "
+                        f"{g.events} first divergence event{'s' if g.events != 1 else ''}"
+                        + _few_text(no_event_chance(g, exposed)) + "." for device, c, g in tested)
     longer = [g for g in exposed if g.epochs and g.condition == "asrun"]
     if longer:
         text += " Trained beyond the recipe, " + "; ".join(
@@ -245,11 +246,19 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                                 if s["event"]["k"] > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
-    missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable") and arm not in tested
+    missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable")
                and not any(arm == c["arm"] for _, c in remedies) and arm not in longer_arms]
     if missing:
         text += " Not yet run from seeds in `asrun`: " + ", ".join(missing) + "."
     return text
+
+
+def _few_text(chance: float | None) -> str:
+    """The no-event probability of a remedy's seeds at `stable`'s rate, and whether they tell prevention from delay."""
+    if chance is None:
+        return ""
+    return (f" (at `stable`'s per-short-batch rate on that machine, the chance of none in that many: {chance:.2g}"
+            + ("; too few short batches to tell prevention from delay" if chance > 0.05 else "") + ")")
 
 
 def _chance_text(chance: float | None) -> str:

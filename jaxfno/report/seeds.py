@@ -120,7 +120,12 @@ def level_sentence(results: list[tuple[str, object]], reference: str = "stable")
 
 def _margin(reached: list[float], levels: list[float]) -> str:
     """How far above the highest divergence level the lowest loss reached stayed (a near miss is not a test)."""
-    return f"{100 * (min(reached) / max(levels) - 1):.2g} %"
+    percent = 100 * (min(reached) / max(levels) - 1)
+    return f"{percent:.2g} %" if percent < 10 else f"{percent:.0f} %"
+
+
+def _within(reached: list[float], levels: list[float]) -> int:
+    return sum(low <= max(levels) for low in reached)
 
 
 def levels_sentence(folder: pathlib.Path) -> str | None:
@@ -151,7 +156,9 @@ def levels_sentence(folder: pathlib.Path) -> str | None:
                           f"{_range(same_step)}, at a learning rate of {_range(lr)} against `stable`'s "
                           f"{_range(ref_lr)}" if same_step else "") + ": "
                        + ("it went below that level and did not diverge" if where == "below" else
-                          "it came down into that range and did not diverge" if where == "as low as" else
+                          f"{_within(lv['lowest'], ref['at_event'])} of its {len(lv['lowest'])} runs came down into that "
+                          "range, none diverged, so these seeds test it there only as far as the short batches they "
+                          "took there (the exposure bullet)" if where == "as low as" else
                           f"it descended more slowly and did not reach that level within {epochs} epochs "
                           f"(its closest run stayed {_margin(lv['lowest'], ref['at_event'])} above the highest of "
                           "those levels), so these seeds show fewer collapses in that time, not prevention"))
