@@ -201,43 +201,34 @@ def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
     assert "| not reached | 0.2 | 0.2 | – |" in table and "| 110 | 0.2 | 0.2 | 0.3–0.35 |" in table
 
 
-def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_path):
+def _stable_and_lowlr(folder, levels):
+    """Two seeds of `stable` that diverged at the given trailing-median levels, and of a healthy `stable_lowlr`;
+    the remedy's lowest 100-step median after epoch 1 is 0.1 (windows from step 160; steps 60..159)."""
     from jaxfno.report.seeds import levels_sentence
 
-    for seed in (1, 2):
-        _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
-                steps=60, source=True, trailing_median=0.3)
-        _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
+    for seed, level in zip((1, 2), levels):
+        _branch(folder / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
+                steps=60, source=True, trailing_median=level)
+        _branch(folder / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
                 "healthy", [], steps=60, source=True)
-    # windows wholly after epoch 1 start at step 160; the lowest, steps 60..159, has a median of 0.1
-    assert levels_sentence(tmp_path) == (
+    return levels_sentence(folder)
+
+
+def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_path):
+    assert _stable_and_lowlr(tmp_path, (0.3, 0.3)) == (
         "`stable_lowlr`'s lowest 100-step median training loss after epoch 1 was 0.1, against 0.3 just before "
         "`stable`'s divergence events on the same machine; at the steps where `stable` diverged, the same seeds' `stable_lowlr` runs "
         f"were at 0.2, at a learning rate of 0.00025 against `stable`'s 0.001: it went below that level and did not diverge (`{tmp_path.name}`).")
 
 
 def test_seed_cells_say_how_many_runs_of_a_remedy_came_into_stables_divergence_range(tmp_path):
-    from jaxfno.report.seeds import levels_sentence
-
-    for seed, level in ((1, 0.08), (2, 0.12)):  # stable diverged at 0.08 and 0.12; the remedy's runs reach 0.1
-        _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
-                steps=60, source=True, trailing_median=level)
-        _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
-                "healthy", [], steps=60, source=True)
-    assert levels_sentence(tmp_path).endswith(
+    assert _stable_and_lowlr(tmp_path, (0.08, 0.12)).endswith(  # the remedy's 0.1 lies inside 0.08-0.12
         "2 of its 2 runs came down into that range, none diverged, so these seeds test it there only as far as the "
         f"short batches they took there (the exposure bullet) (`{tmp_path.name}`).")
 
 
 def test_seed_cells_say_how_near_a_remedy_came_to_stables_divergence_level(tmp_path):
-    from jaxfno.report.seeds import levels_sentence
-
-    for seed in (1, 2):
-        _branch(tmp_path / "asrun" / "stable", f"seed{seed}", [f"train.seed={seed}"], "diverged", [230],
-                steps=60, source=True, trailing_median=0.08)
-        _branch(tmp_path / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
-                "healthy", [], steps=60, source=True)
-    assert levels_sentence(tmp_path).endswith(
+    assert _stable_and_lowlr(tmp_path, (0.08, 0.08)).endswith(
         "it descended more slowly and did not reach that level within 4 epochs (its closest run stayed 25 % above "
         f"the highest of those levels), so these seeds show fewer collapses in that time, not prevention (`{tmp_path.name}`).")
 
