@@ -621,3 +621,21 @@ def test_remedy_cells_pair_their_seeds_with_stables(tmp_path):
     assert fisher_text(c) == f"{c['fisher_p_vs_stable']:.3g} (paired by seed 0.25)"
     assert fisher_text(c, inline=True).endswith(", paired by seed 0.25")
     assert cells(folder)["stable@asrun"]["paired_p_vs_stable"] is None
+
+
+def test_compare_figure_gives_a_group_one_colour_and_one_legend_entry():
+    from jaxfno.report.compare import compare_figure
+
+    def history(scale):
+        return {"step_loss": [scale * v for v in (1.0, 0.5, 0.4, 0.3)], "grad_norm": [1.0, 2.0, 1.5, 1.2],
+                "val_loss": [0.6, 0.4], "epoch_steps": [2, 2]}
+
+    runs = {f"r{i}": history(1 + i) for i in range(3)}
+    fig = compare_figure(runs, groups=["null", "null", "lr"])
+    lines = fig.axes[0].get_lines()[:3]  # then the epoch-end markers
+    assert [line.get_color() for line in lines] == ["C0", "C0", "C1"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["null", "lr"]
+    ungrouped = compare_figure(runs)
+    assert [t.get_text() for t in ungrouped.axes[0].get_legend().get_texts()] == ["r0", "r1", "r2"]
+    with pytest.raises(ValueError, match="2 groups for 3 runs"):
+        compare_figure(runs, groups=["null", "lr"])

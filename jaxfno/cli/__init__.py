@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "a table, and per-step loss and grad norm plots")
     compare.add_argument("runs", nargs="+", help="run directories")
     compare.add_argument("--labels", nargs="+", default=None, help="one per run (default: the names)")
+    compare.add_argument("--groups", nargs="+", default=None,
+                         help="one per run: runs in one group share a colour and a legend entry in the figure")
     compare.add_argument("--from-epoch", type=_positive_int, default=1, help="first epoch shown (1-based)")
     compare.add_argument("--out", default=None, help="PNG file for the figure")
     compare.set_defaults(func=cmd_compare)

@@ -55,18 +55,27 @@ def compare_table(run_dirs: list[pathlib.Path], histories: dict[str, dict], from
     return "\n".join(lines) + "\n"
 
 
-def compare_figure(histories: dict[str, dict], from_epoch: int = 1):
+def compare_figure(histories: dict[str, dict], from_epoch: int = 1, groups: list[str] | None = None):
     """Per-step training loss and pre-clip gradient norm, and per-epoch val_loss, from epoch
     ``from_epoch`` on, against the global step (a branch and its source line up: they share the
-    steps before the branch point). Dotted lines mark the epoch ends of the longest run."""
+    steps before the branch point). Dotted lines mark the epoch ends of the longest run. With
+    ``groups`` (one name per run), the runs of a group share a colour and one legend entry, so
+    that several branches per change stay readable."""
+    if groups is not None and len(groups) != len(histories):
+        raise ValueError(f"{len(groups)} groups for {len(histories)} runs")
+    names = list(histories) if groups is None else groups
+    colours = {g: f"C{i % 10}" for i, g in enumerate(dict.fromkeys(names))}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for label, h in histories.items():
+    shown = set()
+    for name, h in zip(names, histories.values()):
         first = _first_step(h, from_epoch)
         steps = np.arange(first, len(h["step_loss"])) + 1
-        axes[0].plot(steps, h["step_loss"][first:], lw=0.8, label=label)
-        axes[1].plot(steps, h["grad_norm"][first:], lw=0.8, label=label)
+        style = {"color": colours[name], "label": None if name in shown else name}
+        shown.add(name)
+        axes[0].plot(steps, h["step_loss"][first:], lw=0.8, **style)
+        axes[1].plot(steps, h["grad_norm"][first:], lw=0.8, **style)
         ends = np.cumsum(epoch_steps(h))[from_epoch - 1:]
-        axes[2].plot(ends, h["val_loss"][from_epoch - 1:], "o-", ms=3, lw=1, label=label)
+        axes[2].plot(ends, h["val_loss"][from_epoch - 1:], "o-", ms=3, lw=1, **style)
     longest = max(histories.values(), key=lambda h: len(h["val_loss"]))
     for ax, name in zip(axes, ("training loss per step", "grad norm per step (pre-clip)",
                                "val_loss at each epoch's end")):

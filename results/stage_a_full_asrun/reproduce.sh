@@ -95,6 +95,9 @@ else
     done
   done
   jaxfno outcomes "$point" --relative-to "$point" --out "$point/outcomes.md"
+  # its figure (the README's): the nine branches side by side, one colour per change
+  jaxfno compare "$point"/seed_order{1,2,3} "$point"/lr2.5e-4_order{1,2,3} "$point"/clip0.5_order{1,2,3} \
+    --groups "data order only"{,,} "lr 2.5e-4"{,,} "clip 0.5"{,,} --from-epoch 13 --out "$point/compare.png"
   # longer_cpu/: stable_lowlr trained for 40 epochs (constant LR: its first 20 are the recipe's)
   jaxfno study stage-a --scale full --conditions asrun --seeds 1 --arms stable_lowlr --members-per-program 1 \
     --set train.epochs=40 --out "$out/longer_cpu"
