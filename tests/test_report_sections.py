@@ -140,6 +140,19 @@ def test_pooled_branches_show_how_large_the_events_were(tmp_path):
     assert "| 1 | 0.45–0.5 |" in "\n".join(pooled_section([tmp_path]))
 
 
+def test_pooled_branches_say_when_an_inherited_event_is_followed_by_one_of_their_own(tmp_path):
+    """An event begun on the source's steps (from step 15, its window reaching past the branch
+    point at step 20) is the branch's first; a second one on its own steps is said beside it."""
+    for i in (1, 2):
+        _branch(tmp_path, f"seed_order{i}", [f"train.seed={i}"], "diverged", [25])
+        _branch(tmp_path, f"clip_order{i}", [f"train.seed={i}", "optim.grad_clip=0.5"], "diverged_recovered",
+                [15, 26] if i == 1 else [15])
+    s = pooled_summary([tmp_path])["clip"]
+    assert (s["event"]["k"], s["inherited"], s["inherited_then_own"]) == (2, 2, 1)
+    assert ("a divergence event in 2/2, p 1, paired 1, all of them begun before the branch point, 1 of those "
+            "branches with a second one begun after it") in pooled_sentence([tmp_path])
+
+
 def test_no_branches_yet(tmp_path):
     assert pooled_sentence([tmp_path / "missing"]) is None and pooled_section([tmp_path / "missing"]) == []
     assert "None finished yet" in "\n".join(null_perturbation_section(tmp_path / "missing"))
@@ -201,7 +214,7 @@ def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
     assert "| not reached | 0.2 | 0.2 | – |" in table and "| 110 | 0.2 | 0.2 | 0.3–0.35 |" in table
 
 
-def _stable_and_lowlr(folder, levels):
+def _stable_and_lowlr(folder, levels, highest=None):
     """Two seeds of `stable` that diverged at the given trailing-median levels, and of a healthy `stable_lowlr`;
     the remedy's lowest 100-step median after epoch 1 is 0.1 (windows from step 160; steps 60..159)."""
     from jaxfno.report.seeds import levels_sentence
@@ -211,7 +224,7 @@ def _stable_and_lowlr(folder, levels):
                 steps=60, source=True, trailing_median=level)
         _branch(folder / "asrun" / "stable_lowlr", f"seed{seed}", [f"train.seed={seed}", "optim.lr=0.00025"],
                 "healthy", [], steps=60, source=True)
-    return levels_sentence(folder)
+    return levels_sentence(folder, highest)
 
 
 def test_seed_cells_say_whether_the_remedy_reached_stables_divergence_level(tmp_path):
@@ -231,6 +244,11 @@ def test_seed_cells_say_how_near_a_remedy_came_to_stables_divergence_level(tmp_p
     assert _stable_and_lowlr(tmp_path, (0.08, 0.08)).endswith(
         "it descended more slowly and did not reach that level within 4 epochs (its closest run stayed 25 % above "
         f"the highest of those levels), so these seeds show fewer collapses in that time, not prevention (`{tmp_path.name}`).")
+    # above this machine's levels, below another machine's: the runs that went there are named
+    assert _stable_and_lowlr(tmp_path, (0.08, 0.08), highest=0.11).endswith(
+        "not prevention; 2 of its 2 runs did go below the highest such level on any machine (0.11), and the short "
+        f"batches they took there are counted in the exposure bullet (`{tmp_path.name}`).")
+    assert _stable_and_lowlr(tmp_path, (0.08, 0.08), highest=0.09).endswith(f"not prevention (`{tmp_path.name}`).")
 
 
 def test_level_sentence_places_the_divergences_in_the_descent():

@@ -55,6 +55,7 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
+            "own_event": any(e["step"] >= start for e in after),  # one begun on the branch's own steps
             "lowest_after": lowest_trailing_median(result.history["step_loss"], start,
                                                    after[0]["step"] if after else None),
             "peak_loss": float(np.nanmax(loss)) if loss.size else None,
@@ -194,6 +195,9 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
                      "peaks": [r["peak_loss"] for r in rows if r["peak_loss"] is not None],
                      # events counted because their window reaches past the branch point, begun on the source's steps
                      "inherited": sum(1 for r in rows if r["event"] and r["event"]["step"] < r["first_step"]),
+                     # of those, the branches whose own steps then set off another
+                     "inherited_then_own": sum(1 for r in rows if r["event"] and r["event"]["step"] < r["first_step"]
+                                               and r["own_event"]),
                      "at_event": [r["event"]["trailing_median"] for r in rows
                                   if r["event"] and "trailing_median" in r["event"]]}
         for key, _ in ENDPOINTS:
@@ -211,12 +215,14 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
 
 
 def inherited(s: dict, lead: str = "; ") -> str:
-    """How many of a group's counted events began on the source's steps before the branch point."""
-    k, events = s["inherited"], s["event"]["k"]
+    """How many of a group's counted events began on the source's steps before the branch point,
+    and in how many of those branches a second one began after it."""
+    k, events, then_own = s["inherited"], s["event"]["k"], s.get("inherited_then_own", 0)
     if not k:
         return ""
     how_many = "" if k == events == 1 else f"{'all' if k == events else k} of them "
-    return f"{lead}{how_many}begun before the branch point"
+    second = f", {then_own} of those branches with a second one begun after it" if then_own else ""
+    return f"{lead}{how_many}begun before the branch point{second}"
 
 
 def loss_range(values: list[float]) -> str:

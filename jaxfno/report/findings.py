@@ -385,11 +385,11 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     quoted = report_only_section(reports)
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     architecture = architecture_sentence(seeds)
-    seeds_text = " ".join(filter(None, [seeds_sentence(seeds), *map(levels_sentence, seeds)])) or None
-    factorial = folder_cells(root / "stage_a_proxy" / "factorial")
     # the level of `stable`'s first divergence events from seeds, and who took short batches there
     at_events = [e for folder in seeds for e in loss_levels(folder).get("stable@asrun", {}).get("at_event", [])]
     level = max(at_events, default=None)
+    seeds_text = " ".join(filter(None, [seeds_sentence(seeds), *(levels_sentence(f, level) for f in seeds)])) or None
+    factorial = folder_cells(root / "stage_a_proxy" / "factorial")
     longer = longer_folders(full)
     branch_folders = [f for f, _ in branch_points(full)]
     pooled = pooled_summary(branch_folders)
@@ -419,6 +419,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         f"Written by `jaxfno findings` at commit {code_commit()} on {platform.machine()} from the runs under "
         f"`{root}`; every number below is read from them"
         + (" except those quoted from a device's report of runs that did not come back" if quoted else "")
+        + (", upstream's" if quoted else " except upstream's") + " (quoted from SPEC §8) and the rules' constants"
         + ". Outcomes are SPEC §6.3's; collapse = non_finite, "
         "collapsed_constant or diverged. Epochs are 1-based; steps are 0-based global step indices. Terms: a "
         f"*divergence event* is a step from which the median training loss of {AHEAD} steps exceeds "

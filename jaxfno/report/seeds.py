@@ -68,7 +68,9 @@ def longer_sentence(folders: list[pathlib.Path], exposed: list, reference: list[
     if not parts:
         return None
     return "; ".join(parts) + (". Where no `stable` run of that length is beside them, these runs test whether the "
-                               "remedy reaches the level and diverges there, not a rate against `stable`." if alone
+                               "remedy reaches the level and diverges there, not a collapse rate against `stable`'s (the "
+                               "chance given for the short batches uses the per-short-batch rate of `stable`'s seeds "
+                               "trained to the recipe's length)." if alone
                                else ".")
 
 
@@ -128,9 +130,18 @@ def _within(reached: list[float], levels: list[float]) -> int:
     return sum(low <= max(levels) for low in reached)
 
 
-def levels_sentence(folder: pathlib.Path) -> str | None:
+def _below_highest(reached: list[float], levels: list[float], highest: float | None) -> str:
+    """Runs that stayed above this machine's divergence levels but went below those of any machine."""
+    k = sum(low <= highest for low in reached) if highest is not None and highest > max(levels) else 0
+    return (f"; {k} of its {len(reached)} runs did go below the highest such level on any machine "
+            f"({highest:.3g}), and the short batches they took there are counted in the exposure bullet") if k else ""
+
+
+def levels_sentence(folder: pathlib.Path, highest: float | None = None) -> str | None:
     """Did a remedy that diverged less train down to where `stable` diverged? Per seed, the
-    remedy's 100-step median at the step where the same seed's `stable` run diverged."""
+    remedy's 100-step median at the step where the same seed's `stable` run diverged. ``highest``:
+    the highest level at which `stable` diverged on any machine (the exposure's), named where a
+    remedy stayed above this machine's levels but went below it."""
     found = runs(folder)
     levels, clauses = loss_levels(folder), []
     for cell, lv in levels.items():
@@ -161,7 +172,8 @@ def levels_sentence(folder: pathlib.Path) -> str | None:
                           "took there (the exposure bullet)" if where == "as low as" else
                           f"it descended more slowly and did not reach that level within {epochs} epochs "
                           f"(its closest run stayed {_margin(lv['lowest'], ref['at_event'])} above the highest of "
-                          "those levels), so these seeds show fewer collapses in that time, not prevention"))
+                          "those levels), so these seeds show fewer collapses in that time, not prevention"
+                          + _below_highest(lv["lowest"], ref["at_event"], highest)))
     return ("; ".join(clauses) + f" (`{folder.name}`).") if clauses else None
 
 
@@ -215,7 +227,10 @@ def seeds_section(folders: list[pathlib.Path], longer: list[pathlib.Path] = ()) 
                   "a remedy there is tested only against a `stable` run of the same length in the same folder, where "
                   "there is one; what they show besides is whether the remedy, given the time, trains down to where "
                   "`stable` diverged and diverges there.", ""]
-    for sentence in filter(None, [*map(levels_sentence, folders), revisions_sentence([*folders, *longer])]):
+    highest = max((e for f in folders for e in loss_levels(f).get("stable@asrun", {}).get("at_event", [])),
+                  default=None)
+    for sentence in filter(None, [*(levels_sentence(f, highest) for f in folders),
+                                  revisions_sentence([*folders, *longer])]):
         lines += [sentence, ""]
     for folder in folders:
         if (folder / "report" / "survival.png").exists():
@@ -287,7 +302,7 @@ def matrix_section(sources: list[tuple[str, str, dict, dict]], factorial: dict,
             "`stable`'s just before its events on the same machine in brackets: a remedy whose runs stayed above "
             "that level was not tested where `stable` diverged). Branches, which are trajectories and not seeds, "
             "are in the answer above and section 3." + note, "",
-            "| arm | condition | runs | seeds | P(collapse) [95 % Wilson] | Fisher p vs stable | "
+            "| arm | condition | runs from | seeds | P(collapse) [95 % Wilson] | Fisher p vs stable | "
             "median time to divergence | training loss reached (`stable`'s at its events) | "
             "proxy confirmed at full scale |",
             "|---|---|---|---|---|---|---|---|---|", *rows, ""]
