@@ -27,7 +27,7 @@ from jaxfno.report.report_only import read_reports, report_only_section, report_
 from jaxfno.report.reruns import rerun_section, rerun_sentence
 from jaxfno.report.seeds import (architecture_caveat, architecture_sentence, how, level_sentence, levels_sentence,
                                  longer_folders, longer_sentence, loss_levels, matrix_section, rates_agree,
-                                 seed_folders, seeds_section, seeds_sentence, trained_text)
+                                 seed_folders, seeds_section, seeds_sentence, stable_event_levels, trained_text)
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
 
@@ -386,7 +386,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
     # where it collapses, the remedies from seeds, from branches, why, then what limits the evidence
     architecture = architecture_sentence(seeds)
     # the level of `stable`'s first divergence events from seeds, and who took short batches there
-    at_events = [e for folder in seeds for e in loss_levels(folder).get("stable@asrun", {}).get("at_event", [])]
+    at_events = stable_event_levels(seeds)
     level = max(at_events, default=None)
     seeds_text = " ".join(filter(None, [seeds_sentence(seeds), *(levels_sentence(f, level) for f in seeds)])) or None
     factorial = folder_cells(root / "stage_a_proxy" / "factorial")

@@ -130,6 +130,12 @@ def _within(reached: list[float], levels: list[float]) -> int:
     return sum(low <= max(levels) for low in reached)
 
 
+def stable_event_levels(folders: list[pathlib.Path]) -> list[float]:
+    """The 100-step median training loss just before each first divergence event of `stable` in
+    `asrun`, over the seed folders (all machines)."""
+    return [e for f in folders for e in loss_levels(f).get("stable@asrun", {}).get("at_event", [])]
+
+
 def _below_highest(reached: list[float], levels: list[float], highest: float | None) -> str:
     """Runs that stayed above this machine's divergence levels but went below those of any machine."""
     k = sum(low <= highest for low in reached) if highest is not None and highest > max(levels) else 0
@@ -227,8 +233,7 @@ def seeds_section(folders: list[pathlib.Path], longer: list[pathlib.Path] = ()) 
                   "a remedy there is tested only against a `stable` run of the same length in the same folder, where "
                   "there is one; what they show besides is whether the remedy, given the time, trains down to where "
                   "`stable` diverged and diverges there.", ""]
-    highest = max((e for f in folders for e in loss_levels(f).get("stable@asrun", {}).get("at_event", [])),
-                  default=None)
+    highest = max(stable_event_levels(folders), default=None)
     for sentence in filter(None, [*(levels_sentence(f, highest) for f in folders),
                                   revisions_sentence([*folders, *longer])]):
         lines += [sentence, ""]
