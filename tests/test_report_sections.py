@@ -363,6 +363,13 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     assert "`stable` on cpu took 4 and 2 first events followed (0.5 per short batch)" in text
     assert ("`stable` at proxy scale `p` in `asrun` (cpu) took 1 with 0 first events (the chance of no event in "
             "that many short batches at `stable`'s per-short-batch rate on that machine: 0.5)") in text
+    # without the batch gain (`fixed`) the same rate asks another question, and the sentence says so
+    fixed = Group("`fidelity`", "stable", "fixed", "cpu", (late,))
+    assert ("`stable` in `fixed` (cpu) took 1 with 0 first events (the chance of no event in that many short "
+            "batches at `stable`'s per-short-batch rate on that machine: 0.5; without the batch gain its short "
+            "batch is no kick, so this asks whether the level alone sets a divergence off)") in \
+        exposure_sentence([fixed, stable, remedy], 0.1)
+    assert "no kick" not in text
 
 
 def test_bottom_line_says_which_remedies_were_exposed():

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxfno.evaluation.outcomes import epoch_steps, trailing_median
 from jaxfno.pipeline import RunResult
+from jaxfno.study import stage_a
 from jaxfno.report.mechanism import short_batch
 
 
@@ -145,6 +146,14 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
     return lines + [""]
 
 
+def _no_kick(g: Group) -> str:
+    """A condition without the batch gain: its short batch is no kick, so `asrun`'s rate asks
+    whether the loss level alone sets a divergence off."""
+    condition = stage_a.CONDITIONS.get(g.condition)
+    return ("; without the batch gain its short batch is no kick, so this asks whether the level alone sets a "
+            "divergence off" if condition is not None and condition.batch_gain == "none" else "")
+
+
 def exposure_sentence(groups: list[Group], level: float) -> str | None:
     refs = [g for g in groups if _reference(groups, g.device) is g]
     if not refs:
@@ -170,6 +179,6 @@ def exposure_sentence(groups: list[Group], level: float) -> str | None:
             + ("" if (chance := no_event_chance(g, groups)) is None else
                f" (the chance of no event in that many short batches at `stable`'s per-short-batch rate"
                f"{' (trained as long)' if _reference_of(groups, g).epochs else ''} on that machine: "
-               f"{chance:.2g})")
+               f"{chance:.2g}{_no_kick(g)})")
             for g in tested)
     return text + " (section 3; the short batches of one run are not independent)."
