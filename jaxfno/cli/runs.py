@@ -121,12 +121,11 @@ def cmd_compare(a) -> int:
     from jaxfno.report.figures import save_figure
 
     run_dirs = [pathlib.Path(d) for d in a.runs]
-    if a.groups is not None and len(a.groups) != len(run_dirs):
-        raise ValueError(f"{len(a.groups)} groups for {len(run_dirs)} runs")
     histories = load_histories(run_dirs, a.labels or [d.name for d in run_dirs])
+    figure = compare_figure(histories, a.from_epoch, a.groups) if a.out else None  # refuses bad groups first
     print(compare_table(run_dirs, histories, a.from_epoch), end="")
-    if a.out:
-        save_figure(compare_figure(histories, a.from_epoch, a.groups), pathlib.Path(a.out))
+    if figure is not None:
+        save_figure(figure, pathlib.Path(a.out))
         print(f"figure: {a.out}")
     return 0
 

@@ -55,6 +55,8 @@ def _row(run_dir: pathlib.Path, branch_epoch: int) -> dict:
             "epochs": len(result.history["val_loss"]), "outcome": result.verdict["outcome"],
             "collapsed": result.verdict["outcome"] in COLLAPSE_OUTCOMES,
             "event": after[0] if after else None,
+            # the first event begun on the source's steps (its window reaching past the branch point)
+            "inherited": bool(after) and after[0]["step"] < start,
             "own_event": any(e["step"] >= start for e in after),  # one begun on the branch's own steps
             "lowest_after": lowest_trailing_median(result.history["step_loss"], start,
                                                    after[0]["step"] if after else None),
@@ -194,10 +196,9 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
                      # an event's size: a remedy's small excursion and a divergence both count as events
                      "peaks": [r["peak_loss"] for r in rows if r["peak_loss"] is not None],
                      # events counted because their window reaches past the branch point, begun on the source's steps
-                     "inherited": sum(1 for r in rows if r["event"] and r["event"]["step"] < r["first_step"]),
+                     "inherited": sum(r["inherited"] for r in rows),
                      # of those, the branches whose own steps then set off another
-                     "inherited_then_own": sum(1 for r in rows if r["event"] and r["event"]["step"] < r["first_step"]
-                                               and r["own_event"]),
+                     "inherited_then_own": sum(r["inherited"] and r["own_event"] for r in rows),
                      "at_event": [r["event"]["trailing_median"] for r in rows
                                   if r["event"] and "trailing_median" in r["event"]]}
         for key, _ in ENDPOINTS:
