@@ -92,6 +92,7 @@ def test_pooled_over_branch_points(tmp_path):
     assert p == pytest.approx(stratified_fisher_less([(0, 3, 3, 3), (0, 2, 1, 2)])) == pytest.approx(0.05 * 0.5)
     assert p != pytest.approx(fisher_less(0, 5, 4, 5))  # not the pooled 2×2
     assert s["clip"]["points"] == 1 and s["clip"]["collapsed"]["p_vs_null"] == pytest.approx(fisher_less(0, 2, 1, 2))
+    assert s["lr"]["changed"] == {"optim.lr": 0.00025} and s["seed"]["changed"] == {}
     # null delays 3, 4, 5 (point 1), 1 and 10 censored (point 2: 10 steps after step 30): median 4
     assert s["seed"]["median_delay"] == 4 and s["lr"]["median_delay"] is None
 
@@ -212,6 +213,47 @@ def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
     assert "optim.lr=0.00025 reached a 100-step median training loss of 0.2, below the 0.3–0.35 at which" in sentence
     table = "\n".join(pooled_section([tmp_path]))
     assert "| not reached | 0.2 | 0.2 | – |" in table and "| 110 | 0.2 | 0.2 | 0.3–0.35 |" in table
+
+
+def test_bottom_line_links_an_undecided_remedy_to_branches_that_lowered_the_lr_below_it():
+    """A remedy whose seeds took too few short batches at the level, but ran there at a learning
+    rate no higher than LR branches that took enough without an event: the paragraph says so."""
+    from jaxfno.report.exposure import Exposure, Group
+    from jaxfno.report.findings import bottom_line
+
+    def cell(arm, collapsed, n):
+        return {"arm": arm, "condition": "asrun", "collapsed": collapsed, "n": n, "fisher_p_vs_stable": 0.1,
+                "epochs": [20], "seeds": list(range(n))}
+
+    cpu = {"stable@asrun": cell("stable", 2, 3), "stable_warmup@asrun": cell("stable_warmup", 0, 3)}
+    stable = Group("`seeds_cpu`", "stable", "asrun", "cpu", (Exposure(2, True), Exposure(2, True)))  # rate 1/2
+    warmup = Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False),))  # chance 0.25
+    null = {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order",
+            "changed": {}, "sources": 1, "inherited": 0}
+    lowered = {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025",
+               "changed": {"optim.lr": 0.00025}, "inherited": 0}
+
+    def line(lr, branch_batches):
+        exposed = [stable, warmup, Group("branches", "optim.lr=0.00025", "asrun", "cpu",
+                                         (Exposure(branch_batches, False),))]
+        return bottom_line([("cpu", cpu)], exposed, {"seed": null, "lr": lowered},
+                           lr_there={("cpu", "stable_warmup"): lr})
+
+    assert ("At the steps where the same seeds' `stable` runs diverged, `stable_warmup` on cpu ran at a learning "
+            "rate of 3e-05–0.0001, no higher than the branches with optim.lr=0.00025 (cpu), which took 6 short "
+            "batches at that loss without a first divergence event (chance 0.016 at `stable`'s rate)") in line(
+        [1e-4, 3e-5], 6)
+    assert "not the remedies' own states." in line([1e-4, 3e-5], 6)
+    assert "At the steps where" not in line([5e-4], 6)  # above the branches' LR
+    assert "At the steps where" not in line([1e-4], 4)  # the branches took too few (chance 0.0625)
+
+
+def test_lr_at_stable_events_reads_the_remedys_lr_at_stables_first_event(tmp_path):
+    from jaxfno.report.cells import device
+    from jaxfno.report.seeds import lr_at_stable_events
+
+    _stable_and_lowlr(tmp_path, (0.3, 0.3))
+    assert lr_at_stable_events([tmp_path]) == {(device(tmp_path), "stable_lowlr"): [0.00025, 0.00025]}
 
 
 def _stable_and_lowlr(folder, levels, highest=None):

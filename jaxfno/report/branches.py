@@ -91,12 +91,20 @@ def source_row(folder: pathlib.Path, source: pathlib.Path, groups: dict[str, lis
     return dict(row, run=f"{source.name} (the source's own continuation; not counted)") if same else None
 
 
-def _change(rows: list[dict], null: list[dict]) -> str:
+def _changed(rows: list[dict], null: list[dict]) -> dict | None:
+    """The config fields a group sets otherwise than the null group (None: no null group to read)."""
     if not null:
-        return "?"
+        return None
     ref = null[0]["config"]
     keys = sorted({k for r in rows for k, v in r["config"].items() if k != "train.seed" and ref.get(k) != v})
-    return ", ".join(f"{k}={rows[0]['config'][k]}" for k in keys) or "nothing but the data order"
+    return {k: rows[0]["config"][k] for k in keys}
+
+
+def _change(rows: list[dict], null: list[dict]) -> str:
+    changed = _changed(rows, null)
+    if changed is None:
+        return "?"
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "nothing but the data order"
 
 
 ENDPOINTS = (("event", "a divergence event reaching past the branch point"), ("collapsed", "collapsed (§6.3)"))
@@ -183,7 +191,10 @@ def pooled_summary(folders: list[pathlib.Path]) -> dict[str, dict]:
         strata = [(g[name], g.get(NULL_GROUP, [])) for g in points if name in g]
         rows = [r for rs, _ in strata for r in rs]
         changes = {_change(rs, null) for rs, null in strata}
+        settings = [_changed(rs, null) for rs, null in strata]
         out[name] = {"change": " / ".join(sorted(changes)), "points": len(strata), "n": len(rows),
+                     # the changed fields where every branch point changed the same ones alike
+                     "changed": settings[0] if all(c == settings[0] for c in settings) else None,
                      # per branch point: (source run's number, branch epoch, collapsed, branches)
                      "per_point": [(sources.index(rs[0]["source_hash"]) + 1, rs[0]["branch_epoch"],
                                     sum(r["collapsed"] for r in rs), len(rs)) for rs, _ in strata],

@@ -26,8 +26,8 @@ from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.reruns import rerun_section, rerun_sentence
 from jaxfno.report.seeds import (architecture_caveat, architecture_sentence, how, level_sentence, levels_sentence,
-                                 longer_folders, longer_sentence, loss_levels, matrix_section, rates_agree,
-                                 seed_folders, seeds_section, seeds_sentence, stable_event_levels, trained_text)
+                                 longer_folders, longer_sentence, loss_levels, lr_at_stable_events, matrix_section,
+                                 rates_agree, seed_folders, seeds_section, seeds_sentence, stable_event_levels, trained_text)
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
 
@@ -190,12 +190,14 @@ def _calibration_sentence(folder: pathlib.Path, fidelity: dict) -> str | None:
 
 
 def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branches: dict,
-                fidelity: dict = {}, longer_arms: frozenset[str] = frozenset()) -> str | None:
+                fidelity: dict = {}, longer_arms: frozenset[str] = frozenset(),
+                lr_there: dict[tuple[str, str], list[float]] = {}) -> str | None:
     """The answer in one paragraph: `stable`'s collapse rate from seeds in `asrun`, each remedy's
     with whether its runs took short batches where `stable` diverged, the branches, and the arms
     not yet tested there (``seed_cells``: machine, cells; ``branches``: ``pooled_summary``;
     ``fidelity``: the fidelity check's cells, which say whether `asrun` is the only condition
-    that collapsed; ``longer_arms``: arms trained beyond the recipe in `asrun`, not "not run")."""
+    that collapsed; ``longer_arms``: arms trained beyond the recipe in `asrun`, not "not run";
+    ``lr_there``: per (machine, remedy), its learning rate where the same seeds' `stable` diverged)."""
     stable = [(device, cells["stable@asrun"]) for device, cells in seed_cells if "stable@asrun" in cells]
     if not stable:
         return None
@@ -246,11 +248,44 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                                 if s["event"]["k"] > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
+        text += _lr_bridge([(device, c, g) for device, c, g in tested if (no_event_chance(g, exposed) or 0) > 0.05],
+                           others, taken, exposed, lr_there)
     missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable")
                and not any(arm == c["arm"] for _, c in remedies) and arm not in longer_arms]
     if missing:
         text += " Not yet run from seeds in `asrun`: " + ", ".join(missing) + "."
     return text
+
+
+def _lr_bridge(undecided: list[tuple[str, dict, Group]], others: list[dict], taken: dict[str, Group],
+               exposed: list[Group], lr_there: dict[tuple[str, str], list[float]]) -> str:
+    """Where a remedy's seeds took too few short batches at `stable`'s divergence level to tell
+    prevention from delay, but ran there at a learning rate no higher than that of branches that
+    lowered only the LR and took enough short batches there without an event: say so, as a link
+    through the mechanism (the branches test `stable`'s states, not the remedy's)."""
+    lowered = [(s, float(s["changed"]["optim.lr"]), taken[s["change"]]) for s in others
+               if s.get("changed") and set(s["changed"]) == {"optim.lr"} and s["change"] in taken
+               and not s["collapsed"]["k"] and (no_event_chance(taken[s["change"]], exposed) or 1) <= 0.05]
+    clauses = []
+    for device, c, _ in undecided:
+        lr = lr_there.get((device, c["arm"]))
+        # the history's float32 learning rate against the config's decimal one
+        match = [(s, value, g) for s, value, g in lowered if lr and max(lr) <= value * (1 + 1e-6)]
+        if match:
+            s, value, g = max(match, key=lambda m: m[1])
+            clauses.append((f"`{c['arm']}` on {device}" + (" ran" if not clauses else ""), lr, s, g))
+    if not clauses:
+        return ""
+    s, g = clauses[0][2], clauses[0][3]
+    return (" At the steps where the same seeds' `stable` runs diverged, "
+            + " and ".join(f"{who} at {'a learning rate of ' if not i else ''}{_range(lr)}"
+                           for i, (who, lr, _, _) in enumerate(clauses))
+            + f", no higher than the branches with {s['change']} ({g.device}), which took {g.short_batches} short "
+            f"batches at that loss without a first divergence event (chance {no_event_chance(g, exposed):.2g} at "
+            "`stable`'s rate): from `stable`'s own states just before a divergence, a learning rate that low kept "
+            "the loss from diverging over the branches' epochs, which favours prevention over delay by a low "
+            "learning rate where the loss is that low; but the branches test `stable`'s states over a few epochs, "
+            "not the remedies' own states.")
 
 
 def _few_text(chance: float | None) -> str:
@@ -434,7 +469,8 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *([line, ""] if (line := bottom_line([(folder_device(f), seed_cells[f]) for f in seeds], exposed,
                                               pooled, fidelity,
                                               frozenset(c["arm"] for f in longer for c in folder_cells(f).values()
-                                                        if c["condition"] == "asrun")))
+                                                        if c["condition"] == "asrun"),
+                                              lr_at_stable_events(seeds)))
           else []),
         answer,
         "",

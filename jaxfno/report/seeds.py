@@ -143,6 +143,35 @@ def _below_highest(reached: list[float], levels: list[float], highest: float | N
             f"({highest:.3g}), and the short batches they took there are counted in the exposure bullet") if k else ""
 
 
+def at_stable_events(found: dict, arm: str, condition: str) -> tuple[list[float], list[float], list[float]]:
+    """Per seed whose `stable` run in ``condition`` diverged and that ``arm`` also ran (``found``:
+    one folder's runs): ``arm``'s 100-step median training loss and learning rate at the step of
+    `stable`'s first divergence event, and `stable`'s learning rate there."""
+    same_step, lr, ref_lr = [], [], []
+    for key, r in found.items():
+        events = r.verdict.get("outcome_details", {}).get("events", [])
+        twin = found.get(dataclasses.replace(key, arm=arm))
+        if key.arm == "stable" and key.condition == condition and events and twin:
+            step = events[0]["step"]
+            same_step.append(float(trailing_median(np.asarray(twin.history["step_loss"], float))[step]))
+            lr.append(twin.history["lr"][step])
+            ref_lr.append(r.history["lr"][step])
+    return same_step, lr, ref_lr
+
+
+def lr_at_stable_events(folders: list[pathlib.Path]) -> dict[tuple[str, str], list[float]]:
+    """Per (machine, remedy) in `asrun`: the remedy's learning rate at the steps where the same
+    seeds' `stable` runs began their first divergence event."""
+    out = {}
+    for folder in folders:
+        found = runs(folder)
+        for arm in sorted({key.arm for key in found if key.condition == "asrun"} - {"stable", "control"}):
+            lr = at_stable_events(found, arm, "asrun")[1]
+            if lr:
+                out[(folder_device(folder), arm)] = lr
+    return out
+
+
 def levels_sentence(folder: pathlib.Path, highest: float | None = None) -> str | None:
     """Did a remedy that diverged less train down to where `stable` diverged? Per seed, the
     remedy's 100-step median at the step where the same seed's `stable` run diverged. ``highest``:
@@ -155,16 +184,7 @@ def levels_sentence(folder: pathlib.Path, highest: float | None = None) -> str |
         ref = levels.get(f"stable@{condition}")
         if arm in ("stable", "control") or not ref or not ref["at_event"] or lv["at_event"] or not lv["lowest"]:
             continue
-        same_step, lr, ref_lr = [], [], []  # the remedy's loss and learning rate where `stable` diverged
-        for key, r in found.items():
-            events = r.verdict.get("outcome_details", {}).get("events", [])
-            twin = found.get(dataclasses.replace(key, arm=arm))
-            if key.arm == "stable" and key.condition == condition and events and twin:
-                step = events[0]["step"]
-                twin_loss = np.asarray(twin.history["step_loss"], float)
-                same_step.append(float(trailing_median(twin_loss)[step]))
-                lr.append(twin.history["lr"][step])
-                ref_lr.append(r.history["lr"][step])
+        same_step, lr, ref_lr = at_stable_events(found, arm, condition)
         where = level_word(lv["lowest"], ref["at_event"])
         epochs = max(len(r.history["val_loss"]) for key, r in found.items() if key.cell == cell)
         clauses.append(f"`{arm}`'s lowest 100-step median training loss after epoch 1 was {_range(lv['lowest'])}, "
