@@ -706,3 +706,21 @@ def test_compare_figure_gives_a_group_one_colour_and_one_legend_entry():
     assert [t.get_text() for t in ungrouped.axes[0].get_legend().get_texts()] == ["r0", "r1", "r2"]
     with pytest.raises(ValueError, match="2 groups for 3 runs"):
         compare_figure(runs, groups=["null", "lr"])
+
+
+def test_lr_plot_marks_each_runs_first_divergence_event_on_its_schedule():
+    from types import SimpleNamespace
+
+    from jaxfno.report.study import _curves, _first_event
+    from jaxfno.study.runner import RunKey
+
+    def run(lr, events):
+        return SimpleNamespace(history={"lr": lr}, verdict={"outcome_details": {"events": events}})
+
+    results = {RunKey("stable", 1, "asrun"): run([1e-3] * 6, [{"step": 3}, {"step": 5}]),
+               RunKey("stable_warmup", 1, "asrun"): run([1e-4, 2e-4, 3e-4, 2e-4, 1e-4, 5e-5], [])}
+    fig = _curves(results, "lr", lambda r: [("", r.history["lr"], "-")], start=0, marks=_first_event)
+    marks = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert [(list(m.get_xdata()), list(m.get_ydata())) for m in marks] == [([3], [1e-3])]  # the first event only
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == list(range(6))  # 0-based steps
+    assert "first divergence event" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

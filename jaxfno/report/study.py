@@ -173,15 +173,30 @@ def survival_figure(cells: dict):
     return fig
 
 
-def _curves(results: dict, ylabel: str, series, log: bool = True):
+def _first_event(r) -> list[int]:
+    """The step of a run's first divergence event (SPEC §6.3), if it had one."""
+    events = r.verdict.get("outcome_details", {}).get("events", [])
+    return [events[0]["step"]] if events else []
+
+
+def _curves(results: dict, ylabel: str, series, log: bool = True, start: int = 1, marks=None):
+    """One line per run and series, a colour per cell; x counts from ``start`` (1: epochs, 0:
+    global steps); ``marks(r)``: x positions to mark on the run's first series."""
     grouped = _by_cell(results)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = plt.cm.tab10(np.linspace(0, 1, max(len(grouped), 1)))
+    marked = False
     for colour, (arm, runs) in zip(colours, grouped.items()):
         for i, (_, r) in enumerate(runs):
             for label, values, style in series(r):
-                ax.plot(np.arange(1, len(values) + 1), values, style, color=colour, lw=1, alpha=0.85,
+                ax.plot(np.arange(start, len(values) + start), values, style, color=colour, lw=1, alpha=0.85,
                         label=f"{arm} {label}".strip() if i == 0 else None)
+            for x in marks(r) if marks else []:
+                values = series(r)[0][1]
+                ax.plot(x, values[x - start], "x", color=colour, ms=8, mew=2,
+                        label=None if marked else "first divergence event")
+                ax.axvline(x, color=colour, ls=":", lw=0.8, alpha=0.5)  # to read the other runs' values there
+                marked = True
     if log:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)
@@ -197,13 +212,15 @@ def write_plots(results: dict, out: pathlib.Path) -> None:
     save_figure(loss, out / "loss.png")
 
     grad = _curves(results, "global grad norm (pre-clip)", lambda r: [
-        ("", r.history["grad_norm"], "-")])
-    grad.axes[0].set_xlabel("step")
+        ("", r.history["grad_norm"], "-")], start=0)
+    grad.axes[0].set_xlabel("step (0-based)")
     save_figure(grad, out / "grad_norm.png")
 
-    # Read back from each step's optimiser state, not the schedule's value.
-    lr = _curves(results, "learning rate applied", lambda r: [("", r.history["lr"], "-")])
-    lr.axes[0].set_xlabel("step")
+    # Read back from each step's optimiser state, not the schedule's value; each run's first
+    # divergence event marked on its schedule (when in the schedule runs diverge).
+    lr = _curves(results, "learning rate applied", lambda r: [("", r.history["lr"], "-")], start=0,
+                 marks=_first_event)
+    lr.axes[0].set_xlabel("step (0-based)")
     save_figure(lr, out / "lr.png")
 
     save_figure(survival_figure(summarise(results)), out / "survival.png")
