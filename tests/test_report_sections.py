@@ -724,3 +724,17 @@ def test_lr_plot_marks_each_runs_first_divergence_event_on_its_schedule():
     assert [(list(m.get_xdata()), list(m.get_ydata())) for m in marks] == [([3], [1e-3])]  # the first event only
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == list(range(6))  # 0-based steps
     assert "first divergence event" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_seeds_section_shows_where_in_a_schedule_the_runs_diverged(tmp_path):
+    from jaxfno.report.seeds import seeds_section
+
+    folder = tmp_path / "seeds_cpu"
+    _seed_run(folder, "stable", 1, [], "diverged", [230], device="cpu")
+    (folder / "report").mkdir()
+    (folder / "report" / "lr.png").write_bytes(b"")
+    link = f"`seeds_cpu`]({folder}/report/lr.png)"
+    assert not any(link in line for line in seeds_section([folder], []))  # one constant LR: nothing to show
+    _seed_run(folder, "stable_warmup", 1, ["optim.scheduler=warmup_cosine"], "healthy", [], device="cpu")
+    assert any(line.startswith("![Learning rate applied at each step, each run's first divergence event marked, ")
+               and line.endswith(link) for line in seeds_section([folder], []))

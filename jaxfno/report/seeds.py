@@ -260,6 +260,11 @@ def seeds_section(folders: list[pathlib.Path], longer: list[pathlib.Path] = ()) 
     for folder in folders:
         if (folder / "report" / "survival.png").exists():
             lines += [f"![Time to the first divergence event, `{folder.name}`]({folder}/report/survival.png)", ""]
+        # where a remedy follows a schedule: where in it the runs diverged (its LR at `stable`'s events)
+        scheduled = any(r.config.optim.scheduler != "constant" for r in runs(folder).values())
+        if scheduled and (folder / "report" / "lr.png").exists():
+            lines += [f"![Learning rate applied at each step, each run's first divergence event marked, "
+                      f"`{folder.name}`]({folder}/report/lr.png)", ""]
     return lines
 
 
