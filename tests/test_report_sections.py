@@ -231,19 +231,25 @@ def test_bottom_line_links_an_undecided_remedy_to_branches_that_lowered_the_lr_b
     null = {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order",
             "changed": {}, "sources": 1, "inherited": 0}
     lowered = {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025",
-               "changed": {"optim.lr": 0.00025}, "inherited": 0}
+               "changed": {"optim.lr": 0.00025}, "inherited": 0, "windows": [(2, 4), (3, 4)]}
 
-    def line(lr, branch_batches):
-        exposed = [stable, warmup, Group("branches", "optim.lr=0.00025", "asrun", "cpu",
-                                         (Exposure(branch_batches, False),))]
+    def line(lr, branch_batches, at_point=0):
+        exposures = (Exposure(branch_batches - at_point, False),) + (Exposure(1, False, at_branch_point=True),) * at_point
+        exposed = [stable, warmup, Group("branches", "optim.lr=0.00025", "asrun", "cpu", exposures)]
         return bottom_line([("cpu", cpu)], exposed, {"seed": null, "lr": lowered},
                            lr_there={("cpu", "stable_warmup"): lr})
 
     assert ("At the steps where the same seeds' `stable` runs diverged, `stable_warmup` on cpu ran at a learning "
             "rate of 3e-05–0.0001, no higher than the branches with optim.lr=0.00025 (cpu), which took 6 short "
-            "batches at that loss without a first divergence event (chance 0.016 at `stable`'s rate)") in line(
-        [1e-4, 3e-5], 6)
-    assert "not the remedies' own states." in line([1e-4, 3e-5], 6)
+            "batches at that loss without a first divergence event (the chance of none at `stable`'s rate 0.016, "
+            "were the short batches independent, which those from one state are not): from `stable`'s own states "
+            "just before a divergence, a learning rate that low kept the loss from diverging over the 1–2 epochs the "
+            "branches ran, which is consistent with prevention") in line([1e-4, 3e-5], 6)
+    assert "not the remedies' own states over theirs." in line([1e-4, 3e-5], 6)
+    # the short batches counted at the branch points are the source's: said, and the chance without them
+    assert ("without a first divergence event (2 of them the source's, just before a branch point, whose aftermath "
+            "the branch trained; the chance of none at `stable`'s rate 0.016, 0.062 for the 4 after the branch "
+            "points, were") in line([1e-4], 6, at_point=2)
     assert "At the steps where" not in line([5e-4], 6)  # above the branches' LR
     assert "At the steps where" not in line([1e-4], 4)  # the branches took too few (chance 0.0625)
 
@@ -373,7 +379,8 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     """Short batches (each epoch's last step) at or below the level, from the one before the
     start up to the first event at or after it; an earlier event is the source's."""
     from jaxfno.pipeline import RunResult
-    from jaxfno.report.exposure import Exposure, Group, exposure, exposure_section, exposure_sentence, none_p
+    from jaxfno.report.exposure import (Exposure, Group, exposure, exposure_section, exposure_sentence,
+                                        no_event_chance, none_p)
 
     _branch(tmp_path, "run", [], "diverged", [200], steps=60, source=True)
     losses = [0.3] * 60 + [0.1] * 180  # epoch ends at steps 59, 119, 179, 239
@@ -384,7 +391,9 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     assert exposure(run, 0.09).short_batches == 0  # never that low
     assert (exposure(run, 0.1, start=180).short_batches, exposure(run, 0.1, start=180).event) == (1, True)
     late = exposure(run, 0.1, start=230)  # the event at 200 began before the short batch at 229
-    assert (late.short_batches, late.event) == (1, False)
+    assert (late.short_batches, late.event, late.at_branch_point) == (1, False, False)  # 239, after the start
+    assert exposure(run, 0.1, start=180).at_branch_point is True  # 179, just before the start: the source's
+    assert exposure(run, 0.1).at_branch_point is False  # a run from its seed has no branch point
     no_short = RunResult(run.run_dir, run.config.with_overrides(["train.drop_last=true"]), run.history,
                          run.metrics, run.stats, run.verdict)
     assert exposure(no_short, 0.1) == Exposure(0, True, short=False)
@@ -396,6 +405,8 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     rows = [line for line in exposure_section([stable, remedy, untested, dropped], 0.1) if line.startswith("| ")]
     assert rows[1] == "| `seeds` | stable | asrun | cpu | 2 | 4 (2) | 2 | 0.5 | – |"
     assert rows[2] == "| branches | optim.lr=0.00025 | asrun | cpu | 3 | 3 (1) | 0 | 0 | 0.12 |"
+    assert remedy.own_short_batches == 3  # none of them just before the branch point
+    assert no_event_chance(remedy, [stable, remedy], own=True) == no_event_chance(remedy, [stable, remedy])
     assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
     assert rows[4].endswith("| 0 (0) | 1 | – | no short batch |")
     assert none_p(0.5, 3) == pytest.approx(0.125)

@@ -24,6 +24,9 @@ class Exposure:
     short_batches: int  # taken at or below the level, before the first event from ``start`` on
     event: bool  # a first divergence event from ``start`` on
     short: bool = True  # whether the run's epochs end with a short batch at all
+    # a branch's count includes the source's short batch just before the branch point (taken under
+    # the source's recipe; the branch trained through its aftermath)
+    at_branch_point: bool = False
 
 
 def exposure(result: RunResult, level: float, start: int | None = None) -> Exposure:
@@ -35,6 +38,7 @@ def exposure(result: RunResult, level: float, start: int | None = None) -> Expos
     section counts when it reaches past the branch point) cannot have followed an exposure."""
     h = result.history
     steps = np.asarray(epoch_steps(h))
+    branched = start is not None
     start = int(steps[0]) if start is None else start
     events = [e["step"] for e in result.verdict.get("outcome_details", {}).get("events", [])
               if e["step"] >= start - 1]
@@ -44,7 +48,7 @@ def exposure(result: RunResult, level: float, start: int | None = None) -> Expos
     short = short_batch(result.config)
     ends = np.cumsum(steps) - 1 if short else np.array([], int)
     taken = [e for e in ends if start - 1 <= e < until and level_at[e] <= level]
-    return Exposure(len(taken), bool(events), short)
+    return Exposure(len(taken), bool(events), short, branched and bool(taken) and bool(taken[0] == start - 1))
 
 
 def none_p(rate: float, short_batches: int) -> float:
@@ -66,6 +70,11 @@ class Group:
     @property
     def short_batches(self) -> int:
         return sum(e.short_batches for e in self.exposures)
+
+    @property
+    def own_short_batches(self) -> int:
+        """Those taken under the group's own recipe (a branch's, after its branch point)."""
+        return self.short_batches - sum(e.at_branch_point for e in self.exposures)
 
     @property
     def events(self) -> int:
@@ -94,13 +103,15 @@ def _rate(g: Group) -> str:
     return "–" if not g.short_batches else f"{g.events / g.short_batches:.2g}"
 
 
-def no_event_chance(g: Group, groups: list[Group]) -> float | None:
-    """The chance of ``g`` taking its short batches without an event at its reference's rate; None
-    where that does not apply (``g`` is the reference, has none, took none, or had an event)."""
+def no_event_chance(g: Group, groups: list[Group], own: bool = False) -> float | None:
+    """The chance of ``g`` taking its short batches (``own``: only those under its own recipe)
+    without an event at its reference's rate; None where that does not apply (``g`` is the
+    reference, has none, took none, or had an event)."""
     ref = _reference_of(groups, g)
-    if g is ref or ref is None or not ref.short_batches or not g.short_batches or g.events:
+    taken = g.own_short_batches if own else g.short_batches
+    if g is ref or ref is None or not ref.short_batches or not taken or g.events:
         return None
-    return none_p(ref.events / ref.short_batches, g.short_batches)
+    return none_p(ref.events / ref.short_batches, taken)
 
 
 def _no_event_cell(g: Group, groups: list[Group]) -> str:
@@ -125,8 +136,8 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
     if not groups:
         return []
     lines = ["### Exposure: short batches taken where `stable` diverged", "",
-             f"Per group, the short batches its runs took while their 100-step median training loss was at or "
-             f"below {level:.3g}, the highest level at which a first divergence event of `stable` from seeds began on "
+             f"Per group, the short batches its runs took while their training loss (the median of the 100 steps "
+             f"before the short batch) was at or below {level:.3g}, the highest level at which a first divergence event of `stable` from seeds began on "
              "any machine (one level for all, so that every machine's runs are counted alike; section 3), "
              "up to their first divergence event (branches: from the short batch just before the branch point, so an "
              "event that began before that short batch is the source's and not counted here, unlike section 4), and "

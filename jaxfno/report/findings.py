@@ -265,7 +265,8 @@ def _lr_bridge(undecided: list[tuple[str, dict, Group]], others: list[dict], tak
     through the mechanism (the branches test `stable`'s states, not the remedy's)."""
     lowered = [(s, float(s["changed"]["optim.lr"]), taken[s["change"]]) for s in others
                if s.get("changed") and set(s["changed"]) == {"optim.lr"} and s["change"] in taken
-               and not s["collapsed"]["k"] and (no_event_chance(taken[s["change"]], exposed) or 1) <= 0.05]
+               and not s["collapsed"]["k"] and (no_event_chance(taken[s["change"]], exposed) or 1) <= 0.05
+               and s.get("windows")]
     clauses = []
     for device, c, _ in undecided:
         lr = lr_there.get((device, c["arm"]))
@@ -277,15 +278,24 @@ def _lr_bridge(undecided: list[tuple[str, dict, Group]], others: list[dict], tak
     if not clauses:
         return ""
     s, g = clauses[0][2], clauses[0][3]
+    spans = sorted({last - point for point, last in s["windows"]})
+    inherited_short = g.short_batches - g.own_short_batches
+    own = no_event_chance(g, exposed, own=True)
     return (" At the steps where the same seeds' `stable` runs diverged, "
             + " and ".join(f"{who} at {'a learning rate of ' if not i else ''}{_range(lr)}"
                            for i, (who, lr, _, _) in enumerate(clauses))
             + f", no higher than the branches with {s['change']} ({g.device}), which took {g.short_batches} short "
-            f"batches at that loss without a first divergence event (chance {no_event_chance(g, exposed):.2g} at "
-            "`stable`'s rate): from `stable`'s own states just before a divergence, a learning rate that low kept "
-            "the loss from diverging over the branches' epochs, which favours prevention over delay by a low "
-            "learning rate where the loss is that low; but the branches test `stable`'s states over a few epochs, "
-            "not the remedies' own states.")
+            "batches at that loss without a first divergence event ("
+            + (f"{inherited_short} of them the source's, just before a branch point, whose aftermath the branch "
+               "trained; " if inherited_short else "")
+            + f"the chance of none at `stable`'s rate {no_event_chance(g, exposed):.2g}"
+            + (f", {own:.2g} for the {g.own_short_batches} after the branch points" if inherited_short and own is not None
+               else "")
+            + ", were the short batches independent, which those from one state are not): from `stable`'s own "
+            f"states just before a divergence, a learning rate that low kept the loss from diverging over the "
+            f"{'–'.join(map(str, dict.fromkeys([spans[0], spans[-1]])))} epochs the branches ran, which is "
+            "consistent with prevention by a low learning rate where the loss is that low; but the branches test "
+            "`stable`'s states over a few epochs, not the remedies' own states over theirs.")
 
 
 def _few_text(chance: float | None) -> str:
