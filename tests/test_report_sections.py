@@ -380,7 +380,7 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     start up to the first event at or after it; an earlier event is the source's."""
     from jaxfno.pipeline import RunResult
     from jaxfno.report.exposure import (Exposure, Group, exposure, exposure_section, exposure_sentence,
-                                        no_event_chance, none_p)
+                                        no_event_chance, none_p, runs_needed)
 
     _branch(tmp_path, "run", [], "diverged", [200], steps=60, source=True)
     losses = [0.3] * 60 + [0.1] * 180  # epoch ends at steps 59, 119, 179, 239
@@ -406,6 +406,9 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     assert rows[1] == "| `seeds` | stable | asrun | cpu | 2 | 4 (2) | 2 | 0.5 | – |"
     assert rows[2] == "| branches | optim.lr=0.00025 | asrun | cpu | 3 | 3 (1) | 0 | 0 | 0.12 |"
     assert remedy.own_short_batches == 3  # none of them just before the branch point
+    # (1 − 0.5)^m < 0.05 from m = 5 short batches: 2 more runs at 1 per run
+    assert runs_needed(remedy, [stable, remedy]) == 2 and runs_needed(stable, [stable, remedy]) is None
+    assert runs_needed(Group("branches", "x", "asrun", "cpu", (late,) * 5), [stable]) is None  # chance 0.03
     assert no_event_chance(remedy, [stable, remedy], own=True) == no_event_chance(remedy, [stable, remedy])
     assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
     assert rows[4].endswith("| 0 (0) | 1 | – | no short batch |")
@@ -455,7 +458,8 @@ def test_bottom_line_says_which_remedies_were_exposed():
             "diverged (no short batch taken there), so those seeds show fewer collapses within 20 epochs, not "
             "prevention. `stable_warmup` on cpu took 2 short batches at or below the highest loss at which a `stable` run from seeds diverged on any machine, "
             "with 0 first divergence events (at `stable`'s per-short-batch rate on that machine, the chance of none in "
-            "that many: 0.25; too few short batches to tell prevention from delay).") in line
+            "that many: 0.25; too few short batches to tell prevention from delay: at the short batches per run "
+            "taken so far, about 2 more runs without an event would bring that chance below 0.05).") in line
     assert ("those with optim.lr=0.00025 in 0/6 after 4 short batches at that loss, those with optim.grad_clip=0.5 "
             "in 0/6 (a divergence event in 3/6, 2 of them begun before the branch point, recovered from).") in line
     assert line.endswith("Not yet run from seeds in `asrun`: `stable_warmup_lowlr`, `stable_warmup_clip`.")

@@ -10,6 +10,7 @@ events that followed, puts seeds and branches on one scale: events per exposure.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -112,6 +113,18 @@ def no_event_chance(g: Group, groups: list[Group], own: bool = False) -> float |
     if g is ref or ref is None or not ref.short_batches or not taken or g.events:
         return None
     return none_p(ref.events / ref.short_batches, taken)
+
+
+def runs_needed(g: Group, groups: list[Group], alpha: float = 0.05) -> int | None:
+    """How many more runs like ``g``'s (at their short batches per run so far), none with an
+    event, would bring the chance of no event at the reference's rate below ``alpha``; None where
+    the chance does not apply or is already below it."""
+    chance = no_event_chance(g, groups)
+    if chance is None or chance < alpha:
+        return None
+    ref = _reference_of(groups, g)
+    needed = math.log(alpha) / math.log(1.0 - ref.events / ref.short_batches)  # short batches in all
+    return math.ceil((needed - g.short_batches) / (g.short_batches / len(g.exposures)))
 
 
 def _no_event_cell(g: Group, groups: list[Group]) -> str:

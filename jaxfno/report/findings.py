@@ -21,7 +21,7 @@ from jaxfno.report.branches import (NULL_GROUP, branch_rows, inherited, loss_ran
 from jaxfno.report.cells import ci, dirs, epochs, fisher_text, fmt, load_run, median, p_text, runs, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
 from jaxfno.report.exposure import (Exposure, Group, exposure, exposure_section, exposure_sentence, group_name,
-                                    no_event_chance)
+                                    no_event_chance, runs_needed)
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.reruns import rerun_section, rerun_sentence
@@ -227,7 +227,8 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
         text += "".join(f" `{c['arm']}` on {device} took {g.short_batches} short batches at or below the highest "
                         "loss at which a `stable` run from seeds diverged on any machine, with "
                         f"{g.events} first divergence event{'s' if g.events != 1 else ''}"
-                        + _few_text(no_event_chance(g, exposed)) + "." for device, c, g in tested)
+                        + _few_text(no_event_chance(g, exposed), runs_needed(g, exposed)) + "."
+                        for device, c, g in tested)
     longer = [g for g in exposed if g.epochs and g.condition == "asrun"]
     if longer:
         text += " Trained beyond the recipe, " + "; ".join(
@@ -298,12 +299,15 @@ def _lr_bridge(undecided: list[tuple[str, dict, Group]], others: list[dict], tak
             "`stable`'s states over a few epochs, not the remedies' own states over theirs.")
 
 
-def _few_text(chance: float | None) -> str:
-    """The no-event probability of a remedy's seeds at `stable`'s rate, and whether they tell prevention from delay."""
+def _few_text(chance: float | None, more: int | None = None) -> str:
+    """The no-event probability of a remedy's seeds at `stable`'s rate, whether they tell
+    prevention from delay, and (``more``) how many more such runs without an event would."""
     if chance is None:
         return ""
     return (f" (at `stable`'s per-short-batch rate on that machine, the chance of none in that many: {chance:.2g}"
-            + ("; too few short batches to tell prevention from delay" if chance > 0.05 else "") + ")")
+            + ("; too few short batches to tell prevention from delay" if chance > 0.05 else "")
+            + (f": at the short batches per run taken so far, about {more} more runs without an event would bring "
+               "that chance below 0.05" if more else "") + ")")
 
 
 def _chance_text(chance: float | None) -> str:
