@@ -216,8 +216,9 @@ def test_pooled_branches_say_how_low_the_remedy_went(tmp_path):
 
 
 def test_bottom_line_links_an_undecided_remedy_to_branches_that_lowered_the_lr_below_it():
-    """A remedy whose seeds took too few short batches at the level, but ran there at a learning
-    rate no higher than LR branches that took enough without an event: the paragraph says so."""
+    """A remedy whose seeds took too few short batches at the level, but took them at a learning
+    rate no higher than LR branches that took enough there (after their branch points) without an
+    event: the paragraph says so."""
     from jaxfno.report.exposure import Exposure, Group
     from jaxfno.report.findings import bottom_line
 
@@ -227,39 +228,34 @@ def test_bottom_line_links_an_undecided_remedy_to_branches_that_lowered_the_lr_b
 
     cpu = {"stable@asrun": cell("stable", 2, 3), "stable_warmup@asrun": cell("stable_warmup", 0, 3)}
     stable = Group("`seeds_cpu`", "stable", "asrun", "cpu", (Exposure(2, True), Exposure(2, True)))  # rate 1/2
-    warmup = Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False),))  # chance 0.25
     null = {"n": 6, "collapsed": {"k": 6}, "event": {"k": 6}, "change": "nothing but the data order",
             "changed": {}, "sources": 1, "inherited": 0}
-    lowered = {"n": 6, "collapsed": {"k": 0}, "event": {"k": 0}, "change": "optim.lr=0.00025",
-               "changed": {"optim.lr": 0.00025}, "inherited": 0, "windows": [(2, 4), (3, 4)]}
 
-    def line(lr, branch_batches, at_point=0):
-        exposures = (Exposure(branch_batches - at_point, False),) + (Exposure(1, False, at_branch_point=True),) * at_point
+    def line(lrs, branch_batches, at_point=0, windows=((2, 4), (3, 4)), events=0):
+        warmup = Group("`seeds_cpu`", "stable_warmup", "asrun", "cpu", (Exposure(2, False, lrs=lrs),))  # chance 0.25
+        exposures = ((Exposure(branch_batches - at_point, False),)
+                     + (Exposure(1, False, at_branch_point=True, lrs=(1e-3,)),) * at_point)
+        lowered = {"n": 6, "collapsed": {"k": 0}, "event": {"k": events}, "change": "optim.lr=0.00025",
+                   "changed": {"optim.lr": 0.00025}, "inherited": events, "windows": list(windows)}
         exposed = [stable, warmup, Group("branches", "optim.lr=0.00025", "asrun", "cpu", exposures)]
-        return bottom_line([("cpu", cpu)], exposed, {"seed": null, "lr": lowered},
-                           lr_there={("cpu", "stable_warmup"): lr})
+        return bottom_line([("cpu", cpu)], exposed, {"seed": null, "lr": lowered})
 
-    assert ("At the steps where the same seeds' `stable` runs diverged, `stable_warmup` on cpu ran at a learning "
-            "rate of 3e-05–0.0001, no higher than the branches with optim.lr=0.00025 (cpu), which took 6 short "
-            "batches at that loss without a first divergence event (the chance of none at `stable`'s rate 0.016, "
-            "were the short batches independent, which those from one state are not): from `stable`'s own states "
-            "just before a divergence, a learning rate that low kept the loss from diverging over the 1–2 epochs the "
-            "branches ran, which is consistent with prevention") in line([1e-4, 3e-5], 6)
-    assert "not the remedies' own states over theirs." in line([1e-4, 3e-5], 6)
-    # the short batches counted at the branch points are the source's: said, and the chance without them
-    assert ("without a first divergence event (2 of them the source's, just before a branch point, whose aftermath "
-            "the branch trained; the chance of none at `stable`'s rate 0.016, 0.062 for the 4 after the branch "
-            "points, were") in line([1e-4], 6, at_point=2)
-    assert "At the steps where" not in line([5e-4], 6)  # above the branches' LR
-    assert "At the steps where" not in line([1e-4], 4)  # the branches took too few (chance 0.0625)
-
-
-def test_lr_at_stable_events_reads_the_remedys_lr_at_stables_first_event(tmp_path):
-    from jaxfno.report.cells import device
-    from jaxfno.report.seeds import lr_at_stable_events
-
-    _stable_and_lowlr(tmp_path, (0.3, 0.3))
-    assert lr_at_stable_events([tmp_path]) == {(device(tmp_path), "stable_lowlr"): [0.00025, 0.00025]}
+    assert ("`stable_warmup` on cpu took its 2 short batches at that loss at a learning rate of 3e-05–0.0001, no "
+            "higher than the branches with optim.lr=0.00025 (cpu), which took 6 short batches at that loss after "
+            "their branch points without any divergence event (the chance of none at `stable`'s rate 0.016, were the "
+            "short batches independent, which those from one state are not): from `stable`'s own states just before "
+            "a divergence, a learning rate that low kept the loss from diverging over the 1–2 epochs the branches "
+            "ran, which is consistent with prevention") in line((1e-4, 3e-5), 6)
+    assert "not the remedies' own states over theirs." in line((1e-4, 3e-5), 6)
+    assert "over the 1 epoch the branches ran" in line((1e-4, 3e-5), 6, windows=((2, 3),))
+    # the short batches counted at the branch points are the source's (taken at its LR): only the others count
+    assert ("which took 5 short batches at that loss after their branch points (6 with the source's just before "
+            "each point, whose aftermath they trained) without any divergence event (the chance of none at "
+            "`stable`'s rate 0.031,") in line((1e-4,), 6, at_point=1)
+    assert "no higher than the branches" not in line((1e-4,), 6, at_point=2)  # 4 of their own: chance 0.0625
+    assert "no higher than the branches" not in line((5e-4, 1e-4), 6)  # one short batch above the branches' LR
+    assert "no higher than the branches" not in line((1e-4,), 4)  # the branches took too few (chance 0.0625)
+    assert "no higher than the branches" not in line((1e-4,), 6, events=2)  # events, if recovered from
 
 
 def _stable_and_lowlr(folder, levels, highest=None):
@@ -409,6 +405,9 @@ def test_exposure_counts_short_batches_at_the_level_before_the_first_event(tmp_p
     # (1 − 0.5)^m < 0.05 from m = 5 short batches: 2 more runs at 1 per run
     assert runs_needed(remedy, [stable, remedy]) == 2 and runs_needed(stable, [stable, remedy]) is None
     assert runs_needed(Group("branches", "x", "asrun", "cpu", (late,) * 5), [stable]) is None  # chance 0.03
+    calm = Group("`seeds`", "stable", "asrun", "cpu", (Exposure(3, False),))  # `stable` without an event
+    assert runs_needed(remedy, [calm, remedy]) is None
+    assert late.lrs == (1e-3,) and remedy.own_lrs == [1e-3] * 3
     assert no_event_chance(remedy, [stable, remedy], own=True) == no_event_chance(remedy, [stable, remedy])
     assert rows[3].endswith("| 0 (0) | 1 | – | untested: none taken |")  # its event came from higher up
     assert rows[4].endswith("| 0 (0) | 1 | – | no short batch |")

@@ -28,6 +28,7 @@ class Exposure:
     # a branch's count includes the source's short batch just before the branch point (taken under
     # the source's recipe; the branch trained through its aftermath)
     at_branch_point: bool = False
+    lrs: tuple[float, ...] = ()  # the learning rate applied at each short batch counted
 
 
 def exposure(result: RunResult, level: float, start: int | None = None) -> Exposure:
@@ -49,7 +50,11 @@ def exposure(result: RunResult, level: float, start: int | None = None) -> Expos
     short = short_batch(result.config)
     ends = np.cumsum(steps) - 1 if short else np.array([], int)
     taken = [e for e in ends if start - 1 <= e < until and level_at[e] <= level]
-    return Exposure(len(taken), bool(events), short, branched and bool(taken) and bool(taken[0] == start - 1))
+    return Exposure(len(taken), bool(events), short, branched and bool(taken) and bool(taken[0] == start - 1),
+                    tuple(float(h["lr"][e]) for e in taken))
+
+
+ALPHA = 0.05  # a chance of no event below this tells prevention from delay
 
 
 def none_p(rate: float, short_batches: int) -> float:
@@ -76,6 +81,11 @@ class Group:
     def own_short_batches(self) -> int:
         """Those taken under the group's own recipe (a branch's, after its branch point)."""
         return self.short_batches - sum(e.at_branch_point for e in self.exposures)
+
+    @property
+    def own_lrs(self) -> list[float]:
+        """The learning rates at the short batches counted under the group's own recipe."""
+        return [lr for e in self.exposures for lr in e.lrs[int(e.at_branch_point):]]
 
     @property
     def events(self) -> int:
@@ -115,14 +125,14 @@ def no_event_chance(g: Group, groups: list[Group], own: bool = False) -> float |
     return none_p(ref.events / ref.short_batches, taken)
 
 
-def runs_needed(g: Group, groups: list[Group], alpha: float = 0.05) -> int | None:
+def runs_needed(g: Group, groups: list[Group], alpha: float = ALPHA) -> int | None:
     """How many more runs like ``g``'s (at their short batches per run so far), none with an
     event, would bring the chance of no event at the reference's rate below ``alpha``; None where
     the chance does not apply or is already below it."""
     chance = no_event_chance(g, groups)
-    if chance is None or chance < alpha:
-        return None
     ref = _reference_of(groups, g)
+    if chance is None or chance < alpha or not ref.events:  # no event at all: no rate to beat
+        return None
     needed = math.log(alpha) / math.log(1.0 - ref.events / ref.short_batches)  # short batches in all
     return math.ceil((needed - g.short_batches) / (g.short_batches / len(g.exposures)))
 

@@ -20,13 +20,13 @@ from jaxfno.report.branches import (NULL_GROUP, branch_rows, inherited, loss_ran
                                    trajectories)
 from jaxfno.report.cells import ci, dirs, epochs, fisher_text, fmt, load_run, median, p_text, runs, unique
 from jaxfno.report.cells import cells as folder_cells, device as folder_device
-from jaxfno.report.exposure import (Exposure, Group, exposure, exposure_section, exposure_sentence, group_name,
-                                    no_event_chance, runs_needed)
+from jaxfno.report.exposure import (ALPHA, Exposure, Group, exposure, exposure_section, exposure_sentence,
+                                    group_name, no_event_chance, runs_needed)
 from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.reruns import rerun_section, rerun_sentence
 from jaxfno.report.seeds import (architecture_caveat, architecture_sentence, how, level_sentence, levels_sentence,
-                                 longer_folders, longer_sentence, loss_levels, lr_at_stable_events, matrix_section,
+                                 longer_folders, longer_sentence, loss_levels, matrix_section,
                                  rates_agree, seed_folders, seeds_section, seeds_sentence, stable_event_levels, trained_text)
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
@@ -190,14 +190,12 @@ def _calibration_sentence(folder: pathlib.Path, fidelity: dict) -> str | None:
 
 
 def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branches: dict,
-                fidelity: dict = {}, longer_arms: frozenset[str] = frozenset(),
-                lr_there: dict[tuple[str, str], list[float]] = {}) -> str | None:
+                fidelity: dict = {}, longer_arms: frozenset[str] = frozenset()) -> str | None:
     """The answer in one paragraph: `stable`'s collapse rate from seeds in `asrun`, each remedy's
     with whether its runs took short batches where `stable` diverged, the branches, and the arms
     not yet tested there (``seed_cells``: machine, cells; ``branches``: ``pooled_summary``;
     ``fidelity``: the fidelity check's cells, which say whether `asrun` is the only condition
-    that collapsed; ``longer_arms``: arms trained beyond the recipe in `asrun`, not "not run";
-    ``lr_there``: per (machine, remedy), its learning rate where the same seeds' `stable` diverged)."""
+    that collapsed; ``longer_arms``: arms trained beyond the recipe in `asrun`, not "not run")."""
     stable = [(device, cells["stable@asrun"]) for device, cells in seed_cells if "stable@asrun" in cells]
     if not stable:
         return None
@@ -249,8 +247,8 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
                                 if s["event"]["k"] > s["collapsed"]["k"] else "")
                              + (f" after {taken[s['change']].short_batches} short batches at that loss"
                                 if s["change"] in taken else "") for s in others) + ".")
-        text += _lr_bridge([(device, c, g) for device, c, g in tested if (no_event_chance(g, exposed) or 0) > 0.05],
-                           others, taken, exposed, lr_there)
+        text += _lr_bridge([g for _, _, g in tested if (no_event_chance(g, exposed) or 0) > ALPHA], others, taken,
+                           exposed)
     missing = [f"`{arm}`" for arm in stage_a.SPEC_ARMS if arm not in ("control", "stable")
                and not any(arm == c["arm"] for _, c in remedies) and arm not in longer_arms]
     if missing:
@@ -258,43 +256,39 @@ def bottom_line(seed_cells: list[tuple[str, dict]], exposed: list[Group], branch
     return text
 
 
-def _lr_bridge(undecided: list[tuple[str, dict, Group]], others: list[dict], taken: dict[str, Group],
-               exposed: list[Group], lr_there: dict[tuple[str, str], list[float]]) -> str:
+def _lr_bridge(undecided: list[Group], others: list[dict], taken: dict[str, Group], exposed: list[Group]) -> str:
     """Where a remedy's seeds took too few short batches at `stable`'s divergence level to tell
-    prevention from delay, but ran there at a learning rate no higher than that of branches that
-    lowered only the LR and took enough short batches there without an event: say so, as a link
-    through the mechanism (the branches test `stable`'s states, not the remedy's)."""
+    prevention from delay, but took them at a learning rate no higher than that of branches that
+    lowered only the LR and took enough short batches there (after their branch points) without
+    any event: say so, as a link through the mechanism (the branches test `stable`'s states, not
+    the remedy's)."""
     lowered = [(s, float(s["changed"]["optim.lr"]), taken[s["change"]]) for s in others
                if s.get("changed") and set(s["changed"]) == {"optim.lr"} and s["change"] in taken
-               and not s["collapsed"]["k"] and (no_event_chance(taken[s["change"]], exposed) or 1) <= 0.05
-               and s.get("windows")]
+               and not s["event"]["k"] and s.get("windows")
+               and (no_event_chance(taken[s["change"]], exposed, own=True) or 1) <= ALPHA]
     clauses = []
-    for device, c, _ in undecided:
-        lr = lr_there.get((device, c["arm"]))
+    for g in undecided:
         # the history's float32 learning rate against the config's decimal one
-        match = [(s, value, g) for s, value, g in lowered if lr and max(lr) <= value * (1 + 1e-6)]
+        match = [(s, value, b) for s, value, b in lowered if g.own_lrs and max(g.own_lrs) <= value * (1 + 1e-6)]
         if match:
-            s, value, g = max(match, key=lambda m: m[1])
-            clauses.append((f"`{c['arm']}` on {device}" + (" ran" if not clauses else ""), lr, s, g))
+            s, _, b = max(match, key=lambda m: m[1])
+            clauses.append((f"`{g.what}` on {g.device}", g.own_lrs, s, b))
     if not clauses:
         return ""
-    s, g = clauses[0][2], clauses[0][3]
+    s, b = clauses[0][2], clauses[0][3]  # the same group for every remedy: the highest qualifying LR
     spans = sorted({last - point for point, last in s["windows"]})
-    inherited_short = g.short_batches - g.own_short_batches
-    own = no_event_chance(g, exposed, own=True)
-    return (" At the steps where the same seeds' `stable` runs diverged, "
-            + " and ".join(f"{who} at {'a learning rate of ' if not i else ''}{_range(lr)}"
-                           for i, (who, lr, _, _) in enumerate(clauses))
-            + f", no higher than the branches with {s['change']} ({g.device}), which took {g.short_batches} short "
-            "batches at that loss without a first divergence event ("
-            + (f"{inherited_short} of them the source's, just before a branch point, whose aftermath the branch "
-               "trained; " if inherited_short else "")
-            + f"the chance of none at `stable`'s rate {no_event_chance(g, exposed):.2g}"
-            + (f", {own:.2g} for the {g.own_short_batches} after the branch points" if inherited_short and own is not None
-               else "")
-            + ", were the short batches independent, which those from one state are not): from `stable`'s own "
-            f"states just before a divergence, a learning rate that low kept the loss from diverging over the "
-            f"{'–'.join(map(str, dict.fromkeys([spans[0], spans[-1]])))} epochs the branches ran, which is "
+    span = "–".join(map(str, dict.fromkeys([spans[0], spans[-1]])))
+    inherited_short = b.short_batches - b.own_short_batches
+    return (" " + "; ".join(f"{who} took its {len(lr)} short batches at that loss at a learning rate of {_range(lr)}"
+                            for who, lr, _, _ in clauses)
+            + f", no higher than the branches with {s['change']} ({b.device}), which took {b.own_short_batches} "
+            "short batches at that loss after their branch points"
+            + (f" ({b.short_batches} with the source's just before each point, whose aftermath they trained)"
+               if inherited_short else "")
+            + " without any divergence event (the chance of none at `stable`'s rate "
+            f"{no_event_chance(b, exposed, own=True):.2g}, were the short batches independent, which those from one "
+            "state are not): from `stable`'s own states just before a divergence, a learning rate that low kept the "
+            f"loss from diverging over the {span} epoch{'s' if spans[-1] != 1 else ''} the branches ran, which is "
             "consistent with prevention by a low learning rate where the loss is that low; but the branches test "
             "`stable`'s states over a few epochs, not the remedies' own states over theirs.")
 
@@ -305,9 +299,9 @@ def _few_text(chance: float | None, more: int | None = None) -> str:
     if chance is None:
         return ""
     return (f" (at `stable`'s per-short-batch rate on that machine, the chance of none in that many: {chance:.2g}"
-            + ("; too few short batches to tell prevention from delay" if chance > 0.05 else "")
+            + ("; too few short batches to tell prevention from delay" if chance > ALPHA else "")
             + (f": at the short batches per run taken so far, about {more} more runs without an event would bring "
-               "that chance below 0.05" if more else "") + ")")
+               f"that chance below {ALPHA:g}" if more else "") + ")")
 
 
 def _chance_text(chance: float | None) -> str:
@@ -315,7 +309,7 @@ def _chance_text(chance: float | None) -> str:
     if chance is None:
         return ""
     return (f"; the chance of none in that many at `stable`'s per-short-batch rate: {chance:.2g}"
-            + (", so weak evidence" if chance > 0.05 else ""))
+            + (", so weak evidence" if chance > ALPHA else ""))
 
 
 def answer_paragraph(fidelity: dict, factorial: dict, extra: list[tuple[str, str | None]] = (),
@@ -483,8 +477,7 @@ def write_findings(root: pathlib.Path, out: pathlib.Path, caveats: list[str] = C
         *([line, ""] if (line := bottom_line([(folder_device(f), seed_cells[f]) for f in seeds], exposed,
                                               pooled, fidelity,
                                               frozenset(c["arm"] for f in longer for c in folder_cells(f).values()
-                                                        if c["condition"] == "asrun"),
-                                              lr_at_stable_events(seeds)))
+                                                        if c["condition"] == "asrun")))
           else []),
         answer,
         "",

@@ -151,25 +151,14 @@ def at_stable_events(found: dict, arm: str, condition: str) -> tuple[list[float]
     for key, r in found.items():
         events = r.verdict.get("outcome_details", {}).get("events", [])
         twin = found.get(dataclasses.replace(key, arm=arm))
-        if key.arm == "stable" and key.condition == condition and events and twin:
+        # a twin stopped by a non-finite step before `stable`'s event has no value there
+        if (key.arm == "stable" and key.condition == condition and events and twin
+                and events[0]["step"] < len(twin.history["lr"])):
             step = events[0]["step"]
             same_step.append(float(trailing_median(np.asarray(twin.history["step_loss"], float))[step]))
             lr.append(twin.history["lr"][step])
             ref_lr.append(r.history["lr"][step])
     return same_step, lr, ref_lr
-
-
-def lr_at_stable_events(folders: list[pathlib.Path]) -> dict[tuple[str, str], list[float]]:
-    """Per (machine, remedy) in `asrun`: the remedy's learning rate at the steps where the same
-    seeds' `stable` runs began their first divergence event."""
-    out = {}
-    for folder in folders:
-        found = runs(folder)
-        for arm in sorted({key.arm for key in found if key.condition == "asrun"} - {"stable", "control"}):
-            lr = at_stable_events(found, arm, "asrun")[1]
-            if lr:
-                out[(folder_device(folder), arm)] = lr
-    return out
 
 
 def levels_sentence(folder: pathlib.Path, highest: float | None = None) -> str | None:
