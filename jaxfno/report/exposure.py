@@ -160,8 +160,9 @@ def exposure_section(groups: list[Group], level: float) -> list[str]:
         return []
     lines = ["### Exposure: short batches taken where `stable` diverged", "",
              f"Per group, the short batches its runs took while their training loss (the median of the 100 steps "
-             f"before the short batch) was at or below {level:.3g}, the highest level at which a first divergence event of `stable` from seeds began on "
-             "any machine (one level for all, so that every machine's runs are counted alike; section 3), "
+             f"before the short batch) was at or below {level:.3g}, the highest level at which a first divergence "
+             "event of `stable` from seeds began on any machine (one level for all, so that every machine's runs are "
+             "counted alike; section 3), "
              "up to their first divergence event (branches: from the short batch just before the branch point, so an "
              "event that began before that short batch is the source's and not counted here, unlike section 4), and "
              "the first events that followed (`jaxfno/report/exposure.py`). The last column is the chance of no event "

@@ -26,8 +26,8 @@ from jaxfno.report.mechanism import kick_section, kick_sentence
 from jaxfno.report.report_only import read_reports, report_only_section, report_only_sentence
 from jaxfno.report.reruns import rerun_section, rerun_sentence
 from jaxfno.report.seeds import (architecture_caveat, architecture_sentence, how, level_sentence, levels_sentence,
-                                 longer_folders, longer_sentence, loss_levels, matrix_section,
-                                 rates_agree, seed_folders, seeds_section, seeds_sentence, stable_event_levels, trained_text)
+                                 longer_folders, longer_sentence, loss_levels, matrix_section, rates_agree,
+                                 seed_folders, seeds_section, seeds_sentence, stable_event_levels, trained_text)
 from jaxfno.report.study import outcome_text
 from jaxfno.study import stage_a
 
