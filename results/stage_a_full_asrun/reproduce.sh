@@ -53,7 +53,7 @@ if [ "${GPU_SEEDS:-0}" = 1 ]; then
     --set execution.conv3x3=im2col --out "$out/seeds_h200"
   jaxfno outcomes "$out/seeds_h200" --relative-to "$out/seeds_h200" --out "$out/seeds_h200/outcomes.md"
 else
-  jaxfno study stage-a --scale full --conditions asrun --seeds 5 --arms stable_warmup --members-per-program 1 \
+  jaxfno study stage-a --scale full --conditions asrun --seeds 6 --arms stable_warmup --members-per-program 1 \
     --out "$out/seeds_cpu"
   jaxfno study stage-a --scale full --conditions asrun --seeds 1 --arms stable_warmup_clip control \
     stable_warmup_lowlr --members-per-program 1 --out "$out/seeds_cpu"
