@@ -59,9 +59,9 @@ else
     stable_warmup_lowlr --members-per-program 1 --out "$out/seeds_cpu"
   jaxfno study stage-a --scale full --conditions asrun --seeds 2 --arms stable_warmup_clip --members-per-program 1 \
     --out "$out/seeds_cpu"
-  # stable from six seeds, keeping every epoch's state from 12 on to branch from (the committed folder
+  # stable from seven seeds, keeping every epoch's state from 12 on to branch from (the committed folder
   # links seeds 20260128-30 to ../stage_a_full_cpu_upstream_gain's runs of the same config instead)
-  jaxfno study stage-a --scale full --conditions asrun --seeds 6 --arms stable --members-per-program 1 \
+  jaxfno study stage-a --scale full --conditions asrun --seeds 7 --arms stable --members-per-program 1 \
     --keep-epochs-from 12 --out "$out/seeds_cpu"
   jaxfno outcomes "$out/seeds_cpu" --relative-to "$out/seeds_cpu" --out "$out/seeds_cpu/outcomes.md"
   # branches_seed20260132_e16/ and _e15/: seed 20260132 diverged early in epoch 17 here; from its state
