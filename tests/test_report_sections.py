@@ -181,6 +181,10 @@ def test_kick_statistics_and_event_position(tmp_path):
     assert r["short"] and (r["short_grad"], r["after"], r["rest"]) == (12.0, 8.0, 4.0)
     assert (r["first_event"], r["steps_after_boundary"]) == (150, 30)
     assert r["clipped"] == 1.0  # every step of epochs 2.. before the event is above 0.5
+    # flagged 4 steps before epoch 4's start: its 10-step look-ahead holds epoch 3's short batch
+    write_json(run / "verdict.json", {"outcome": "diverged", "outcome_details": {
+        "events": [{"step": 3 * steps - 4, "epoch": 2, "peak_loss": 9.0}]}})
+    assert kick_row(RunResult.load(run))["steps_after_boundary"] == -4
 
 
 def test_findings_pool_the_branch_points(tmp_path):
@@ -321,8 +325,10 @@ def test_level_sentence_places_the_divergences_in_the_descent():
 def test_early_start_p():
     from jaxfno.report.mechanism import early_start_p
 
-    assert early_start_p([(9, 100), (3, 100)]) == (9, pytest.approx(0.01))
-    assert early_start_p([(99, 100)]) == (99, 1.0)
+    assert early_start_p([(9, 100), (3, 100)], lead=0) == (10, pytest.approx(0.01))
+    assert early_start_p([(99, 100)], lead=0) == (100, 1.0)
+    # an event flagged 4 steps before the epoch's start (its look-ahead holds the short batch) is early
+    assert early_start_p([(9, 100), (-4, 100)], lead=9) == (19, pytest.approx(0.19 ** 2))
 
 
 def test_unique_counts_a_linked_run_once(tmp_path):

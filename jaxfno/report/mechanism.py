@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxfno.config import RunConfig
 from jaxfno.data.simulate import n_positions
-from jaxfno.evaluation.outcomes import epoch_steps
+from jaxfno.evaluation.outcomes import AHEAD, epoch_steps
 from jaxfno.pipeline import RunResult
 from jaxfno.report.cells import load_run
 
@@ -49,7 +49,9 @@ def kick_row(result: RunResult) -> dict:
     before = [g for g in (grad[:first] if first is not None else grad)[int(steps[0]):] if np.isfinite(g)]
     since = None
     if first is not None:
-        boundary = starts[np.searchsorted(starts, first, side="right") - 1]
+        # the epoch start that the event's look-ahead window reaches: an event flagged a few steps
+        # before a short batch (its window holds the kick and the steps after it) counts as negative
+        boundary = starts[np.searchsorted(starts, first + AHEAD - 1, side="right") - 1]
         since = int(first - boundary)
     return {
         "run": str(result.run_dir), "seed": cfg.train.seed, "outcome": result.verdict.get("outcome", "?"),
@@ -92,12 +94,13 @@ def kick_section(run_dirs: list[pathlib.Path], base: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
-def early_start_p(events: list[tuple[int, int]]) -> tuple[int, float]:
-    """(largest position, p) for events given as (steps after the epoch's start, the epoch's
-    steps): the chance that every event starts within the first largest + 1 steps of its epoch
-    were the starts uniform over the epoch (a one-sided test of the largest position)."""
-    latest = max(since for since, _ in events)
-    return latest, float(np.prod([min(1.0, (latest + 1) / n) for _, n in events]))
+def early_start_p(events: list[tuple[int, int]], lead: int = AHEAD - 1) -> tuple[int, float]:
+    """(positions, p) for events given as (steps after the epoch's start, down to ``-lead``; the
+    epoch's steps): the chance that every event starts within the first ``positions`` of the
+    epoch's steps counted from ``lead`` steps before its start, were the starts uniform over them
+    (a one-sided test of the largest position)."""
+    positions = max(since for since, _ in events) + lead + 1
+    return positions, float(np.prod([min(1.0, positions / n) for _, n in events]))
 
 
 def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
@@ -117,9 +120,10 @@ def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
             "gradients of one norm and the short batch would lose its extra weight.")
     if events:
         where = ", ".join(f"{since} of {n}" for since, n in events)
-        latest, p = early_start_p(events)
-        text += (f" `stable`'s first divergence events began {where} steps into their epoch: were the starts "
-                 f"uniform over the epoch, all {len(events)} would lie within the first {latest + 1} steps with "
-                 f"probability {p:.2g} "
-                 "(a post-hoc test of the latest start).")
+        positions, p = early_start_p(events)
+        text += (f" `stable`'s first divergence events began {where} steps into their epoch (counted from the "
+                 f"epoch start within the event's {AHEAD}-step look-ahead, so negative: flagged a few steps before "
+                 f"the short batch that its window holds): were the starts uniform over the epoch's steps, all "
+                 f"{len(events)} would lie within the first {positions} (from {AHEAD - 1} steps before the epoch's "
+                 f"start) with probability {p:.2g} (a post-hoc test of the latest start).")
     return text
