@@ -122,8 +122,8 @@ def kick_sentence(run_dirs: list[pathlib.Path]) -> str | None:
         where = ", ".join(f"{since} of {n}" for since, n in events)
         positions, p = early_start_p(events)
         text += (f" `stable`'s first divergence events began {where} steps into their epoch (counted from the "
-                 f"epoch start within the event's {AHEAD}-step look-ahead, so negative: flagged a few steps before "
-                 f"the short batch that its window holds): were the starts uniform over the epoch's steps, all "
+                 f"start of the epoch that the event's {AHEAD}-step look-ahead reaches, so an event flagged a few "
+                 f"steps before the short batch its window holds is negative): were the starts uniform over the epoch's steps, all "
                  f"{len(events)} would lie within the first {positions} (from {AHEAD - 1} steps before the epoch's "
                  f"start) with probability {p:.2g} (a post-hoc test of the latest start).")
     return text
